@@ -1,0 +1,3 @@
+"""edge-mood daemon: camera -> faces -> expressions -> MQTT."""
+
+__version__ = "0.1.0"
