@@ -1,0 +1,52 @@
+"""The canonical expression labels (FER2013 order) and the mapping of data-set class names onto them."""
+
+from __future__ import annotations
+
+from quantize.errors import QuantizeError
+
+CANONICAL_LABELS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+
+# Spellings found in public data sets and checkpoints; "suprise" is the folder name of a popular Kaggle export.
+_ALIASES: dict[str, str] = {
+    "anger": "angry",
+    "angry": "angry",
+    "mad": "angry",
+    "disgust": "disgust",
+    "disgusted": "disgust",
+    "contempt": "disgust",
+    "fear": "fear",
+    "fearful": "fear",
+    "scared": "fear",
+    "afraid": "fear",
+    "happy": "happy",
+    "happiness": "happy",
+    "joy": "happy",
+    "sad": "sad",
+    "sadness": "sad",
+    "surprise": "surprise",
+    "surprised": "surprise",
+    "suprise": "surprise",
+    "suprised": "surprise",
+    "neutral": "neutral",
+    "calm": "neutral",
+}
+
+
+def map_label_name(name: str) -> int:
+    """Index into CANONICAL_LABELS of a class name, case-insensitive and tolerant of common aliases."""
+    key = name.strip().lower().replace("-", "_").replace(" ", "_")
+    canonical = _ALIASES.get(key)
+    if canonical is None:
+        raise QuantizeError(
+            f"unknown expression label {name!r}; known names: {', '.join(CANONICAL_LABELS)} "
+            f"(aliases: {', '.join(sorted(k for k in _ALIASES if k not in CANONICAL_LABELS))})"
+        )
+    return CANONICAL_LABELS.index(canonical)
+
+
+def map_label_names(names: list[str] | tuple[str, ...]) -> list[int]:
+    """Canonical indices of a model's or data set's label list; two names for one expression are an error."""
+    indices = [map_label_name(n) for n in names]
+    if len(set(indices)) != len(indices):
+        raise QuantizeError(f"labels {list(names)} name the same expression twice; give each class once")
+    return indices
