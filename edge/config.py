@@ -1,0 +1,273 @@
+"""The daemon's settings: one TOML file, environment overrides and CLI flags on top.
+
+Precedence, lowest first: built-in defaults, the TOML file, `EDGE_MOOD_<SECTION>_<KEY>` environment
+variables, `--set section.key=value` and the CLI's shortcut flags. Every value is checked here, so the
+rest of the daemon can trust it; a bad one raises ConfigError naming the key, the value and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from edge.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+ENV_PREFIX = "EDGE_MOOD_"
+PASSWORD_ENV = "EDGE_MOOD_MQTT_PASSWORD"
+
+
+@dataclass(frozen=True)
+class Key:
+    """One setting: its type, default, and the rule its value must follow."""
+
+    kind: type
+    default: Any
+    allowed: str = ""  # human text used in error messages
+    check: Callable[[Any], bool] | None = None
+    choices: tuple[str, ...] = ()
+
+
+def _positive(x: float) -> bool:
+    return x > 0
+
+
+def _non_negative(x: float) -> bool:
+    return x >= 0
+
+
+def _fraction(x: float) -> bool:
+    return 0 < x <= 1
+
+
+def _port(x: int) -> bool:
+    return 0 < x < 65536
+
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "source": {
+        "uri": Key(str, "picamera", "picamera, a camera index or /dev/videoN, a video file, rtsp:// or http:// URL, an image folder or glob"),
+        "width": Key(int, 640, "a positive number of pixels", _positive),
+        "height": Key(int, 480, "a positive number of pixels", _positive),
+        "fps": Key(float, 15.0, "a positive number", _positive),
+        "realtime": Key(bool, False, "true or false"),
+        "reconnect_max_s": Key(float, 30.0, "a positive number of seconds", _positive),
+    },
+    "detector": {
+        "kind": Key(str, "auto", choices=("auto", "yunet", "haar")),
+        "yunet_model": Key(str, "", "a path to face_detection_yunet*.onnx, or empty to search the model folder"),
+        "detect_width": Key(int, 320, "a positive number of pixels", _positive),
+        "score_threshold": Key(float, 0.7, "a number in (0, 1]", _fraction),
+        "min_face_px": Key(int, 24, "a positive number of pixels", _positive),
+    },
+    "model": {
+        "path": Key(str, "", "a path to an expression .onnx with its .json card, or empty for the shipped model"),
+        "precision": Key(str, "auto", choices=("auto", "int8", "fp32")),
+        "threads": Key(int, 2, "a positive number", _positive),
+    },
+    "tracking": {
+        "iou_threshold": Key(float, 0.3, "a number in (0, 1]", _fraction),
+        "ema_alpha": Key(float, 0.35, "a number in (0, 1]", _fraction),
+        "min_confidence": Key(float, 0.45, "a number in (0, 1]", _fraction),
+        "switch_margin": Key(float, 0.1, "a number >= 0", _non_negative),
+        "settle_frames": Key(int, 3, "a positive number of frames", _positive),
+        "enter_frames": Key(int, 2, "a positive number of frames", _positive),
+        "leave_after_s": Key(float, 2.0, "a positive number of seconds", _positive),
+        "leave_after_frames": Key(int, 5, "a positive number of frames", _positive),
+    },
+    "mqtt": {
+        "host": Key(str, "localhost", "a host name or address"),
+        "port": Key(int, 1883, "a port number 1-65535", _port),
+        "protocol": Key(str, "5", choices=("5", "3.1.1")),
+        "prefix": Key(str, "edge-mood", "a topic prefix without wildcards", lambda s: bool(s) and not set("+#") & set(s)),
+        "device_id": Key(str, "", "letters, digits, - and _ (empty: the host name)",
+                         lambda s: all(c.isalnum() or c in "-_" for c in s)),
+        "username": Key(str, ""),
+        "password_file": Key(str, "", "a path to a file holding only the password"),
+        "tls": Key(bool, False, "true or false"),
+        "tls_ca": Key(str, "", "a path to a CA certificate file"),
+        "tls_cert": Key(str, "", "a path to a client certificate file"),
+        "tls_key": Key(str, "", "a path to the client key file"),
+        "tls_insecure": Key(bool, False, "true or false"),
+        "keepalive": Key(int, 30, "a positive number of seconds", _positive),
+        "qos": Key(int, 1, "0, 1 or 2", lambda q: q in (0, 1, 2)),
+        "discovery": Key(bool, True, "true or false"),
+        "discovery_prefix": Key(str, "homeassistant", "a topic prefix"),
+    },
+    "spool": {
+        "dir": Key(str, "", "a writable folder (empty: $STATE_DIRECTORY or ~/.local/state/edge-mood)"),
+        "max_events": Key(int, 100_000, "a positive number", _positive),
+        "max_age_days": Key(float, 7.0, "a positive number of days", _positive),
+    },
+    "stats": {
+        "interval_s": Key(float, 30.0, "a positive number of seconds", _positive),
+    },
+    "service": {
+        "stall_timeout_s": Key(float, 20.0, "a positive number of seconds", _positive),
+    },
+    "log": {
+        "level": Key(str, "info", choices=("debug", "info", "warning", "error")),
+    },
+}
+
+
+class Section:
+    """Attribute access to one validated section: `config.mqtt.host`."""
+
+    def __init__(self, name: str, values: dict[str, Any]):
+        self._name = name
+        self.__dict__.update(values)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+
+class Config:
+    """All sections, validated. Build it with `load_config`."""
+
+    def __init__(self, values: dict[str, dict[str, Any]], path: Path | None):
+        self.path = path
+        for name, section in values.items():
+            setattr(self, name, Section(name, section))
+
+    source: Section
+    detector: Section
+    model: Section
+    tracking: Section
+    mqtt: Section
+    spool: Section
+    stats: Section
+    service: Section
+    log: Section
+
+    @property
+    def device_id(self) -> str:
+        return self.mqtt.device_id or _hostname_id()
+
+    @property
+    def state_dir(self) -> Path:
+        if self.spool.dir:
+            return Path(self.spool.dir).expanduser()
+        # systemd sets STATE_DIRECTORY from StateDirectory=; it may list several, colon-separated.
+        from_systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        if from_systemd:
+            return Path(from_systemd)
+        return Path.home() / ".local" / "state" / "edge-mood"
+
+    def mqtt_password(self) -> str | None:
+        """The broker password from `mqtt.password_file` or $EDGE_MOOD_MQTT_PASSWORD; never from argv."""
+        if self.mqtt.password_file:
+            path = Path(self.mqtt.password_file).expanduser()
+            try:
+                return path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"mqtt.password_file = {str(path)!r} cannot be read ({exc.strerror}); "
+                                  f"point it at a readable file holding only the password") from None
+        return os.environ.get(PASSWORD_ENV) or None
+
+
+def _hostname_id() -> str:
+    name = socket.gethostname().split(".")[0]
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name) or "edge"
+
+
+def _bad(section: str, key: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"config {section}.{key} = {value!r} is not allowed; expected {allowed}")
+
+
+def _coerce(section: str, key: str, spec: Key, value: Any) -> Any:
+    """Turn a TOML, environment or CLI value into the key's type, or fail naming the key."""
+    allowed = spec.allowed or (f"one of {', '.join(spec.choices)}" if spec.choices else spec.kind.__name__)
+    if isinstance(value, str) and spec.kind is not str:
+        text = value.strip().lower()
+        try:
+            if spec.kind is bool:
+                if text not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                    raise ValueError
+                value = text in ("true", "1", "yes", "on")
+            else:
+                value = spec.kind(text)
+        except ValueError:
+            raise _bad(section, key, value, allowed) from None
+    if spec.kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if spec.kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)  # `protocol = 5` or `uri = 0` in TOML mean the same as the strings
+    if not isinstance(value, spec.kind) or (spec.kind is not bool and isinstance(value, bool)):
+        raise _bad(section, key, value, allowed)
+    if spec.choices and value not in spec.choices:
+        raise _bad(section, key, value, allowed)
+    if spec.check and not spec.check(value):
+        raise _bad(section, key, value, allowed)
+    return value
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found; copy edge/config.example.toml there or pass --config") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror}); check its permissions") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML ({exc}); fix that line") from None
+
+
+def load_config(
+    path: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Config:
+    """Defaults <- TOML file <- environment <- overrides ({"section.key": value})."""
+    values = {section: {key: spec.default for key, spec in keys.items()} for section, keys in SCHEMA.items()}
+    layers: list[tuple[str, str, Any]] = []
+    if path is not None:
+        data = _read_toml(path)
+        for section, table in data.items():
+            if section not in SCHEMA:
+                raise ConfigError(f"config section [{section}] in {path} is unknown; "
+                                  f"known sections: {', '.join(SCHEMA)}")
+            if not isinstance(table, dict):
+                raise ConfigError(f"config [{section}] in {path} must be a table of keys")
+            layers += [(section, key, value) for key, value in table.items()]
+    env = os.environ if environ is None else environ
+    for name, value in env.items():
+        if name.startswith(ENV_PREFIX) and name != PASSWORD_ENV:
+            layers.append(_env_key(name[len(ENV_PREFIX):], value))
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        layers.append((section, key, value))
+    for section, key, value in layers:
+        if section not in SCHEMA:
+            raise ConfigError(f"config section {section!r} is unknown; known sections: {', '.join(SCHEMA)}")
+        if key not in SCHEMA[section]:
+            raise ConfigError(f"config key {section}.{key} is unknown; "
+                              f"keys of [{section}]: {', '.join(SCHEMA[section])}")
+        values[section][key] = _coerce(section, key, SCHEMA[section][key], value)
+    if values["mqtt"]["password_file"] and env.get(PASSWORD_ENV):
+        raise ConfigError(f"both mqtt.password_file and ${PASSWORD_ENV} are set; keep one of them")
+    return Config(values, path)
+
+
+def _env_key(rest: str, value: str) -> tuple[str, str, Any]:
+    """EDGE_MOOD_MQTT_DEVICE_ID -> ("mqtt", "device_id"); sections never contain '_'."""
+    section, _, key = rest.lower().partition("_")
+    return section, key, value
+
+
+def parse_set_option(text: str) -> tuple[str, str]:
+    """`--set mqtt.host=broker.lan` -> ("mqtt.host", "broker.lan")."""
+    dotted, sep, value = text.partition("=")
+    if not sep or "." not in dotted:
+        raise ConfigError(f"--set {text!r} is not of the form section.key=value, e.g. --set mqtt.host=broker.lan")
+    return dotted.strip(), value
