@@ -1,0 +1,62 @@
+"""Rolling per-stage timings, frame rate and process load for the periodic stats message."""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from collections import defaultdict, deque
+
+STAGES = ("capture_wait", "detect", "crop", "classify", "track", "publish", "total")
+
+
+class StageTimer:
+    """Keeps the last `window` durations of each stage and the frame completion times."""
+
+    def __init__(self, window: int = 200):
+        self._durations: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=window))
+        self._frame_times: deque[float] = deque(maxlen=window)
+        self._cpu_mark = (time.monotonic(), time.process_time())
+        self.started = time.monotonic()
+        self.frames = 0
+
+    def add(self, stage: str, seconds: float) -> None:
+        self._durations[stage].append(seconds)
+
+    def frame_done(self) -> None:
+        self.frames += 1
+        self._frame_times.append(time.monotonic())
+
+    def fps(self) -> float:
+        if len(self._frame_times) < 2:
+            return 0.0
+        span = self._frame_times[-1] - self._frame_times[0]
+        return (len(self._frame_times) - 1) / span if span > 0 else 0.0
+
+    def stage_ms(self) -> dict[str, float]:
+        """Mean milliseconds per stage over the window."""
+        return {
+            stage: round(1000 * sum(values) / len(values), 2)
+            for stage, values in self._durations.items()
+            if values
+        }
+
+    def cpu_percent(self) -> float:
+        """CPU time of this process since the last call, as % of one core."""
+        wall, cpu = time.monotonic(), time.process_time()
+        last_wall, last_cpu = self._cpu_mark
+        self._cpu_mark = (wall, cpu)
+        return round(100 * (cpu - last_cpu) / (wall - last_wall), 1) if wall > last_wall else 0.0
+
+    @staticmethod
+    def rss_mb() -> float:
+        """Resident memory now (from /proc where it exists, else the peak)."""
+        try:
+            with open(f"/proc/{os.getpid()}/statm") as fh:
+                pages = int(fh.read().split()[1])
+            return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+        except OSError:
+            return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+    def uptime_s(self) -> float:
+        return round(time.monotonic() - self.started, 1)

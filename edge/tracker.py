@@ -1,0 +1,184 @@
+"""Gives each face a stable track id and turns per-frame scores into settled expression events.
+
+Per frame the classifier's scores flicker; users want an event when a face's expression really
+changes. Each track therefore smooths its scores (exponential moving average) and only switches its
+announced expression when a new one is confident, beats the current one by a margin, and does so for
+several frames in a row (hysteresis).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+Box = tuple[float, float, float, float]  # x, y, w, h in frame pixels
+
+
+@dataclass(frozen=True)
+class TrackerSettings:
+    iou_threshold: float = 0.3
+    ema_alpha: float = 0.35
+    min_confidence: float = 0.45
+    switch_margin: float = 0.1
+    settle_frames: int = 3
+    enter_frames: int = 2
+    leave_after_s: float = 2.0
+    leave_after_frames: int = 5
+
+
+@dataclass
+class Detection:
+    box: Box
+    scores: np.ndarray  # probabilities, one per label
+
+
+@dataclass
+class TrackEvent:
+    type: str  # "face_enter" | "expression" | "face_leave"
+    track_id: int
+    box: Box
+    expression: str | None
+    confidence: float | None
+    scores: dict[str, float] | None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Track:
+    id: int
+    box: Box
+    smoothed: np.ndarray
+    first_seen: float
+    last_seen: float
+    hits: int = 1  # consecutive frames matched
+    missed: int = 0  # consecutive frames unmatched
+    announced: bool = False
+    settled: int | None = None  # index of the announced expression
+    candidate: int | None = None
+    candidate_frames: int = 0
+
+
+def iou(a: Box, b: Box) -> float:
+    ax2, ay2, bx2, by2 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
+    inter_w = min(ax2, bx2) - max(a[0], b[0])
+    inter_h = min(ay2, by2) - max(a[1], b[1])
+    if inter_w <= 0 or inter_h <= 0:
+        return 0.0
+    inter = inter_w * inter_h
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+class Tracker:
+    """Greedy IoU tracker with per-track score smoothing and hysteresis."""
+
+    def __init__(self, labels: list[str], settings: TrackerSettings, first_id: int = 1):
+        self.labels = list(labels)
+        self.settings = settings
+        self._tracks: list[Track] = []
+        self._next_id = first_id
+
+    @property
+    def visible(self) -> list[Track]:
+        """Announced faces, oldest first: what the retained state topic shows."""
+        return [t for t in self._tracks if t.announced]
+
+    def update(self, detections: list[Detection], now: float) -> list[TrackEvent]:
+        """Match this frame's detections to tracks and return the events they cause, in order."""
+        events: list[TrackEvent] = []
+        matched = self._match(detections)
+        unmatched_tracks = {id(t) for t in self._tracks}
+        for det_index, track in matched.items():
+            unmatched_tracks.discard(id(track))
+            self._observe(track, detections[det_index], now, events)
+        for det_index, det in enumerate(detections):
+            if det_index not in matched:
+                track = Track(self._next_id, det.box, det.scores.astype(np.float64), now, now)
+                self._next_id += 1
+                self._tracks.append(track)
+                self._advance(track, events)
+        for track in list(self._tracks):
+            if id(track) in unmatched_tracks:
+                track.missed += 1
+                track.hits = 0
+                gone_long = now - track.last_seen >= self.settings.leave_after_s
+                if gone_long and track.missed >= self.settings.leave_after_frames:
+                    self._remove(track, now, events)
+        return events
+
+    def finish(self, now: float) -> list[TrackEvent]:
+        """The source ended: every face still here leaves."""
+        events: list[TrackEvent] = []
+        for track in list(self._tracks):
+            self._remove(track, now, events)
+        return events
+
+    def _match(self, detections: list[Detection]) -> dict[int, Track]:
+        pairs = [
+            (iou(track.box, det.box), det_index, track)
+            for det_index, det in enumerate(detections)
+            for track in self._tracks
+        ]
+        pairs.sort(key=lambda p: p[0], reverse=True)
+        matched: dict[int, Track] = {}
+        used: set[int] = set()
+        for overlap, det_index, track in pairs:
+            if overlap < self.settings.iou_threshold:
+                break
+            if det_index in matched or id(track) in used:
+                continue
+            matched[det_index] = track
+            used.add(id(track))
+        return matched
+
+    def _observe(self, track: Track, det: Detection, now: float, events: list[TrackEvent]) -> None:
+        alpha = self.settings.ema_alpha
+        track.smoothed = alpha * det.scores + (1 - alpha) * track.smoothed
+        track.box = det.box
+        track.last_seen = now
+        track.hits += 1
+        track.missed = 0
+        self._advance(track, events)
+
+    def _advance(self, track: Track, events: list[TrackEvent]) -> None:
+        """Announce the face once it is stable, then its expression once it has settled."""
+        s = self.settings
+        if not track.announced and track.hits >= s.enter_frames:
+            track.announced = True
+            events.append(self._event("face_enter", track, None))
+        top = int(np.argmax(track.smoothed))
+        confident = track.smoothed[top] >= s.min_confidence
+        if track.settled is None:
+            beats_current = True
+        else:
+            beats_current = track.smoothed[top] - track.smoothed[track.settled] >= s.switch_margin
+        if top == track.settled or not (confident and beats_current):
+            track.candidate, track.candidate_frames = None, 0
+            return
+        if top == track.candidate:
+            track.candidate_frames += 1
+        else:
+            track.candidate, track.candidate_frames = top, 1
+        if track.candidate_frames >= s.settle_frames and track.announced:
+            previous = self.labels[track.settled] if track.settled is not None else None
+            track.settled = top
+            track.candidate, track.candidate_frames = None, 0
+            events.append(self._event("expression", track, top, previous=previous))
+
+    def _remove(self, track: Track, now: float, events: list[TrackEvent]) -> None:
+        self._tracks.remove(track)
+        if track.announced:
+            duration = round(max(0.0, track.last_seen - track.first_seen), 3)
+            events.append(self._event("face_leave", track, track.settled, duration_s=duration))
+
+    def _event(self, kind: str, track: Track, label: int | None, **extra) -> TrackEvent:
+        scores = {name: float(p) for name, p in zip(self.labels, track.smoothed)}
+        return TrackEvent(
+            type=kind,
+            track_id=track.id,
+            box=track.box,
+            expression=self.labels[label] if label is not None else None,
+            confidence=float(track.smoothed[label]) if label is not None else None,
+            scores=scores,
+            extra=extra,
+        )
