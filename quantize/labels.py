@@ -13,7 +13,6 @@ _ALIASES: dict[str, str] = {
     "mad": "angry",
     "disgust": "disgust",
     "disgusted": "disgust",
-    "contempt": "disgust",
     "fear": "fear",
     "fearful": "fear",
     "scared": "fear",
@@ -28,7 +27,6 @@ _ALIASES: dict[str, str] = {
     "suprise": "surprise",
     "suprised": "surprise",
     "neutral": "neutral",
-    "calm": "neutral",
 }
 
 
