@@ -134,8 +134,9 @@ class Section:
 class Config:
     """All sections, validated. Build it with `load_config`."""
 
-    def __init__(self, values: dict[str, dict[str, Any]], path: Path | None):
+    def __init__(self, values: dict[str, dict[str, Any]], path: Path | None, environ: dict[str, str] | None = None):
         self.path = path
+        self._environ = os.environ if environ is None else environ
         for name, section in values.items():
             setattr(self, name, Section(name, section))
 
@@ -158,7 +159,7 @@ class Config:
         if self.spool.dir:
             return Path(self.spool.dir).expanduser()
         # systemd sets STATE_DIRECTORY from StateDirectory=; it may list several, colon-separated.
-        from_systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        from_systemd = self._environ.get("STATE_DIRECTORY", "").split(":")[0]
         if from_systemd:
             return Path(from_systemd)
         return Path.home() / ".local" / "state" / "edge-mood"
@@ -172,7 +173,7 @@ class Config:
             except OSError as exc:
                 raise ConfigError(f"mqtt.password_file = {str(path)!r} cannot be read ({exc.strerror}); "
                                   f"point it at a readable file holding only the password") from None
-        return os.environ.get(PASSWORD_ENV) or None
+        return self._environ.get(PASSWORD_ENV) or None
 
 
 def _hostname_id() -> str:
@@ -256,7 +257,7 @@ def load_config(
         values[section][key] = _coerce(section, key, SCHEMA[section][key], value)
     if values["mqtt"]["password_file"] and env.get(PASSWORD_ENV):
         raise ConfigError(f"both mqtt.password_file and ${PASSWORD_ENV} are set; keep one of them")
-    return Config(values, path)
+    return Config(values, path, env)
 
 
 def _env_key(rest: str, value: str) -> tuple[str, str, Any]:

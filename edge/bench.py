@@ -1,0 +1,54 @@
+"""`edge bench`: per-stage latency and frame rate of this device's pipeline on a source, without MQTT."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from edge.analyzer import FrameAnalyzer, is_usable_frame
+from edge.config import Config
+from edge.pipeline import build_detector, load_model
+from edge.sources import open_source
+from edge.stats import StageTimer
+
+WARMUP_FRAMES = 5
+
+
+def run_bench(config: Config, frames: int) -> int:
+    model = load_model(config)
+    detector = build_detector(config, model)
+    timer = StageTimer(window=frames)
+    analyzer = FrameAnalyzer(detector, model, config.detector.min_face_px, timer)
+    source = open_source(config.source.uri, config.source.width, config.source.height, config.source.fps)
+    totals: list[float] = []
+    faces: list[int] = []
+    size = None
+    try:
+        while len(totals) < frames + WARMUP_FRAMES:
+            image = source.read()
+            if image is None:
+                break
+            if not is_usable_frame(image):
+                continue
+            size = image.shape[:2]
+            started = time.perf_counter()
+            found = analyzer.analyze(image)
+            totals.append(time.perf_counter() - started)
+            faces.append(len(found))
+    finally:
+        source.close()
+    measured = totals[WARMUP_FRAMES:]
+    if not measured:
+        print(f"no usable frames from {config.source.uri} (need more than {WARMUP_FRAMES})")
+        return 1
+    print(f"source {config.source.uri} ({size[1]}x{size[0]}), detector {detector.name}, "
+          f"model {model.model_id} ({model.precision}, {config.model.threads} threads), "
+          f"{len(measured)} frames, {np.mean(faces[WARMUP_FRAMES:]):.1f} faces/frame")
+    print(f"{'stage':<10} {'mean ms':>8}")
+    for stage, ms in timer.stage_ms().items():
+        print(f"{stage:<10} {ms:>8.2f}")
+    ms = 1000 * np.array(measured)
+    print(f"{'total':<10} {ms.mean():>8.2f}  (p50 {np.percentile(ms, 50):.2f}, p90 {np.percentile(ms, 90):.2f})")
+    print(f"throughput {1000 / ms.mean():.1f} frames/s")
+    return 0

@@ -1,0 +1,90 @@
+"""Config: defaults, TOML, environment and CLI layers; every bad value is one clear line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge.cli import main
+from edge.config import ConfigError, load_config
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "edge" / "config.example.toml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_example_config_is_valid_and_matches_defaults():
+    from_example = load_config(EXAMPLE, environ={})
+    defaults = load_config(None, environ={})
+    for section in ("source", "detector", "model", "tracking", "mqtt", "spool", "stats", "service", "log"):
+        assert getattr(from_example, section).as_dict() == getattr(defaults, section).as_dict(), section
+
+
+def test_layers_apply_in_order(tmp_path):
+    path = write(tmp_path, '[mqtt]\nhost = "from-file"\nport = 1884\n[tracking]\nema_alpha = 1\n')
+    env = {"EDGE_MOOD_MQTT_HOST": "from-env", "EDGE_MOOD_MQTT_DEVICE_ID": "kitchen"}
+    config = load_config(path, {"mqtt.port": "1999"}, environ=env)
+    assert config.mqtt.host == "from-env"
+    assert config.mqtt.port == 1999
+    assert config.device_id == "kitchen"
+    assert config.tracking.ema_alpha == 1.0 and isinstance(config.tracking.ema_alpha, float)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("[mqtt]\nport = 70000\n", "mqtt.port = 70000 is not allowed; expected a port number"),
+        ('[model]\nprecision = "int4"\n', "model.precision = 'int4' is not allowed; expected one of auto, int8, fp32"),
+        ('[mqtt]\nprefix = "a/#"\n', "mqtt.prefix = 'a/#' is not allowed"),
+        ("[tracking]\nema_alpha = 0\n", "tracking.ema_alpha = 0.0 is not allowed"),
+        ("[source]\nrealtime = 3\n", "source.realtime = 3 is not allowed; expected true or false"),
+        ("[camera]\nx = 1\n", "config section [camera]"),
+        ("[mqtt]\nhots = 'x'\n", "config key mqtt.hots is unknown"),
+        ("[mqtt\n", "is not valid TOML"),
+    ],
+)
+def test_bad_values_name_the_key_and_what_is_allowed(tmp_path, text, expected):
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text), environ={})
+    assert expected in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_bad_environment_value_is_rejected():
+    with pytest.raises(ConfigError, match="mqtt.port = 'abc'"):
+        load_config(None, environ={"EDGE_MOOD_MQTT_PORT": "abc"})
+
+
+def test_password_comes_from_file_or_environment_never_both(tmp_path):
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    assert load_config(None, {"mqtt.password_file": str(secret)}, environ={}).mqtt_password() == "s3cret"
+    assert load_config(None, environ={"EDGE_MOOD_MQTT_PASSWORD": "envpw"}).mqtt_password() == "envpw"
+    with pytest.raises(ConfigError, match="keep one of them"):
+        load_config(None, {"mqtt.password_file": str(secret)}, environ={"EDGE_MOOD_MQTT_PASSWORD": "x"})
+    missing = load_config(None, {"mqtt.password_file": str(tmp_path / "nope")}, environ={})
+    with pytest.raises(ConfigError, match="cannot be read"):
+        missing.mqtt_password()
+
+
+def test_state_dir_follows_systemd(tmp_path):
+    config = load_config(None, environ={"STATE_DIRECTORY": f"{tmp_path}/a:{tmp_path}/b"})
+    assert config.state_dir == tmp_path / "a"
+    assert load_config(None, {"spool.dir": str(tmp_path / "c")}, environ={}).state_dir == tmp_path / "c"
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path, capsys):
+    status = main(["check", "--config", str(write(tmp_path, "[mqtt]\nqos = 3\n"))])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.count("\n") == 1 and "mqtt.qos = 3 is not allowed" in err and "Traceback" not in err
+
+
+def test_cli_missing_config_file(tmp_path, capsys):
+    assert main(["run", "--config", str(tmp_path / "none.toml")]) == 2
+    assert "not found" in capsys.readouterr().err

@@ -1,0 +1,78 @@
+"""Tracker: stable ids, smoothing and hysteresis turn flickering scores into settled events."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edge.tracker import Detection, Tracker, TrackerSettings, iou
+
+LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+
+
+def scores(label: str, p: float = 0.8) -> np.ndarray:
+    s = np.full(len(LABELS), (1 - p) / (len(LABELS) - 1))
+    s[LABELS.index(label)] = p
+    return s
+
+
+def run(tracker: Tracker, frames: list[list[Detection]], fps: float = 10.0):
+    events = []
+    for i, dets in enumerate(frames):
+        events += tracker.update(dets, i / fps)
+    return events
+
+
+def test_iou():
+    assert iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert iou((0, 0, 10, 10), (20, 20, 5, 5)) == 0.0
+    assert abs(iou((0, 0, 10, 10), (5, 0, 10, 10)) - 50 / 150) < 1e-9
+
+
+def test_enter_settle_change_leave_in_order():
+    tracker = Tracker(LABELS, TrackerSettings(enter_frames=2, settle_frames=3, leave_after_frames=3, leave_after_s=0.2))
+    box = (100.0, 100.0, 50.0, 50.0)
+    frames = [[Detection(box, scores("neutral"))]] * 10 + [[Detection(box, scores("happy"))]] * 10 + [[]] * 5
+    events = run(tracker, frames)
+    kinds = [(e.type, e.expression) for e in events]
+    assert kinds == [("face_enter", None), ("expression", "neutral"), ("expression", "happy"), ("face_leave", "happy")]
+    assert len({e.track_id for e in events}) == 1
+    assert events[2].extra["previous"] == "neutral"
+    assert events[3].extra["duration_s"] > 1.5
+
+
+def test_flicker_does_not_fire_events():
+    tracker = Tracker(LABELS, TrackerSettings(ema_alpha=0.35, settle_frames=3))
+    box = (0.0, 0.0, 40.0, 40.0)
+    # Steady neutral with a one-frame "angry" blip every fourth frame.
+    frames = [[Detection(box, scores("angry" if i % 4 == 3 else "neutral"))] for i in range(40)]
+    expressions = [e.expression for e in run(tracker, frames) if e.type == "expression"]
+    assert expressions == ["neutral"]
+
+
+def test_two_faces_keep_their_ids_while_moving():
+    tracker = Tracker(LABELS, TrackerSettings())
+    frames = [
+        [Detection((10.0 + 2 * i, 10.0, 40.0, 40.0), scores("happy")),
+         Detection((200.0 - 2 * i, 50.0, 40.0, 40.0), scores("sad"))]
+        for i in range(15)
+    ]
+    events = run(tracker, frames)
+    settled = {e.track_id: e.expression for e in events if e.type == "expression"}
+    assert sorted(settled.values()) == ["happy", "sad"]
+    assert len(settled) == 2
+    assert [t.id for t in tracker.visible] == sorted(settled)
+
+
+def test_finish_makes_every_visible_face_leave():
+    tracker = Tracker(LABELS, TrackerSettings(enter_frames=1))
+    run(tracker, [[Detection((0.0, 0.0, 30.0, 30.0), scores("fear"))]] * 3)
+    left = tracker.finish(1.0)
+    assert [e.type for e in left] == ["face_leave"]
+    assert tracker.visible == []
+
+
+def test_unconfident_scores_never_settle():
+    tracker = Tracker(LABELS, TrackerSettings(min_confidence=0.5))
+    flat = np.full(len(LABELS), 1 / len(LABELS))
+    events = run(tracker, [[Detection((0.0, 0.0, 30.0, 30.0), flat)]] * 20)
+    assert [e.type for e in events] == ["face_enter"]
