@@ -74,7 +74,7 @@ class FrameGrabber:
         try:
             source = self._open_fn()
         except SourceUnavailable as exc:
-            logger.warning("%s; retrying with back-off up to %.0f s", exc, self._max_s)
+            logger.warning("%s; retrying with back-off up to %g s", exc, self._max_s)
             source = None
         if source is not None:
             self._attach(source)
@@ -92,11 +92,15 @@ class FrameGrabber:
             if self._thread.is_alive():
                 logger.warning("%s did not stop within %.0f s; leaving its thread behind",
                                self.description, STOP_JOIN_S)
+        with self._cond:
+            self._slot = None  # a stopped grabber hands out nothing more
 
     def get(self, timeout: float) -> Frame | None:
         """The next frame (the newest one for live sources); None after `timeout` s or when finished."""
         deadline = time.monotonic() + timeout
         with self._cond:
+            if self._stop.is_set():
+                return None
             while self._slot is None:
                 remaining = deadline - time.monotonic()
                 if self._ended or remaining <= 0:
@@ -138,7 +142,7 @@ class FrameGrabber:
                         logger.error("%s failed (%s); stopping at frame %d", source.description, exc,
                                      self._next_index)
                         break
-                    logger.warning("lost %s (%s); reconnecting with back-off %.0f..%.0f s",
+                    logger.warning("lost %s (%s); reconnecting with back-off %g..%g s",
                                    source.description, exc, self._initial_s, self._max_s)
                     self._detach()
                     continue
