@@ -1,0 +1,162 @@
+"""Face detection: YuNet (cv2.FaceDetectorYN) when its ONNX file is available, Haar cascade otherwise.
+
+Both detect on a copy scaled down to `detect_width` (never up) and report boxes and landmarks in
+full-frame pixels, clipped to the frame.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from edge.errors import ConfigError, ModelError
+
+logger = logging.getLogger(__name__)
+
+YUNET_GLOB = "face_detection_yunet*.onnx"
+HAAR_FILE = "haarcascade_frontalface_default.xml"
+YUNET_NMS_THRESHOLD = 0.3
+YUNET_TOP_K = 500
+HAAR_SCALE_FACTOR = 1.1
+HAAR_MIN_NEIGHBORS = 5
+HAAR_WINDOW_PX = 24  # the cascade's trained window; smaller faces are invisible to it
+
+
+@dataclass
+class Face:
+    box: tuple[float, float, float, float]  # x, y, w, h in full-frame pixels
+    score: float
+    # YuNet's five points (right eye, left eye, nose tip, right and left mouth corner) as (5, 2) x, y; Haar: None
+    landmarks: np.ndarray | None = None
+
+
+class Detector(Protocol):
+    name: str
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """Faces in a BGR (HxWx3) or grey (HxW) uint8 frame."""
+
+
+def _downscale(image: np.ndarray, detect_width: int) -> tuple[np.ndarray, float]:
+    """A copy at most `detect_width` wide (aspect kept) and the factor applied; small frames stay as they are."""
+    width = image.shape[1]
+    if width <= detect_width:
+        return image, 1.0
+    scale = detect_width / width
+    height = max(1, round(image.shape[0] * scale))
+    return cv2.resize(image, (detect_width, height), interpolation=cv2.INTER_AREA), scale
+
+
+def _clipped_box(x: float, y: float, w: float, h: float, frame_w: int, frame_h: int
+                 ) -> tuple[float, float, float, float]:
+    x0, y0 = min(max(x, 0.0), frame_w), min(max(y, 0.0), frame_h)
+    x1, y1 = min(max(x + w, 0.0), frame_w), min(max(y + h, 0.0), frame_h)
+    return x0, y0, x1 - x0, y1 - y0
+
+
+class YuNetDetector:
+    name = "yunet"
+
+    def __init__(self, model_path: Path, detect_width: int = 320, score_threshold: float = 0.7,
+                 min_face_px: int = 24) -> None:
+        try:
+            self._net = cv2.FaceDetectorYN.create(str(model_path), "", (detect_width, detect_width),
+                                                  score_threshold, YUNET_NMS_THRESHOLD, YUNET_TOP_K)
+        except cv2.error:
+            raise ModelError(f"YuNet model {model_path} is not a valid ONNX model (corrupt or truncated "
+                             f"download); delete it and re-run the installer, which fetches it again") from None
+        self._input_size = (detect_width, detect_width)
+        self.model_path = model_path
+        self.detect_width = detect_width
+        self.min_face_px = min_face_px
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        small, scale = _downscale(image, self.detect_width)
+        if small.ndim == 2:  # YuNet takes 3 channels; converting the small copy is cheap
+            small = cv2.cvtColor(small, cv2.COLOR_GRAY2BGR)
+        size = (small.shape[1], small.shape[0])
+        if size != self._input_size:
+            self._net.setInputSize(size)
+            self._input_size = size
+        _, rows = self._net.detect(small)
+        if rows is None:
+            return []
+        frame_h, frame_w = image.shape[:2]
+        faces = []
+        for row in rows:
+            x, y, w, h = (float(v) / scale for v in row[:4])
+            if max(w, h) < self.min_face_px:
+                continue
+            faces.append(Face(box=_clipped_box(x, y, w, h, frame_w, frame_h), score=float(row[14]),
+                              landmarks=(row[4:14] / np.float32(scale)).reshape(5, 2)))
+        return faces
+
+
+class HaarDetector:
+    """OpenCV's frontal-face cascade. It gives no confidence, so every face scores 1.0."""
+
+    name = "haar"
+
+    def __init__(self, detect_width: int = 320, min_face_px: int = 24) -> None:
+        self._cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / HAAR_FILE))
+        if self._cascade.empty():
+            raise ModelError(f"Haar cascade {HAAR_FILE} is missing from this OpenCV install; "
+                             f"reinstall opencv-python-headless (version 4.x) or use the YuNet detector")
+        self.detect_width = detect_width
+        self.min_face_px = min_face_px
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        small, scale = _downscale(image, self.detect_width)
+        grey = small if small.ndim == 2 else cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+        grey = cv2.equalizeHist(grey)  # the cascade is sensitive to contrast; this is its usual companion
+        min_side = max(HAAR_WINDOW_PX, round(self.min_face_px * scale))
+        rects = self._cascade.detectMultiScale(grey, HAAR_SCALE_FACTOR, HAAR_MIN_NEIGHBORS,
+                                               minSize=(min_side, min_side))
+        frame_h, frame_w = image.shape[:2]
+        return [Face(box=_clipped_box(*(float(v) / scale for v in rect), frame_w, frame_h), score=1.0)
+                for rect in rects]
+
+
+def find_yunet(search_dirs: list[Path]) -> Path | None:
+    """The newest-named YuNet ONNX file in the first folder that has one."""
+    for folder in search_dirs:
+        found = sorted(Path(folder).expanduser().glob(YUNET_GLOB))
+        if found:
+            return found[-1]
+    return None
+
+
+def make_detector(kind: str = "auto", yunet_path: Path | None = None, search_dirs: list[Path] | None = None,
+                  detect_width: int = 320, score_threshold: float = 0.7, min_face_px: int = 24) -> Detector:
+    """YuNet if kind is "yunet", or "auto" and a model is given or found in search_dirs; Haar otherwise."""
+    if kind not in ("auto", "yunet", "haar"):
+        raise ConfigError(f"detector kind {kind!r} is unknown; use auto, yunet or haar")
+    if detect_width < 32:
+        raise ConfigError(f"detector detect_width {detect_width} is too small; use 320 (or more for small faces)")
+    search_dirs = list(search_dirs or [])
+    path: Path | None = None
+    if kind != "haar":
+        if yunet_path is not None:
+            path = Path(yunet_path).expanduser()
+            if not path.is_file():
+                raise ModelError(f"YuNet model {path} not found; fix the path or re-run the installer, "
+                                 f"which fetches face_detection_yunet_2023mar.onnx")
+        else:
+            path = find_yunet(search_dirs)
+            if path is None and kind == "yunet":
+                where = ", ".join(str(d) for d in search_dirs) or "no folders given"
+                raise ModelError(f"no YuNet model ({YUNET_GLOB}) found in {where}; give its path or re-run "
+                                 f"the installer, which fetches face_detection_yunet_2023mar.onnx")
+    if path is not None:
+        detector: Detector = YuNetDetector(path, detect_width, score_threshold, min_face_px)
+        logger.info("face detector: YuNet %s at %d px width", path, detect_width)
+    else:
+        detector = HaarDetector(detect_width, min_face_px)
+        logger.info("face detector: Haar cascade at %d px width (no YuNet model found%s)", detect_width,
+                    f" in {', '.join(map(str, search_dirs))}" if search_dirs else "")
+    return detector
