@@ -49,11 +49,15 @@ class Preprocessing:
     def apply(self, images_u8: np.ndarray | torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
         """float32 NCHW tensor on `device` from uint8 grey faces (N, H, W)."""
         x = torch.as_tensor(np.ascontiguousarray(images_u8) if isinstance(images_u8, np.ndarray) else images_u8)
-        x = x.to(device=device, dtype=torch.float32).unsqueeze(1) * self.scale
+        x = x.to(device=device, dtype=torch.float32).unsqueeze(1) / 255.0
         if tuple(x.shape[-2:]) != self.size:
             align = False if self.resize in ("bilinear", "bicubic") else None
             x = F.interpolate(x, size=self.size, mode=self.resize, align_corners=align)
-        x = x.expand(-1, self.channels, -1, -1)
+        return self.normalise(x)
+
+    def normalise(self, x01: torch.Tensor) -> torch.Tensor:
+        """Model input from already resized grey faces (N, 1, H, W) holding pixel/255."""
+        x = x01.expand(-1, self.channels, -1, -1) * (self.scale * 255.0)
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
         return ((x - mean) / std).contiguous()
