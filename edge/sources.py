@@ -242,7 +242,7 @@ def open_source(spec: str, width: int = 640, height: int = 480, fps: float = 15.
         return _open_v4l2(spec, width, height, fps)
     if urlsplit(spec).scheme.lower() in STREAM_SCHEMES:
         return _open_stream(spec, fps)
-    if glob.has_magic(spec):
+    if any(char in spec for char in "*?["):  # glob syntax
         paths = _image_paths(glob.glob(os.path.expanduser(spec)))
         if not paths:
             raise SourceError(f"no image files match {spec!r}; check the pattern (quote it so the shell "
