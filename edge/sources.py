@@ -12,7 +12,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import cv2
@@ -38,7 +38,6 @@ class SourceUnavailable(SourceError):
     """A live source is absent right now (camera unplugged, stream down) but may come back later."""
 
 
-@runtime_checkable
 class FrameSource(Protocol):
     live: bool
     description: str
