@@ -63,6 +63,8 @@ class TrainConfig:
     threads: int | None = None
     limit: int | None = None  # train on a stratified subset of this many faces (smoke runs)
     skip_corrupt: bool = False
+    stop_after_epochs: int | None = None  # end this run early (resume later): time-boxed sessions
+    time_budget_min: float | None = None  # end this run before an epoch that would not finish in time
 
     def resolved(self) -> TrainConfig:
         """Copy with the automatic choices filled in."""
@@ -130,7 +132,7 @@ def train_config(config: TrainConfig, resume: bool = True) -> TrainResult:
     torch.manual_seed(cfg.seed)
     model = build_arch(cfg.arch, len(CANONICAL_LABELS), cfg.head, in_channels=cfg.channels).to(device)
     model = model.to(memory_format=torch.channels_last)
-    optimizer = _optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
     state = _resume_state(paths["resume"], cfg) if resume and paths["resume"].exists() else None
     start_epoch, best_acc, best_epoch, history, wall_before = 0, -1.0, 0, [], 0.0
@@ -154,7 +156,7 @@ def train_config(config: TrainConfig, resume: bool = True) -> TrainResult:
                             "lower --batch-size")
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     augment = Augmentation()
-    autocast = _autocast(cfg)
+    autocast = make_autocast(cfg)
     size = (cfg.size, cfg.size)
 
     run_started, wall, done = time.monotonic(), wall_before, start_epoch
@@ -174,20 +176,13 @@ def train_config(config: TrainConfig, resume: bool = True) -> TrainResult:
                 group["lr"] = _lr_at(cfg, epoch * steps + step, steps)
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             x = pre.normalise(augment(images[idx], size, gen)).contiguous(memory_format=torch.channels_last)
-            y = labels[idx]
-            with autocast:
-                logits = model(x)
-            loss = criterion(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            loss_sum += loss.detach()
-            correct += (logits.argmax(1) == y).sum()
+            loss, logits = train_step(model, x, labels[idx], optimizer, scaler, criterion, autocast)
+            loss_sum += loss
+            correct += (logits.argmax(1) == labels[idx]).sum()
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.3f}")
         bar.close()
-        val_acc = evaluate(model, val_set, pre, device, autocast=_autocast(cfg, for_eval=True))
+        val_acc = evaluate(model, val_set, pre, device, autocast=make_autocast(cfg, for_eval=True))
         seconds = time.monotonic() - started
         entry = {"epoch": epoch + 1, "seconds": round(seconds, 1), "loss": round(loss_sum.item() / steps, 4),
                  "train_acc": round(correct.item() / (steps * cfg.batch_size), 4), "val_acc": round(val_acc, 4),
@@ -209,8 +204,24 @@ def train_config(config: TrainConfig, resume: bool = True) -> TrainResult:
                       "best_acc": best_acc, "best_epoch": best_epoch, "history": history, "wall_s": wall},
                      paths["resume"])
         _write_spec(paths["spec"], cfg, train_set, val_set, best_acc, best_epoch, done, wall)
+        if done < cfg.epochs and _should_stop(cfg, done - start_epoch, time.monotonic() - run_started, seconds):
+            print(f"stopping after epoch {done}/{cfg.epochs} as asked; rerun the same command to resume", flush=True)
+            break
 
     return TrainResult(paths["weights"], paths["spec"], paths["log"], best_acc, best_epoch, done, wall)
+
+
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, criterion: nn.Module, autocast: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a prepared batch; returns (loss, logits), both detached."""
+    with autocast:
+        logits = model(x)
+    loss = criterion(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), logits.detach()
 
 
 def evaluate(model: nn.Module, faces: FaceSet, pre: Preprocessing, device: torch.device, *,
@@ -232,6 +243,12 @@ def evaluate(model: nn.Module, faces: FaceSet, pre: Preprocessing, device: torch
 
 
 # ---------------------------------------------------------------- pieces
+
+def _should_stop(cfg: TrainConfig, epochs_this_run: int, elapsed_s: float, last_epoch_s: float) -> bool:
+    if cfg.stop_after_epochs is not None and epochs_this_run >= cfg.stop_after_epochs:
+        return True
+    return cfg.time_budget_min is not None and elapsed_s + last_epoch_s > cfg.time_budget_min * 60.0
+
 
 def _paths(out: Path) -> dict[str, Path]:
     return {"weights": out, "spec": out.with_suffix(".json"), "log": out.with_suffix(".log"),
@@ -262,7 +279,7 @@ def _val_name(cfg: TrainConfig, val: FaceSet) -> str:
     return "PublicTest" if str(val.source).endswith((".csv", ".csv.gz")) and cfg.val_split == "test" else cfg.val_split
 
 
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     # No weight decay on BatchNorm and bias parameters: decaying them only hurts.
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
@@ -283,7 +300,7 @@ def _lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _autocast(cfg: TrainConfig, for_eval: bool = False) -> Any:
+def make_autocast(cfg: TrainConfig, for_eval: bool = False) -> Any:
     device_type = "cuda" if cfg.device.startswith("cuda") else "cpu"
     # On CPU, bf16 inference under inference_mode re-casts the weights every call and is slower than fp32.
     enabled = cfg.precision != "fp32" and not (for_eval and device_type == "cpu")
@@ -396,6 +413,10 @@ def add_train_teacher_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     parser.add_argument("--limit", type=int, default=None, help="train on this many faces only (smoke runs)")
     parser.add_argument("--skip-corrupt", action="store_true", help="leave out unreadable images instead of failing")
+    parser.add_argument("--stop-after-epochs", type=int, default=None,
+                        help="end this run after N epochs; rerun the same command to continue")
+    parser.add_argument("--time-budget-min", type=float, default=None,
+                        help="end this run before an epoch that would overrun this many minutes; rerun to continue")
     parser.add_argument("--no-resume", action="store_true",
                         help="start over even if <out>.resume.pt exists from an earlier run")
 
@@ -410,7 +431,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                       mean=parse_normalisation(args.mean, 0), std=parse_normalisation(std_source, 1),
                       head=args.head, val_split=args.val_split, val_fraction=args.val_fraction, seed=args.seed,
                       device=args.device, precision=args.precision, threads=args.threads, limit=args.limit,
-                      skip_corrupt=args.skip_corrupt)
+                      skip_corrupt=args.skip_corrupt, stop_after_epochs=args.stop_after_epochs,
+                      time_budget_min=args.time_budget_min)
     return cfg
 
 
@@ -418,6 +440,6 @@ def run_train_teacher(args: argparse.Namespace) -> int:
     """Entry point of the subcommand; returns the exit status."""
     cfg = config_from_args(args)
     result = train_config(cfg, resume=not args.no_resume)
-    print(f"best {result.best_accuracy:.4f} at epoch {result.best_epoch}/{result.epochs_done} "
+    print(f"best {result.best_accuracy:.4f} at epoch {result.best_epoch} of {result.epochs_done} done "
           f"({result.wall_s / 60:.1f} min): {result.weights} + {result.spec.name}")
     return 0
