@@ -296,10 +296,11 @@ if [ "$UNINSTALL" = 1 ]; then
 fi
 
 umask 022
+# The detector's checksum first: a wrong file stops the install before anything else changes.
+install_yunet
 install_system_packages
 ensure_group
 install_venv
-install_yunet
 install_models
 install_config
 install_unit
