@@ -40,9 +40,9 @@ def run_bench(config: Config, frames: int) -> int:
         source.close()
     measured = totals[WARMUP_FRAMES:]
     if not measured:
-        print(f"no usable frames from {config.source.uri} (need more than {WARMUP_FRAMES})")
+        print(f"no usable frames from {source.description} (need more than {WARMUP_FRAMES})")
         return 1
-    print(f"source {config.source.uri} ({size[1]}x{size[0]}), detector {detector.name}, "
+    print(f"source {source.description} ({size[1]}x{size[0]}), detector {detector.name}, "
           f"model {model.model_id} ({model.precision}, {config.model.threads} threads), "
           f"{len(measured)} frames, {np.mean(faces[WARMUP_FRAMES:]):.1f} faces/frame")
     print(f"{'stage':<10} {'mean ms':>8}")

@@ -52,6 +52,9 @@ class FrameGrabber:
         self.reconnects = 0
         self.connected = False
         self.description = "source not opened yet"
+        # What the last attached source said of itself; a source that cannot be opened yet is a live one.
+        self.live = True
+        self.fps: float | None = None
 
     @property
     def finished(self) -> bool:
@@ -113,6 +116,8 @@ class FrameGrabber:
     def _attach(self, source: FrameSource) -> None:
         self._source = source
         self.description = source.description
+        self.live = source.live
+        self.fps = getattr(source, "fps", None)
         self.connected = True
         self._ever_attached = True
 

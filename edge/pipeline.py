@@ -129,11 +129,11 @@ class Daemon:
         self.stop_requested.set()
 
     def run(self) -> int:
-        log.info("device %s: source %s, detector %s, model %s (%s), spool %s",
-                 self.device, self.config.source.uri, self.detector.name, self.model.model_id,
-                 self.model.precision, self.config.state_dir / SPOOL_FILE)
         self.publisher.start()
         self.grabber.start()
+        log.info("device %s: source %s, detector %s, model %s (%s), spool %s",
+                 self.device, self.grabber.description, self.detector.name, self.model.model_id,
+                 self.model.precision, self.config.state_dir / SPOOL_FILE)
         try:
             self._loop()
         finally:
@@ -178,7 +178,7 @@ class Daemon:
         depend on how fast this machine is; wall time for live and paced sources."""
         if self.grabber.live or self.config.source.realtime:
             return frame.captured_at
-        fps = getattr(self.grabber, "fps", None) or self.config.source.fps
+        fps = self.grabber.fps or self.config.source.fps
         return frame.index / fps
 
     def _process(self, frame: Frame, clock: float) -> None:
@@ -209,7 +209,7 @@ class Daemon:
             self._stalled = False
         if not self._ready:
             self._ready = True
-            self.notifier.ready(f"processing {self.config.source.uri}")
+            self.notifier.ready(f"processing {self.grabber.description}")
             log.info("first frame processed; ready")
 
     def _count_bad_frame(self, frame: Frame, why: str) -> None:
