@@ -1,0 +1,258 @@
+"""The daemon speaks systemd's notify protocol when started exactly as edge-mood.service starts it.
+
+The test plays systemd's part: it takes ExecStart= and Environment= from the unit file (only the venv's
+`edge` becomes `python -m edge` and the config path a temporary one), sets NOTIFY_SOCKET to an AF_UNIX
+datagram socket it reads, WATCHDOG_USEC/WATCHDOG_PID and STATE_DIRECTORY as systemd does, and runs a real
+mosquitto. WATCHDOG_USEC is 2 s, as a drop-in `WatchdogSec=2s` would give, so the test need not wait for
+the shipped 30 s.
+
+Frames come from an MJPEG-over-HTTP stream of a real photo served by the test: a stand-in for the Pi's
+camera that the test can stall (stop sending, connection kept open) and resume, as a wedged camera would.
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import cv2
+import pytest
+
+from tests.tiny_model import write_tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+PHOTO = SHARED / "data" / "photos" / "12_angry_men.jpg"
+YUNET = SHARED / "models" / "face_detection_yunet_2026may.onnx"
+UNIT = REPO / "systemd" / "edge-mood.service"
+UNIT_CONFIG = "/etc/edge-mood/config.toml"
+
+WATCHDOG_S = 2.0
+STALL_TIMEOUT_S = 2.0
+DEVICE = "notify-test"
+
+
+def unit_entries(key: str) -> list[str]:
+    return [line.split("=", 1)[1].strip() for line in UNIT.read_text().splitlines()
+            if line.startswith(f"{key}=")]
+
+
+def unit_stop_timeout_s() -> float:
+    (value,) = unit_entries("TimeoutStopSec")
+    return float(value.rstrip("s"))
+
+
+class MjpegStream:
+    """multipart/x-mixed-replace JPEG stream on 127.0.0.1, 10 frames/s while `flowing` is set; cleared, it
+    keeps connections open and sends nothing."""
+
+    def __init__(self, jpeg: bytes, fps: float = 10.0):
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self._closed = threading.Event()
+        stream = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                part = (b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
+                        + jpeg + b"\r\n")
+                try:
+                    while not stream._closed.is_set():
+                        if stream.flowing.wait(0.1):
+                            self.wfile.write(part)
+                            self.wfile.flush()
+                            time.sleep(1 / fps)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def log_message(self, *_args) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/stream.mjpg"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class NotifySocket:
+    """The receiving end of $NOTIFY_SOCKET: records every datagram's lines with their arrival time."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(path))
+        self._sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while not self._closed:
+            try:
+                data = self._sock.recv(4096)
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                return
+            with self._cond:
+                self.messages += [(time.monotonic(), line) for line in data.decode().splitlines()]
+                self._cond.notify_all()
+
+    def times(self, line: str) -> list[float]:
+        with self._cond:
+            return [at for at, got in self.messages if got == line]
+
+    def wait_until(self, what: str, predicate: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    pytest.fail(f"timed out after {timeout} s waiting for {what}; "
+                                f"got {[m for _, m in self.messages][-8:]}")
+                self._cond.wait(min(left, 0.2))
+
+    def close(self) -> None:
+        self._closed = True
+        self._sock.close()
+
+
+@pytest.fixture
+def stream() -> Iterator[MjpegStream]:
+    if not PHOTO.exists():
+        pytest.skip(f"needs the shared photos ({PHOTO} is absent)")
+    ok, jpeg = cv2.imencode(".jpg", cv2.resize(cv2.imread(str(PHOTO)), (640, 360)))
+    assert ok
+    served = MjpegStream(jpeg.tobytes())
+    yield served
+    served.close()
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    # Short path: an AF_UNIX socket path must fit in 108 bytes.
+    with tempfile.TemporaryDirectory(prefix="sdn-", dir="/tmp") as folder:
+        yield Path(folder)
+
+
+def write_config(folder: Path, broker, source: str) -> Path:
+    model = write_tiny_model(folder / "model")
+    detector = f'yunet_model = "{YUNET}"' if YUNET.exists() else 'kind = "haar"'
+    path = folder / "config.toml"
+    path.write_text(f"""
+[source]
+uri = "{source}"
+reconnect_max_s = 1.0
+[detector]
+{detector}
+[model]
+path = "{model}"
+[mqtt]
+host = "{broker.host}"
+port = {broker.port}
+protocol = "{broker.protocol}"
+device_id = "{DEVICE}"
+discovery = false
+[stats]
+interval_s = 3600.0
+[service]
+stall_timeout_s = {STALL_TIMEOUT_S}
+""")
+    return path
+
+
+def start_like_systemd(config: Path, state_dir: Path, notify_socket: Path, log: Path) -> subprocess.Popen:
+    """ExecStart= and Environment= from the unit, with the environment systemd gives a Type=notify
+    service that has a watchdog."""
+    (exec_start,) = unit_entries("ExecStart")
+    argv = shlex.split(exec_start)
+    assert argv[0] == "/opt/edge-mood/venv/bin/edge" and UNIT_CONFIG in argv
+    argv = [sys.executable, "-m", "edge", *(str(config) if a == UNIT_CONFIG else a for a in argv[1:])]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_", "EDGE_MOOD_"))}
+    for entry in unit_entries("Environment"):
+        for assignment in shlex.split(entry):
+            key, _, value = assignment.partition("=")
+            env[key] = value
+    env.update(NOTIFY_SOCKET=str(notify_socket), WATCHDOG_USEC=str(int(WATCHDOG_S * 1e6)),
+               STATE_DIRECTORY=str(state_dir), INVOCATION_ID="0" * 32)
+    # systemd sets WATCHDOG_PID to the service's main PID: the shell's PID is the daemon's after exec.
+    wrapped = ["sh", "-c", 'WATCHDOG_PID=$$ exec "$@"', "sh", *argv]
+    return subprocess.Popen(wrapped, env=env, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+def log_tail(log: Path) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-25:])
+
+
+def test_ready_watchdog_stall_recovery_and_clean_stop(broker, subscriber, stream, workdir):
+    state_dir = workdir / "state"
+    state_dir.mkdir()
+    notify = NotifySocket(workdir / "notify.sock")
+    log = workdir / "daemon.log"
+    daemon = start_like_systemd(write_config(workdir, broker, stream.url), state_dir, notify.path, log)
+    try:
+        # READY=1 once frames flow (model loading and stream probing come first).
+        notify.wait_until("READY=1", lambda: notify.times("READY=1") or daemon.poll() is not None, 90)
+        assert daemon.poll() is None, f"daemon exited {daemon.returncode}:\n{log_tail(log)}"
+
+        # WATCHDOG=1 keeps coming while frames flow.
+        ready_at = notify.times("READY=1")[0]
+        notify.wait_until("3 watchdog pings",
+                          lambda: len([t for t in notify.times("WATCHDOG=1") if t > ready_at]) >= 3, 10 * WATCHDOG_S)
+
+        # The camera stalls: the pings stop (systemd would restart the service) while the process lives.
+        stream.flowing.clear()
+        stalled_at = time.monotonic()
+        quiet_s = WATCHDOG_S * 1.5  # longer than the ping interval: silence means no ping is due
+        notify.wait_until(f"the pings to stop for {quiet_s} s",
+                          lambda: time.monotonic() - max(notify.times("WATCHDOG=1")[-1], stalled_at) >= quiet_s,
+                          STALL_TIMEOUT_S + quiet_s + 15)
+        last_ping = notify.times("WATCHDOG=1")[-1]
+        assert last_ping - stalled_at <= STALL_TIMEOUT_S + WATCHDOG_S, "pinged on well after the stall"
+        assert daemon.poll() is None, log_tail(log)
+        assert "no frame for" in log.read_text()
+
+        # Frames flow again (the daemon reconnects): the pings come back.
+        stream.flowing.set()
+        notify.wait_until("the pings to resume", lambda: notify.times("WATCHDOG=1")[-1] > last_ping, 40)
+
+        # SIGTERM, as `systemctl stop` sends: STOPPING=1, retained "offline", exit status 0.
+        status = subscriber(broker, f"edge-mood/{DEVICE}/status")
+        status.wait_until(lambda got: any(m.text == "online" for m in got))
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            code = daemon.wait(unit_stop_timeout_s())
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running {unit_stop_timeout_s()} s after SIGTERM (systemd would SIGKILL):\n"
+                        f"{log_tail(log)}")
+        assert code == 0, log_tail(log)
+        notify.wait_until("STOPPING=1", lambda: bool(notify.times("STOPPING=1")), 5)
+        assert any(m.text == "offline" for m in status.received()), "no offline status on shutdown"
+        late = subscriber(broker, f"edge-mood/{DEVICE}/status")
+        retained = late.wait_for(1)[0]
+        assert retained.retain and retained.text == "offline"
+        assert (state_dir / "spool.sqlite3").exists(), "spool not kept in $STATE_DIRECTORY"
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        notify.close()
