@@ -22,7 +22,8 @@ from edge.config import Config
 from edge.faces import make_detector
 from edge.locations import default_model, model_dirs
 from edge.payloads import event_payload, state_payload, stats_payload
-from edge.publisher import MqttSettings, Publisher
+from edge.mqtt_client import MqttSettings
+from edge.publisher import Publisher
 from edge.sdnotify import SystemdNotifier
 from edge.sources import open_source
 from edge.spool import Spool
@@ -109,7 +110,8 @@ class Daemon:
             reconnect_max_s=config.source.reconnect_max_s,
         )
         self.spool = open_spool(config)
-        self.publisher = Publisher(mqtt_settings(config), self.spool)
+        self.publisher = Publisher(mqtt_settings(config), self.spool, labels=self.model.labels,
+                                   model=self.model.model_id)
 
         self.faces_now = 0
         self.bad_frames = 0

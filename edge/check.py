@@ -1,0 +1,105 @@
+"""`edge check`: try every part the daemon needs, once, and print a readable report."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+from edge.config import Config
+from edge.errors import UserError
+from edge.mqtt_client import MqttSettings, make_client
+from edge.pipeline import SPOOL_FILE, build_detector, load_model, mqtt_settings, open_spool
+from edge.sources import open_source
+
+BROKER_TIMEOUT_S = 5.0
+SOURCE_TIMEOUT_S = 10.0
+
+
+def run_check(config: Config) -> int:
+    """Exit status 0 when every part works, 1 otherwise."""
+    results: list[tuple[str, bool, str]] = []
+
+    def step(name: str, action: Callable[[], str]) -> object:
+        try:
+            results.append((name, True, action()))
+            return True
+        except UserError as exc:
+            results.append((name, False, str(exc)))
+        except Exception as exc:  # a check reports every failure instead of stopping at the first
+            results.append((name, False, f"{type(exc).__name__}: {exc}"))
+        return False
+
+    step("config", lambda: f"{config.path or 'built-in defaults'} (device {config.device_id})")
+    holder: dict = {}
+
+    def model() -> str:
+        holder["model"] = m = load_model(config)
+        c = m.card
+        return (f"{m.model_id} at {m.path} ({m.precision}, {len(m.labels)} labels, "
+                f"input {c.channels}x{c.height}x{c.width} {c.color})")
+
+    if step("model", model):
+        step("detector", lambda: build_detector(config, holder["model"]).name)
+    step("source", lambda: _read_one_frame(config))
+    step("spool", lambda: _spool_report(config))
+    step("broker", lambda: probe_broker(mqtt_settings(config)))
+
+    print("edge-mood check")
+    for name, ok, text in results:
+        print(f"  {name:<9} {'ok  ' if ok else 'FAIL'}  {text}")
+    return 0 if all(ok for _, ok, _ in results) else 1
+
+
+def _read_one_frame(config: Config) -> str:
+    source = open_source(config.source.uri, config.source.width, config.source.height, config.source.fps)
+    got: dict = {}
+    reader = threading.Thread(target=lambda: got.setdefault("image", source.read()), daemon=True)
+    reader.start()
+    reader.join(SOURCE_TIMEOUT_S)
+    source.close()
+    image = got.get("image")
+    if image is None:
+        raise UserError(f"{source.description} opened but gave no frame within {SOURCE_TIMEOUT_S:.0f} s; "
+                        f"check the camera cable or the stream")
+    return f"{source.description}: {image.shape[1]}x{image.shape[0]} frame read"
+
+
+def _spool_report(config: Config) -> str:
+    spool = open_spool(config)
+    try:
+        return f"{config.state_dir / SPOOL_FILE} ({spool.depth} events waiting, last seq {spool.last_seq})"
+    finally:
+        spool.close()
+
+
+def probe_broker(settings: MqttSettings) -> str:
+    """Connect once with a client id of its own, so the daemon's session and status are left alone."""
+    connected = threading.Event()
+    outcome: dict = {}
+    client = make_client(settings, f"{settings.daemon_client_id}-check")
+
+    def on_connect(_client, _userdata, _flags, reason, _props) -> None:
+        outcome["reason"] = reason
+        connected.set()
+
+    client.on_connect = on_connect
+    started = time.monotonic()
+    try:
+        client.connect(settings.host, settings.port, settings.keepalive)
+    except OSError as exc:
+        raise UserError(f"broker {settings.broker} unreachable ({exc.strerror or exc}); "
+                        f"start it or set mqtt.host / mqtt.port") from None
+    client.loop_start()
+    try:
+        if not connected.wait(BROKER_TIMEOUT_S):
+            raise UserError(f"broker {settings.broker} did not answer within {BROKER_TIMEOUT_S:.0f} s; "
+                            f"check mqtt.host, mqtt.port and mqtt.tls")
+        reason = outcome["reason"]
+        if reason.is_failure:
+            raise UserError(f"broker {settings.broker} refused the connection ({reason}); "
+                            f"check mqtt.username and the password")
+        return f"{settings.description} connected in {1000 * (time.monotonic() - started):.0f} ms"
+    finally:
+        client.disconnect()
+        client.loop_stop()
