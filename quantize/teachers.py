@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import pickle
 import sys
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,7 +282,9 @@ def _load_torch(path: Path, spec: dict[str, Any], where: str, device: str, preci
     arch: str | None = None
     if _is_torchscript(path):
         try:
-            model: nn.Module = torch.jit.load(str(path), map_location=device)
+            with warnings.catch_warnings():  # deprecated for new work, but users still hold TorchScript files
+                warnings.simplefilter("ignore", DeprecationWarning)
+                model: nn.Module = torch.jit.load(str(path), map_location=device)
         except Exception as exc:  # noqa: BLE001 - TorchScript raises RuntimeError subclasses of many kinds
             raise QuantizeError(f"{where}: cannot load TorchScript ({str(exc).splitlines()[0][:160]})") from None
         backend, channels = "torchscript", None
@@ -329,7 +332,10 @@ def _load_torch(path: Path, spec: dict[str, Any], where: str, device: str, preci
 def _torch_load(path: Path, where: str, trust_pickle: bool) -> Any:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):  # garbage bytes fail in the same unpickler
+            raise QuantizeError(f"{where}: not a readable PyTorch checkpoint (unpickling failed); check the file")\
+                from None
         raise QuantizeError(f"{where}: the file pickles Python objects, not just weights; re-save it with "
                             "torch.save(model.state_dict(), ...), or pass --trust-pickle if you trust its "
                             "source") from None

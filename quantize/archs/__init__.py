@@ -26,7 +26,7 @@ ARCH_NAMES: tuple[str, ...] = (*RESNET_CONFIGS, *DENSENET_CONFIGS)
 WRAPPER_KEYS: tuple[str, ...] = ("state_dict", "model_state_dict", "model", "net", "weights", "ema", "model_ema")
 # Prefixes added by DataParallel, torch.compile and Lightning-style wrappers.
 WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "model.", "_orig_mod.")
-_LEGACY_DENSE = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var))$")
+_LEGACY_DENSE = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
 @dataclass(frozen=True)
