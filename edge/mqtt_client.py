@@ -1,0 +1,151 @@
+"""Broker connection settings and the paho client built from them (shared by the daemon and `edge tail`)."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.errors import ConfigError
+from edge.topics import Topics
+
+PROTOCOLS = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}
+PROTOCOL_ALIASES = {"5.0": "5", "v5": "5", "mqttv5": "5", "311": "3.1.1", "v311": "3.1.1", "mqttv311": "3.1.1"}
+
+paho_log = logging.getLogger("edge.mqtt.paho")
+
+
+@dataclass(frozen=True, repr=False)
+class MqttSettings:
+    """Everything needed to reach the broker. The password is a value (read by the config layer from a
+    file or the environment); it never appears in repr() or logs."""
+
+    host: str = "localhost"
+    port: int = 1883
+    protocol: str = "5"  # "5" or "3.1.1"
+    prefix: str = "edge-mood"
+    device_id: str = "edge"
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False  # also on when tls_ca or tls_cert is set
+    tls_ca: str | Path | None = None  # None: the system's CA certificates
+    tls_cert: str | Path | None = None  # client certificate (PEM); the key may be inside it
+    tls_key: str | Path | None = None
+    tls_insecure: bool = False  # skip the host name check (like mosquitto_pub --insecure); chain still checked
+    keepalive: int = 30
+    qos: int = 1  # events and state; 1 or 2 for at-least-once, 0 gives that guarantee up
+    discovery: bool = True
+    discovery_prefix: str = "homeassistant"
+    client_id: str | None = None  # None: "edge-mood-<device_id>"
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 60.0
+    inflight: int = 20  # events sent and not yet acknowledged, at most
+
+    def __post_init__(self) -> None:
+        protocol = PROTOCOL_ALIASES.get(str(self.protocol).lower(), str(self.protocol))
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"mqtt.protocol = {self.protocol!r} is not supported; use \"5\" or \"3.1.1\"")
+        object.__setattr__(self, "protocol", protocol)
+        if not self.device_id or set("/+#") & set(self.device_id):
+            raise ConfigError(f"mqtt.device_id = {self.device_id!r} cannot be used in a topic; "
+                              f"use letters, digits, - and _")
+        if not self.prefix or set("+#") & set(self.prefix) or self.prefix.startswith("/") or self.prefix.endswith("/"):
+            raise ConfigError(f"mqtt.prefix = {self.prefix!r} is not a topic prefix; use e.g. \"edge-mood\" "
+                              f"(no wildcards, no leading or trailing /)")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"mqtt.port = {self.port!r} is not a port number; use 1-65535 (1883, 8883 for TLS)")
+        if self.qos not in (0, 1, 2):
+            raise ConfigError(f"mqtt.qos = {self.qos!r} is not allowed; use 1 (or 0 or 2)")
+        if self.keepalive < 5:
+            raise ConfigError(f"mqtt.keepalive = {self.keepalive!r} is too short; use 5 seconds or more")
+        if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
+            raise ConfigError("mqtt reconnect delays must satisfy 0 < reconnect_min_s <= reconnect_max_s")
+        if not 1 <= self.inflight <= 65535:
+            raise ConfigError(f"mqtt inflight = {self.inflight!r} must be between 1 and 65535")
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{f.name}={'***' if f.name == 'password' and self.password else repr(getattr(self, f.name))}"
+            for f in fields(self)
+        )
+        return f"MqttSettings({shown})"
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.prefix, self.device_id)
+
+    @property
+    def uses_tls(self) -> bool:
+        return bool(self.tls or self.tls_ca or self.tls_cert)
+
+    @property
+    def broker(self) -> str:
+        """'host:port' for log lines and errors."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def description(self) -> str:
+        """'broker.lan:8883 (MQTT 5, TLS, user pi)' for log lines."""
+        extras = [f"MQTT {self.protocol}"] + (["TLS"] if self.uses_tls else [])
+        if self.username:
+            extras.append(f"user {self.username}")
+        return f"{self.broker} ({', '.join(extras)})"
+
+    @property
+    def daemon_client_id(self) -> str:
+        return self.client_id or f"edge-mood-{self.device_id}"
+
+
+def make_client(settings: MqttSettings, client_id: str) -> mqtt.Client:
+    """A paho 2.x client with the protocol, credentials and TLS of `settings`; not yet connected."""
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=PROTOCOLS[settings.protocol],
+    )
+    # An exception in one of our callbacks must not kill paho's network thread (and with it reconnects).
+    client.suppress_exceptions = True
+    client.on_log = _paho_log
+    if settings.username is not None:
+        client.username_pw_set(settings.username, settings.password)
+    if settings.uses_tls:
+        _configure_tls(client, settings)
+    return client
+
+
+def _paho_log(_client: mqtt.Client, _userdata, level: int, text: str) -> None:
+    # paho reports every failed reconnect attempt as an error; our callbacks already log one line per
+    # outage, so paho's lines go to debug, except an exception caught in one of our callbacks (a bug).
+    if text.startswith("Caught exception"):
+        paho_log.error("%s", text)
+    else:
+        paho_log.debug("%s", text)
+
+
+def _configure_tls(client: mqtt.Client, settings: MqttSettings) -> None:
+    for key in ("tls_ca", "tls_cert", "tls_key"):
+        path = getattr(settings, key)
+        if path and not Path(path).expanduser().is_file():
+            raise ConfigError(f"mqtt.{key} = {str(path)!r} is not a readable file; point it at the PEM file "
+                              f"or leave it empty")
+    try:
+        client.tls_set(
+            ca_certs=_expanded(settings.tls_ca),
+            certfile=_expanded(settings.tls_cert),
+            keyfile=_expanded(settings.tls_key),
+            cert_reqs=ssl.CERT_REQUIRED,
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"mqtt TLS files cannot be loaded ({exc}); check that mqtt.tls_ca, tls_cert and "
+                          f"tls_key are PEM files and that the key belongs to the certificate") from None
+    if settings.tls_insecure:
+        client.tls_insecure_set(True)
+
+
+def _expanded(path: str | Path | None) -> str | None:
+    return str(Path(path).expanduser()) if path else None

@@ -1,0 +1,336 @@
+"""Publishes spooled events, the retained state, stats and the online/offline status to the broker.
+
+Threads: paho's network thread runs the connection (connect_async + loop_start, reconnects with
+back-off, never raises into the caller) and only hands acknowledgements over through a queue; one
+worker thread of ours reads the spool, publishes and commits acks to the spool, so SQLite fsyncs never
+stall the network thread.
+
+Ordering and no loss:
+- events are published in seq order, at most `settings.inflight` unacknowledged at a time, and are
+  removed from the spool only on the broker's PUBACK (QoS 1);
+- after a reconnect paho re-sends, in order, the ones that were in flight; new ones follow only once the
+  "online" birth message sent first on that connection is acknowledged, which proves paho's re-sends
+  have already been written ahead of them;
+- a restarted process re-sends everything still in the spool, so a consumer sees every event at least
+  once and in seq order after dropping seqs it already has.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from edge.discovery import discovery_messages
+from edge.errors import UserError
+from edge.mqtt_client import MqttSettings, make_client
+from edge.spool import Spool
+from edge.topics import OFFLINE, ONLINE, Topics
+
+__all__ = ["MqttSettings", "Publisher"]
+
+log = logging.getLogger(__name__)
+
+IDLE_WAKE_S = 1.0  # the worker also looks at the spool this often without being woken
+
+
+class Publisher:
+    """Owns the broker connection of the daemon. Start once, stop once.
+
+    `labels` and `model` only enrich the Home Assistant discovery configs.
+    """
+
+    def __init__(self, settings: MqttSettings, spool: Spool, *, labels: Sequence[str] = (),
+                 model: str | None = None):
+        self.settings = settings
+        self.spool = spool
+        self.topics: Topics = settings.topics
+        self._discovery = discovery_messages(self.topics, discovery_prefix=settings.discovery_prefix,
+                                             labels=labels, model=model) if settings.discovery else []
+        self._client = make_client(settings, settings.daemon_client_id)
+        self._client.will_set(self.topics.status, OFFLINE, qos=1, retain=True)
+        self._client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)
+        # Room for the birth, state and discovery messages beside the events' own window.
+        self._client.max_inflight_messages_set(settings.inflight + len(self._discovery) + 4)
+        self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = self._on_connect_fail
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_publish = self._on_publish
+
+        self._cond = threading.Condition()
+        self._kick = False
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._acks: queue.SimpleQueue[tuple[int, mqtt.ReasonCode | None]] = queue.SimpleQueue()
+
+        # Connection generations: +1 on every connect and disconnect. Events flow only while the
+        # birth message of the current generation has been acknowledged.
+        self._conn_lock = threading.Lock()
+        self._generation = 0
+        self._birth: tuple[int, int] | None = None  # (mid, generation)
+        self._ready_generation = -1
+        self._up = False
+        self._outage_since: float | None = None
+        self._outage_logged = False
+        self._announce_backlog = False
+
+        # Worker-thread state.
+        self._inflight: dict[int, int] = {}  # mid -> seq
+        self._sent_upto = 0
+        self._state: bytes | None = None
+        self._state_dirty = False
+        self._dropped_seen = spool.dropped
+        self._drop_warned = False
+        self._refusal_logged = False
+        self._last_error: str | None = None
+
+    # -- public ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect in the background; never raises because the broker is down (it logs one line and
+        keeps retrying with back-off while events go on being spooled)."""
+        if self._thread is not None:
+            raise RuntimeError("Publisher.start() called twice")
+        log.info("MQTT: broker %s, topics %s/%s/..., client id %s%s", self.settings.description,
+                 self.settings.prefix, self.settings.device_id, self.settings.daemon_client_id,
+                 "" if self.settings.discovery else ", Home Assistant discovery off")
+        self._outage_since = time.monotonic()
+        self._announce_backlog = self.spool.depth > 0
+        self._thread = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
+        self._thread.start()
+        self._client.connect_async(self.settings.host, self.settings.port, self.settings.keepalive)
+        self._client.loop_start()
+
+    def wake(self) -> None:
+        """Tell the publisher that events were appended to the spool."""
+        with self._cond:
+            self._kick = True
+            self._cond.notify_all()
+
+    def enqueue(self, event: dict[str, Any]) -> int:
+        """Append `event` to the spool and wake the publisher; returns its seq."""
+        seq = self.spool.append(event)
+        self.wake()
+        return seq
+
+    def publish_state(self, state: dict[str, Any]) -> None:
+        """Set the retained state. Only the newest is kept; it is (re)published as soon as connected."""
+        payload = json.dumps(state, separators=(",", ":")).encode()
+        with self._cond:
+            self._state = payload
+            self._state_dirty = True
+            self._kick = True
+            self._cond.notify_all()
+
+    def publish_stats(self, stats: dict[str, Any]) -> bool:
+        """Publish one stats message (QoS 0) if connected; stats of an outage are not kept."""
+        if not self.connected:
+            return False
+        info = self._client.publish(self.topics.stats, json.dumps(stats, separators=(",", ":")), qos=0)
+        return info.rc == mqtt.MQTT_ERR_SUCCESS
+
+    @property
+    def connected(self) -> bool:
+        """Connected and past the birth message: events are flowing."""
+        with self._conn_lock:
+            return self._ready_generation == self._generation
+
+    @property
+    def in_flight(self) -> int:
+        """Events sent and not yet acknowledged."""
+        return len(self._inflight)
+
+    def wait_drained(self, timeout: float) -> bool:
+        """Wait until the spool is empty (every event acknowledged); False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.spool.depth == 0, timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Let in-flight events be acknowledged, publish the retained "offline", disconnect.
+
+        Events not yet sent stay in the spool for the next start. Returns within about `timeout`
+        seconds (plus at most one connect attempt) also when the broker is away.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        # Acks for what is in flight spare the next start from sending those events twice.
+        self._handle_acks()
+        while self._inflight and self.connected and time.monotonic() < deadline:
+            with self._cond:
+                self._cond.wait_for(lambda: self._kick, 0.1)
+                self._kick = False
+            self._handle_acks()
+        if self._client.is_connected():
+            info = self._client.publish(self.topics.status, OFFLINE, qos=1, retain=True)
+            try:
+                info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+            except (RuntimeError, ValueError):
+                log.debug("the offline status could not be sent")
+        with self._conn_lock:
+            self._generation += 1
+        self._client.disconnect()
+        self._client.loop_stop()
+        left = self.spool.depth
+        log.info("MQTT: disconnected%s", f"; {left} events stay in the spool" if left else "")
+
+    # -- worker thread ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._kick or self._stopping, IDLE_WAKE_S)
+                self._kick = False
+                stopping = self._stopping
+            try:
+                self._handle_acks()
+                if stopping:
+                    return
+                self._warn_about_drops()
+                if self.connected:
+                    self._send_state()
+                    self._send_events()
+                self._last_error = None
+            except UserError as exc:  # the spool failed (disk full, file gone): say so once, keep trying
+                if str(exc) != self._last_error:
+                    log.error("%s", exc)
+                    self._last_error = str(exc)
+            except Exception:  # a bug must not silently end publishing
+                log.exception("MQTT publisher: unexpected error; continuing")
+
+    def _handle_acks(self) -> None:
+        acked = []
+        while True:
+            try:
+                mid, reason = self._acks.get_nowait()
+            except queue.Empty:
+                break
+            if self._birth is not None and mid == self._birth[0]:
+                self._on_ready(self._birth[1])
+                continue
+            seq = self._inflight.pop(mid, None)
+            if seq is None:
+                continue  # state, stats or discovery
+            if reason is not None and reason.is_failure:
+                # Kept in the spool; sent again after a restart. Logged once: the cause is the broker's setup.
+                if not self._refusal_logged:
+                    log.error("broker %s refused event seq %d on %s (%s); it stays in the spool; allow this "
+                              "client to publish there (broker ACL)", self.settings.broker, seq,
+                              self.topics.events, reason)
+                    self._refusal_logged = True
+                continue
+            acked.append(seq)
+        if acked:
+            self.spool.ack_many(acked)
+            with self._cond:
+                self._cond.notify_all()  # wait_drained()
+
+    def _on_ready(self, generation: int) -> None:
+        with self._conn_lock:
+            if generation != self._generation:
+                return  # that connection is gone already
+            self._ready_generation = generation
+        if self.settings.qos == 0:
+            # paho does not re-send QoS 0 messages: anything unacknowledged goes again from the spool.
+            self._inflight.clear()
+            self._sent_upto = 0
+        self._drop_warned = False
+        self._refusal_logged = False
+        with self._cond:
+            self._state_dirty = self._state is not None
+        backlog = self.spool.depth
+        if backlog and self._announce_backlog:
+            log.info("MQTT: sending %d spooled events", backlog)
+        self._announce_backlog = False
+
+    def _send_state(self) -> None:
+        with self._cond:
+            payload, dirty = self._state, self._state_dirty
+            self._state_dirty = False
+        if dirty and payload is not None:
+            self._client.publish(self.topics.state, payload, qos=self.settings.qos, retain=True)
+
+    def _send_events(self) -> None:
+        free = self.settings.inflight - len(self._inflight)
+        if free <= 0:
+            return
+        for seq, payload in self.spool.pending(free, after=self._sent_upto):
+            info = self._client.publish(self.topics.events, payload, qos=self.settings.qos)
+            # QoS >= 1 messages stay queued inside paho when the connection has just dropped.
+            queued = info.rc == mqtt.MQTT_ERR_SUCCESS or (info.rc == mqtt.MQTT_ERR_NO_CONN and self.settings.qos > 0)
+            if not queued:
+                break
+            self._inflight[info.mid] = seq
+            self._sent_upto = seq
+
+    def _warn_about_drops(self) -> None:
+        dropped = self.spool.dropped
+        if dropped > self._dropped_seen and not self._drop_warned:
+            log.warning("spool full (at most %d events, none older than %.1f days): dropping the oldest "
+                        "events; %d dropped so far (stats: spool_dropped)", self.spool.max_events,
+                        self.spool.max_age_s / 86400, dropped)
+            self._drop_warned = True
+        self._dropped_seen = dropped
+
+    # -- paho callbacks (network thread) ---------------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, _userdata, _flags, reason: mqtt.ReasonCode, _props) -> None:
+        if reason.is_failure:
+            self._log_outage(f"broker {self.settings.broker} refused the connection ({reason}); check "
+                             f"mqtt.username, the password and the broker's ACL; retrying", level=logging.ERROR)
+            return
+        with self._conn_lock:
+            self._generation += 1
+            generation = self._generation
+            self._up = True
+        if self._outage_logged and self._outage_since is not None:
+            log.info("MQTT: connected to broker %s again after %.0f s; %d events spooled meanwhile",
+                     self.settings.broker, time.monotonic() - self._outage_since, self.spool.depth)
+        else:
+            log.info("MQTT: connected to broker %s", self.settings.description)
+        self._outage_since, self._outage_logged = None, False
+        # Birth first: its acknowledgement tells the worker that paho's re-sends are out (see module doc).
+        info = client.publish(self.topics.status, ONLINE, qos=1, retain=True)
+        self._birth = (info.mid, generation)
+        for topic, config in self._discovery:
+            client.publish(topic, json.dumps(config), qos=1, retain=True)
+
+    def _on_connect_fail(self, _client: mqtt.Client, _userdata) -> None:
+        exc = sys.exc_info()[1]  # paho calls this from inside its `except OSError`
+        why = (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__) if exc else "no answer"
+        self._log_outage(f"broker {self.settings.broker} unreachable ({why}); spooling events and retrying")
+
+    def _on_disconnect(self, _client: mqtt.Client, _userdata, _flags, reason: mqtt.ReasonCode, _props) -> None:
+        with self._conn_lock:
+            self._generation += 1
+            was_up, self._up = self._up, False
+        if self._stopping or not was_up:
+            return
+        self._outage_since = time.monotonic()
+        why = "connection closed" if reason.value == 0x80 else str(reason)  # 0x80: paho's code for a socket error
+        self._log_outage(f"lost connection to broker {self.settings.broker} ({why}); "
+                         f"spooling events and retrying")
+
+    def _on_publish(self, _client: mqtt.Client, _userdata, mid: int, reason: mqtt.ReasonCode | None,
+                    _props) -> None:
+        self._acks.put((mid, reason))
+        self.wake()
+
+    def _log_outage(self, line: str, level: int = logging.WARNING) -> None:
+        """One line per outage, not one per reconnect attempt."""
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+        if not self._outage_logged:
+            log.log(level, "%s", line)
+            self._outage_logged = True
+            self._announce_backlog = True

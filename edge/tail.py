@@ -1,0 +1,158 @@
+"""`edge tail`: watch what the daemons publish, one human-readable line per message (or raw JSON)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, TextIO
+
+import paho.mqtt.client as mqtt
+
+from edge.errors import UserError
+from edge.mqtt_client import MqttSettings, make_client
+from edge.topics import parse, subscription
+
+DEFAULT_KINDS = ("events", "state", "status")
+
+
+class BrokerError(UserError):
+    """The broker cannot be reached or refuses us."""
+
+
+def run_tail(settings: MqttSettings, *, all_devices: bool = False, raw: bool = False,
+             kinds: Sequence[str] = DEFAULT_KINDS, count: int | None = None, out: TextIO | None = None) -> int:
+    """Print messages of this device (or of every device under the prefix) until Ctrl-C, or until
+    `count` messages were printed. Returns the exit status; raises BrokerError when the broker cannot
+    be reached or refuses the credentials."""
+    out = out or sys.stdout
+    filters = [subscription(settings.prefix, kind, None if all_devices else settings.device_id) for kind in kinds]
+    # Its own client id: reusing the daemon's would make the broker disconnect the daemon.
+    client = make_client(settings, f"edge-mood-tail-{uuid.uuid4().hex[:8]}")
+    done = threading.Event()
+    refused: list[str] = []
+    printed = 0
+
+    def on_connect(client: mqtt.Client, _userdata, _flags, reason: mqtt.ReasonCode, _props) -> None:
+        if reason.is_failure:
+            refused.append(str(reason))
+            done.set()
+            return
+        client.subscribe([(f, 1) for f in filters])
+
+    def on_message(_client: mqtt.Client, _userdata, msg: mqtt.MQTTMessage) -> None:
+        nonlocal printed
+        line = raw_line(msg) if raw else human_line(settings.prefix, msg)
+        print(line, file=out, flush=True)
+        printed += 1
+        if count is not None and printed >= count:
+            done.set()
+
+    client.on_connect = on_connect
+    client.on_message = on_message
+    try:
+        client.connect(settings.host, settings.port, settings.keepalive)
+    except OSError as exc:
+        why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise BrokerError(f"broker {settings.broker} unreachable ({why}); check mqtt.host / mqtt.port "
+                          f"(or --broker) and that the broker is running") from None
+    client.loop_start()
+    try:
+        while not done.wait(0.2):  # short waits so Ctrl-C is handled promptly
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    if refused:
+        raise BrokerError(f"broker {settings.broker} refused the connection ({refused[0]}); check mqtt.username "
+                          f"and the password (mqtt.password_file or $EDGE_MOOD_MQTT_PASSWORD)")
+    return 0
+
+
+def raw_line(msg: mqtt.MQTTMessage) -> str:
+    """One JSON object per line: {"topic", "retained", "payload"} (payload parsed when it is JSON)."""
+    text = msg.payload.decode("utf-8", errors="replace")
+    try:
+        payload: Any = json.loads(text)
+    except ValueError:
+        payload = text
+    return json.dumps({"topic": msg.topic, "retained": bool(msg.retain), "payload": payload}, ensure_ascii=False)
+
+
+def human_line(prefix: str, msg: mqtt.MQTTMessage) -> str:
+    """'11:34:42.955 kitchen   #12 expression track 3: happy 0.91 (was neutral)'."""
+    where = parse(prefix, msg.topic)
+    device, kind = where if where else (msg.topic, "?")
+    retained = " (retained)" if msg.retain else ""
+    text = msg.payload.decode("utf-8", errors="replace")
+    if kind == "status":
+        return f"{_clock(None)} {device:<12} status {text}{retained}"
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    stamp = body.get("ts") if isinstance(body, dict) else None
+    try:
+        if not isinstance(body, dict):
+            raise TypeError
+        what = {"events": _event, "state": _state, "stats": _stats}.get(kind, _other)(body)
+    except (KeyError, TypeError, ValueError):
+        what = f"{kind} unreadable payload ({len(msg.payload)} bytes)"
+    return f"{_clock(stamp)} {device:<12} {what}{retained}"
+
+
+def _clock(iso: str | None) -> str:
+    """Local wall-clock time of an ISO-8601 UTC stamp (or now), to the millisecond."""
+    moment = None
+    if isinstance(iso, str):
+        try:
+            moment = datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone()
+        except ValueError:
+            moment = None
+    moment = moment or datetime.now().astimezone()
+    return moment.strftime("%H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
+
+
+def _confidence(value: Any) -> str:
+    return f" {value:.2f}" if isinstance(value, (int, float)) else ""
+
+
+def _event(body: dict[str, Any]) -> str:
+    kind = body["type"]
+    head = f"#{body['seq']} {kind} track {body['track_id']}"
+    expression = body.get("expression")
+    if kind == "expression":
+        was = body.get("previous")
+        return f"{head}: {expression}{_confidence(body.get('confidence'))}" + (f" (was {was})" if was else "")
+    if kind == "face_leave":
+        after = body.get("duration_s")
+        settled = f": {expression}{_confidence(body.get('confidence'))}" if expression else ""
+        return f"{head}{settled}" + (f" after {after:.1f} s" if isinstance(after, (int, float)) else "")
+    return head
+
+
+def _state(body: dict[str, Any]) -> str:
+    count = body["face_count"]
+    faces = f"{count} face" + ("" if count == 1 else "s")
+    if not body.get("mood"):
+        return f"state {faces}, no mood"
+    counts = ", ".join(f"{name} {n}" for name, n in (body.get("counts") or {}).items())
+    return f"state {faces}, mood {body['mood']}{_confidence(body.get('mood_confidence'))}" + \
+        (f" ({counts})" if counts else "")
+
+
+def _stats(body: dict[str, Any]) -> str:
+    parts = [f"{body.get('fps', 0):.1f} fps", f"{body.get('faces', 0)} faces",
+             f"spool {body.get('spool_depth', 0)} (dropped {body.get('spool_dropped', 0)})"]
+    if isinstance(body.get("cpu_percent"), (int, float)):
+        parts.append(f"cpu {body['cpu_percent']:.0f}%")
+    return "stats " + ", ".join(parts)
+
+
+def _other(body: dict[str, Any]) -> str:
+    return json.dumps(body)
