@@ -10,7 +10,9 @@
 set -euo pipefail
 
 SERVICE=edge-mood
-GROUP=edge-mood
+# Lets the service (and admins added to it) read the config; the service's own user and group are
+# dynamic and named edge-mood, so this one must be named differently.
+GROUP=edge-mood-config
 APP_DIR=/opt/edge-mood
 VENV=$APP_DIR/venv
 MODEL_DIR=$APP_DIR/models

@@ -125,6 +125,16 @@ def test_unit_allows_exactly_the_camera_device_groups(unit):
     assert "video" in unit["SupplementaryGroups"][-1].split()
 
 
+def test_unit_is_enabled_for_boot_and_its_config_group_does_not_clash(unit):
+    assert unit["WantedBy"] == ["multi-user.target"]
+    # DynamicUser allocates a user and a group named after the unit; a static group of that name makes
+    # every start fail with 217/USER ("User or group with specified name already exists").
+    groups = unit["SupplementaryGroups"][-1].split()
+    assert UNIT.stem not in groups
+    installer_group = re.search(r"^GROUP=(\S+)$", INSTALL.read_text(), re.M).group(1)
+    assert installer_group in groups and installer_group != UNIT.stem
+
+
 def test_unit_network_families_cover_mqtt_and_sd_notify(unit):
     families = set(unit["RestrictAddressFamilies"][-1].split())
     assert {"AF_INET", "AF_INET6", "AF_UNIX"} <= families
