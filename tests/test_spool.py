@@ -1,0 +1,219 @@
+"""The SQLite event spool: seq assignment, acks, bounds, durability across SIGKILL, faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from edge.spool import Spool, SpoolError
+
+
+def event(i: int) -> dict:
+    return {"schema": 1, "device": "cam1", "type": "expression", "n": i}
+
+
+def seqs(spool: Spool, limit: int = 10_000) -> list[int]:
+    return [seq for seq, _ in spool.pending(limit)]
+
+
+def test_append_assigns_increasing_seq_stored_in_the_payload(tmp_path):
+    with Spool(tmp_path / "spool.sqlite3") as spool:
+        assert [spool.append(event(i)) for i in range(5)] == [1, 2, 3, 4, 5]
+        rows = spool.pending(10)
+        assert [seq for seq, _ in rows] == [1, 2, 3, 4, 5]
+        bodies = [json.loads(payload) for _, payload in rows]
+        assert [b["seq"] for b in bodies] == [1, 2, 3, 4, 5]
+        assert [b["n"] for b in bodies] == [0, 1, 2, 3, 4]
+        assert list(bodies[0])[:3] == ["schema", "device", "seq"]  # seq right after device
+        assert spool.depth == 5 and spool.last_seq == 5
+
+
+def test_ack_removes_only_that_event_and_unknown_acks_are_harmless(tmp_path):
+    with Spool(tmp_path / "spool.sqlite3") as spool:
+        for i in range(4):
+            spool.append(event(i))
+        spool.ack(2)
+        spool.ack(2)
+        spool.ack(99)
+        assert seqs(spool) == [1, 3, 4] and spool.depth == 3
+        spool.ack_many([1, 4])
+        assert seqs(spool) == [3] and spool.depth == 1
+
+
+def test_pending_pages_by_seq(tmp_path):
+    with Spool(tmp_path / "spool.sqlite3") as spool:
+        for i in range(7):
+            spool.append(event(i))
+        assert [s for s, _ in spool.pending(3)] == [1, 2, 3]
+        assert [s for s, _ in spool.pending(3, after=3)] == [4, 5, 6]
+        assert [s for s, _ in spool.pending(3, after=6)] == [7]
+
+
+def test_seq_continues_after_reopen_even_when_the_spool_was_emptied(tmp_path):
+    path = tmp_path / "spool.sqlite3"
+    with Spool(path) as spool:
+        for i in range(3):
+            spool.append(event(i))
+        spool.ack_many([1, 2, 3])
+        assert spool.depth == 0
+    with Spool(path) as spool:
+        assert spool.last_seq == 3
+        assert spool.append(event(3)) == 4
+
+
+def test_unsent_events_survive_reopen(tmp_path):
+    path = tmp_path / "spool.sqlite3"
+    with Spool(path) as spool:
+        for i in range(3):
+            spool.append(event(i))
+        spool.ack(1)
+    with Spool(path) as spool:
+        assert seqs(spool) == [2, 3] and spool.depth == 2
+
+
+def test_max_events_drops_the_oldest_and_counts_them_persistently(tmp_path):
+    path = tmp_path / "spool.sqlite3"
+    with Spool(path, max_events=3) as spool:
+        for i in range(8):
+            spool.append(event(i))
+        assert seqs(spool) == [6, 7, 8]
+        assert spool.dropped == 5 and spool.depth == 3
+    with Spool(path, max_events=3) as spool:
+        assert spool.dropped == 5
+        assert spool.append(event(8)) == 9  # a dropped seq is never handed out again
+        assert seqs(spool) == [7, 8, 9] and spool.dropped == 6
+
+
+def test_max_age_drops_events_older_than_the_bound(tmp_path):
+    with Spool(tmp_path / "spool.sqlite3", max_age_s=0.3) as spool:
+        spool.append(event(0))
+        spool.append(event(1))
+        time.sleep(0.5)  # not a timing assertion: just makes the first two older than the bound
+        spool.append(event(2))
+        assert seqs(spool) == [3]
+        assert spool.dropped == 2
+
+
+def test_a_smaller_bound_applies_when_the_spool_is_opened(tmp_path, caplog):
+    path = tmp_path / "spool.sqlite3"
+    with Spool(path) as spool:
+        for i in range(10):
+            spool.append(event(i))
+    with Spool(path, max_events=4) as spool:
+        assert seqs(spool) == [7, 8, 9, 10] and spool.dropped == 6
+    assert "dropped 6 events" in caplog.text
+
+
+def test_an_event_that_is_not_json_is_refused_without_using_a_seq(tmp_path):
+    with Spool(tmp_path / "spool.sqlite3") as spool:
+        spool.append(event(0))
+        with pytest.raises(TypeError):
+            spool.append({"device": "cam1", "bad": object()})
+        with pytest.raises(ValueError):
+            spool.append({"device": "cam1", "confidence": float("nan")})
+        assert spool.depth == 1 and spool.last_seq == 1
+        assert spool.append(event(1)) == 2
+
+
+def test_appends_and_acks_from_different_threads(tmp_path):
+    """The pipeline thread appends while the publisher's thread acks, as in the daemon."""
+    spool = Spool(tmp_path / "spool.sqlite3")
+    total = 300
+    appended: list[int] = []
+    acked: list[int] = []
+
+    def producer() -> None:
+        for i in range(total):
+            appended.append(spool.append(event(i)))
+
+    def consumer() -> None:
+        after = 0
+        while len(acked) < total:
+            rows = spool.pending(20, after=after)
+            if rows:
+                after = rows[-1][0]
+                spool.ack_many(seq for seq, _ in rows)
+                acked.extend(seq for seq, _ in rows)
+
+    threads = [threading.Thread(target=producer), threading.Thread(target=consumer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert appended == list(range(1, total + 1))
+    assert acked == appended
+    assert spool.depth == 0
+    spool.close()
+
+
+KILLED_WRITER = """
+import sys, time
+from pathlib import Path
+from edge.spool import Spool
+spool = Spool(Path(sys.argv[1]))
+for i in range(int(sys.argv[2])):
+    spool.append({"device": "cam1", "n": i})
+print("appended", flush=True)
+time.sleep(60)
+"""
+
+
+def test_events_appended_before_a_sigkill_are_all_there(tmp_path):
+    path = tmp_path / "spool.sqlite3"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path), "40"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "appended"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    with Spool(path) as spool:
+        assert seqs(spool) == list(range(1, 41))
+        assert spool.append(event(40)) == 41
+
+
+def test_a_corrupt_file_names_the_path_and_the_fix(tmp_path):
+    path = tmp_path / "spool.sqlite3"
+    path.write_bytes(b"this is not a database" * 500)
+    with pytest.raises(SpoolError) as caught:
+        Spool(path)
+    message = str(caught.value)
+    assert str(path) in message and "move it aside" in message
+    assert "\n" not in message
+
+
+def test_a_path_that_cannot_be_a_database_file(tmp_path):
+    path = tmp_path / "spool.sqlite3"
+    path.mkdir()
+    with pytest.raises(SpoolError, match="cannot be opened for writing"):
+        Spool(path)
+
+
+def test_a_file_where_the_folder_should_be(tmp_path):
+    (tmp_path / "state").write_text("x")
+    with pytest.raises(SpoolError, match="set \\[spool\\] dir"):
+        Spool(tmp_path / "state" / "spool.sqlite3")
+
+
+def test_a_spool_from_a_newer_version_is_not_touched(tmp_path):
+    path = tmp_path / "spool.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+    with pytest.raises(SpoolError, match="newer edge-mood"):
+        Spool(path)
+
+
+def test_wal_mode_and_full_sync_are_on(tmp_path):
+    path = tmp_path / "spool.sqlite3"
+    with Spool(path) as spool:
+        spool.append(event(0))
+        assert spool._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert spool._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
