@@ -77,7 +77,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, median of "
           f"{args.batches} timed batches, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"{'config':<24}{'train img/s':>12}{'epoch (28709) min':>19}{'eval fp32 img/s':>17}{'eval autocast img/s':>21}")
+    print(f"{'config':<24}{'train img/s':>12}{'epoch (28709) min':>19}{'eval fp32 img/s':>17}"
+          f"{'eval autocast img/s':>21}")
     for spec in args.configs:
         r = measure(spec, args.batches, args.batch_size, args.eval_faces)
         epoch_min = 28709 / float(r["train_img_s"]) / 60

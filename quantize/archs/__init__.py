@@ -26,7 +26,8 @@ ARCH_NAMES: tuple[str, ...] = (*RESNET_CONFIGS, *DENSENET_CONFIGS)
 WRAPPER_KEYS: tuple[str, ...] = ("state_dict", "model_state_dict", "model", "net", "weights", "ema", "model_ema")
 # Prefixes added by DataParallel, torch.compile and Lightning-style wrappers.
 WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "model.", "_orig_mod.")
-_LEGACY_DENSE = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+_LEGACY_DENSE = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,8 @@ def _mismatch_error(sd: Mapping[str, Tensor], wanted: str | None = None) -> Quan
     if unexpected:
         parts.append(f"unexpected {', '.join(unexpected[:3])}"
                      + (f" (+{len(unexpected) - 3} more)" if len(unexpected) > 3 else ""))
-    lead = f"checkpoint does not match {arch}" if wanted else f"checkpoint matches no known architecture; closest is {arch}"
+    lead = (f"checkpoint does not match {arch}" if wanted
+            else f"checkpoint matches no known architecture; closest is {arch}")
     return QuantizeError(f"{lead}: {'; '.join(parts) or 'same keys, different layer sizes'}; "
                          f"give the right arch in the teacher spec (known: {', '.join(ARCH_NAMES)})")
 
@@ -262,14 +264,11 @@ def model_from_state_dict(sd: Mapping[str, Tensor], arch: str | None = None,
         arch = arch.lower()
         if arch not in ARCH_NAMES:
             raise QuantizeError(f"unknown architecture {arch!r}; known: {', '.join(ARCH_NAMES)}")
-        guessed = _guess(sd)
         inferred_head = _infer_head(sd, head_attr(arch) + ".")
-        if inferred_head is None:
+        first_conv = sd.get("conv1.weight" if arch in RESNET_CONFIGS else "features.conv0.weight")
+        if inferred_head is None or first_conv is None:
             raise _mismatch_error(sd, arch)
-        first_conv = sd.get("conv1.weight", sd.get("features.conv0.weight"))
-        if first_conv is None:
-            raise _mismatch_error(sd, arch)
-        stem = guessed.stem if guessed else "imagenet"
+        stem = "cifar" if arch in RESNET_CONFIGS and first_conv.shape[-1] == 3 else "imagenet"
         info = ArchInfo(arch, head or inferred_head[0], inferred_head[1], int(first_conv.shape[1]), stem)
     else:
         info = inspect_state_dict(sd)
