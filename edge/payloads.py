@@ -61,8 +61,8 @@ def state_payload(*, device: str, ts: float, faces: Sequence[Mapping[str, Any]],
 
     Each face needs "track_id", "expression", "confidence" and "bbox" ({x,y,w,h} or (x,y,w,h), 0..1).
     The mood is the settled expression with the largest summed confidence over the faces (ties: more
-    faces, then name); mood_confidence is its share of that summed confidence. Both None with no
-    settled face.
+    faces, then name). mood_confidence is that sum divided by the number of settled faces, so it is high
+    only when most faces agree and are sure (one face: its own confidence). Both None with no settled face.
     """
     listed = []
     for face in faces:
@@ -82,8 +82,7 @@ def state_payload(*, device: str, ts: float, faces: Sequence[Mapping[str, Any]],
         weight[face["expression"]] = weight.get(face["expression"], 0.0) + (face["confidence"] or 0.0)
         counts[face["expression"]] = counts.get(face["expression"], 0) + 1
     mood = max(counts, key=lambda e: (weight[e], counts[e], e)) if counts else None
-    total = sum(weight.values())
-    mood_confidence = _score(weight[mood] / total) if mood is not None and total > 0 else None
+    mood_confidence = _score(weight[mood] / sum(counts.values())) if mood is not None else None
     return {
         "schema": SCHEMA_VERSION,
         "device": device,

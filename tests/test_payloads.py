@@ -101,7 +101,7 @@ def test_state_mood_is_the_expression_with_the_most_confidence():
                           faces=[face(1, "happy", 0.6), face(2, "happy", 0.5), face(3, "sad", 0.9), face(4, None, None)])
     assert state["face_count"] == 4
     assert state["mood"] == "happy"  # 1.1 summed beats 0.9
-    assert state["mood_confidence"] == round(1.1 / 2.0, 4)
+    assert state["mood_confidence"] == round(1.1 / 3, 4)  # 3 settled faces
     assert state["counts"] == {"happy": 2, "sad": 1}
     assert [f["expression"] for f in state["faces"]] == ["happy", "happy", "sad", None]
     validator("state").validate(state)
@@ -113,6 +113,11 @@ def test_state_of_an_empty_room_or_of_faces_still_settling_has_no_mood():
         assert state["mood"] is None and state["mood_confidence"] is None
         assert state["face_count"] == len(faces)
         validator("state").validate(state)
+
+
+def test_one_face_gives_the_room_its_own_mood_and_confidence():
+    state = state_payload(device="cam1", ts=0.0, model="m", faces=[face(1, "surprise", 0.83)])
+    assert (state["mood"], state["mood_confidence"]) == ("surprise", 0.83)
 
 
 def test_state_ties_go_to_more_faces_then_to_the_name():
