@@ -4,6 +4,7 @@ for real into a staging root (EDGE_MOOD_PREFIX), offline, with a local YuNet fil
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import os
 import re
 import shlex
@@ -14,10 +15,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 from edge.cli import build_parser
 from edge.config import load_config
 from edge.errors import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "systemd" / "edge-mood.service"
@@ -177,17 +184,24 @@ def test_installer_scripts_pass_shellcheck():
     assert result.returncode == 0, result.stdout
 
 
+def local_build_backend_fits() -> bool:
+    """Whether this interpreter's setuptools meets pyproject.toml's build requirement."""
+    try:
+        installed = importlib.metadata.version("setuptools")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    requires = tomllib.loads((REPO / "pyproject.toml").read_text())["build-system"]["requires"]
+    wanted = [Requirement(text) for text in requires if Requirement(text).name == "setuptools"]
+    return all(installed in requirement.specifier for requirement in wanted)
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     """This checkout as a wheel, so the installer can run without reaching a package index."""
     out = tmp_path_factory.mktemp("wheel")
     command = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out), str(REPO)]
-    try:
-        import setuptools  # noqa: F401  - a local build backend spares downloading one
-
-        command.insert(4, "--no-build-isolation")
-    except ImportError:
-        pass
+    if local_build_backend_fits():
+        command.insert(4, "--no-build-isolation")  # spares downloading the build backend
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     (found,) = out.glob("edge_mood-*.whl")
