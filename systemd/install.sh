@@ -285,7 +285,8 @@ install_unit() {
     fi
     systemctl daemon-reload
     systemctl enable "$SERVICE.service" >/dev/null 2>&1
-    # restart, not start: a second run must pick up the new code.
+    # restart, not start: a second run must pick up the new code. It returns once READY=1 came.
+    say "starting it (ready after the first camera frame; gives up after 2 minutes)"
     systemctl restart "$SERVICE.service" ||
         die "the service did not start; see: journalctl -u $SERVICE -n 50 --no-pager"
     say "service running: $(systemctl is-active "$SERVICE.service")"
