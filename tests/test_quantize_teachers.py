@@ -217,7 +217,8 @@ def test_augmentation_at_zero_strength_is_the_evaluation_resize() -> None:
 
 # ---------------------------------------------------------------- teachers
 
-@pytest.mark.skipif(not SHARED_TEACHER.exists(), reason=f"shared teacher absent ({SHARED_TEACHER})")
+@pytest.mark.skipif(not (SHARED_TEACHER.exists() and FER_CSV.exists()),
+                    reason=f"shared teacher or FER2013 CSV absent ({SHARED_TEACHER}, {FER_CSV})")
 def test_shared_teacher_loads_from_its_card_and_is_accurate(tmp_path: Path) -> None:
     rows = ["emotion,pixels,Usage"]
     with gzip.open(FER_CSV, "rt") as f:  # PublicTest rows follow the 28709 Training rows
