@@ -260,6 +260,9 @@ class Subscriber:
             client.subscribe([(t, self.qos) for t in self.topics])
 
     def _on_message(self, _client, _userdata, msg: mqtt.MQTTMessage) -> None:
+        # amqtt 0.12 also hands a new client the retained messages of other clients' subscriptions.
+        if not any(mqtt.topic_matches_sub(t, msg.topic) for t in self.topics):
+            return
         with self._cond:
             self.messages.append(Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain)))
             self._cond.notify_all()

@@ -51,15 +51,21 @@ def start_daemon_side(broker, tmp_path, device: str = "cam1") -> Publisher:
     publisher.start()
     faces = [{"track_id": 4, "expression": "happy", "confidence": 0.81, "bbox": (0.1, 0.1, 0.2, 0.2)}]
     publisher.publish_state(state_payload(device=device, ts=time.time(), faces=faces, model="m@1"))
+    # The state goes out before any event queued after it, so once this event is acknowledged the
+    # broker holds the retained state (no extra subscriber needed, which amqtt would mix in).
+    emit(publisher, device, types=("face_enter",))
+    assert publisher.wait_drained(20)
     return publisher
 
 
-def emit(publisher: Publisher, device: str = "cam1") -> None:
+def emit(publisher: Publisher, device: str = "cam1", types=("face_enter", "expression")) -> None:
     common = dict(device=device, frame=10, ts=time.time(), track_id=4, scores={"happy": 0.81, "neutral": 0.19},
                   bbox_norm=(0.1, 0.1, 0.2, 0.2), model="m@1")
-    publisher.enqueue(event_payload(type="face_enter", expression=None, confidence=None, **common))
-    publisher.enqueue(event_payload(type="expression", expression="happy", confidence=0.81,
-                                    extra={"previous": "neutral"}, **common))
+    if "face_enter" in types:
+        publisher.enqueue(event_payload(type="face_enter", expression=None, confidence=None, **common))
+    if "expression" in types:
+        publisher.enqueue(event_payload(type="expression", expression="happy", confidence=0.81,
+                                        extra={"previous": "neutral"}, **common))
 
 
 def stop(publisher: Publisher) -> None:
@@ -67,10 +73,9 @@ def stop(publisher: Publisher) -> None:
     publisher.spool.close()
 
 
-def test_prints_one_readable_line_per_message(broker, subscriber, tmp_path):
+def test_prints_one_readable_line_per_message(broker, tmp_path):
     publisher = start_daemon_side(broker, tmp_path)
     try:
-        subscriber(broker, "edge-mood/cam1/state").wait_for(1)  # the state is retained now
         tail = TailThread(broker, count=4)
         tail.wait_lines(2)  # retained status and state: subscribed now
         emit(publisher)
@@ -82,14 +87,13 @@ def test_prints_one_readable_line_per_message(broker, subscriber, tmp_path):
     assert len(lines) == 4, lines
     assert any(line.split()[1:] == ["cam1", "status", "online", "(retained)"] for line in lines[:2])
     assert any("state 1 face, mood happy 0.81 (happy 1) (retained)" in line for line in lines[:2]), lines
-    assert lines[2].split()[1:] == ["cam1", "#1", "face_enter", "track", "4"]
-    assert lines[3].endswith("cam1         #2 expression track 4: happy 0.81 (was neutral)")
+    assert lines[2].split()[1:] == ["cam1", "#2", "face_enter", "track", "4"]
+    assert lines[3].endswith("cam1         #3 expression track 4: happy 0.81 (was neutral)")
 
 
-def test_raw_prints_json_lines_and_all_devices_sees_every_device(broker, subscriber, tmp_path):
+def test_raw_prints_json_lines_and_all_devices_sees_every_device(broker, tmp_path):
     one, two = start_daemon_side(broker, tmp_path, "cam1"), start_daemon_side(broker, tmp_path, "cam2")
     try:
-        subscriber(broker, "edge-mood/+/state").wait_for(2)
         tail = TailThread(broker, count=4, raw=True, all_devices=True, kinds=("state", "status"))
         tail.thread.join(20)
     finally:
