@@ -169,8 +169,9 @@ class Spool:
                 s in text for s in ("unable to open", "readonly", "read-only", "disk I/O", "full")):
             return SpoolError(f"spool {self.path} cannot be opened for writing ({text}); make its folder "
                               f"writable by this user and check free space, or set [spool] dir")
-        return SpoolError(f"spool {self.path} is corrupt ({text}); move it aside "
-                          f"(mv {self.path} {self.path}.broken) and start again; events still in it are lost")
+        aside = self.path.parent / "broken-spool"
+        return SpoolError(f"spool {self.path} is corrupt ({text}); move it and its -wal/-shm files aside "
+                          f"(mkdir {aside} && mv {self.path}* {aside}/) and start again; unsent events in it are lost")
 
     @contextmanager
     def _failures(self, doing: str) -> Iterator[None]:

@@ -185,8 +185,12 @@ def test_a_corrupt_file_names_the_path_and_the_fix(tmp_path):
     with pytest.raises(SpoolError) as caught:
         Spool(path)
     message = str(caught.value)
-    assert str(path) in message and "move it aside" in message
+    assert str(path) in message and "aside" in message
     assert "\n" not in message
+    fix = message.split("(", 2)[2].split(")")[0]  # the command the message suggests
+    subprocess.run(fix, shell=True, check=True)
+    with Spool(path) as spool:
+        assert spool.depth == 0 and spool.append(event(0)) == 1
 
 
 def test_a_path_that_cannot_be_a_database_file(tmp_path):
