@@ -195,6 +195,8 @@ class Publisher:
             try:
                 self._handle_acks()
                 if stopping:
+                    if self.connected:
+                        self._send_state()  # the last state set before stop() still goes out
                     return
                 self._warn_about_drops()
                 if self.connected:

@@ -195,12 +195,15 @@ def test_latest_state_is_retained_once_connected_and_older_ones_are_not_sent(bro
     assert {m.json()["face_count"] for m in sub.received()} == {3}
 
 
-def test_clean_stop_leaves_offline_retained(broker, subscriber, make_publisher):
+def test_clean_stop_sends_the_last_state_and_leaves_offline_retained(broker, subscriber, make_publisher):
     publisher = make_publisher(broker)
     wait_until(lambda: publisher.connected, what="the connection")
+    publisher.publish_state(state_payload(device=DEVICE, ts=time.time(), faces=[], model="m"))
     publisher.stop()
     got = subscriber(broker, STATUS).wait_for(1)
     assert got[0].text == "offline" and got[0].retain
+    state = subscriber(broker, STATE).wait_for(1)
+    assert state[0].json()["face_count"] == 0 and state[0].retain
 
 
 PUBLISHER_PROCESS = """
