@@ -98,7 +98,8 @@ def face(track_id: int, expression: str | None, confidence: float | None) -> dic
 
 def test_state_mood_is_the_expression_with_the_most_confidence():
     state = state_payload(device="cam1", ts=time.time(), model="m@1",
-                          faces=[face(1, "happy", 0.6), face(2, "happy", 0.5), face(3, "sad", 0.9), face(4, None, None)])
+                          faces=[face(1, "happy", 0.6), face(2, "happy", 0.5), face(3, "sad", 0.9),
+                                 face(4, None, None)])
     assert state["face_count"] == 4
     assert state["mood"] == "happy"  # 1.1 summed beats 0.9
     assert state["mood_confidence"] == round(1.1 / 3, 4)  # 3 settled faces
