@@ -129,9 +129,11 @@ def test_results_do_not_depend_on_speed(tmp_path, broker, subscriber):
     assert [r[:2] for r in runs[0]] == EXPECTED[:4]
 
 
-def test_broker_outage_loses_nothing(tmp_path, broker, subscriber):
+def test_broker_outage_loses_nothing(tmp_path, broker_factory, subscriber):
     """The broker is killed mid-run and comes back: every event arrives, exactly once after de-duplication
-    by seq, in order."""
+    by seq, in order. The broker keeps the subscriber's session on disk, so what it accepted while the
+    subscriber reconnects is not lost on the subscriber's side either."""
+    broker = broker_factory(persistent=True)
     folder = tmp_path / "frames"
     cycles = [Segment(12, BRIGHT), Segment(12, None)] * 6
     write_images(folder, cycles)
