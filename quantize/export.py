@@ -1,0 +1,81 @@
+"""Export a student to ONNX (input "input", output "logits", dynamic batch) and prove it computes what torch does.
+
+BatchNorm is folded into the convolutions in torch before export, so the graph holds only Conv, Clip (ReLU6),
+Add, a global average, Reshape/Flatten and Gemm. The torch.export-based exporter is tried first; the
+TorchScript one is the fallback. An export counts only if onnxruntime's logits match the unfolded torch
+model's within PARITY_ATOL on the sample batch and at batch 1 (the dynamic axis).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from quantize.errors import QuantizeError
+from quantize.student import Student, fold_batchnorm
+
+PARITY_ATOL = 1e-4
+OPSET = 18
+EXPORTERS = ("dynamo", "legacy")
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    exporter: str
+    opset: int
+    max_abs_diff: float
+
+
+def _export(model: torch.nn.Module, example: torch.Tensor, path: Path, exporter: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "dynamo":
+            # Its registry warns once per missing torchvision op; irrelevant to a plain CNN.
+            logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+            torch.onnx.export(model, (example,), str(path), dynamo=True, verbose=False, opset_version=OPSET,
+                              input_names=["input"], output_names=["logits"],
+                              dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False)
+        else:
+            torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=OPSET,
+                              input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+
+
+def parity(path: Path, model: torch.nn.Module, sample: np.ndarray) -> float:
+    """Largest |onnxruntime - torch| logit difference over `sample` and over its first face alone."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    with torch.no_grad():
+        for batch in (sample, sample[:1]):
+            expected = model(torch.from_numpy(batch)).numpy()
+            got = session.run(["logits"], {"input": batch})[0]
+            worst = max(worst, float(np.abs(got - expected).max()))
+    return worst
+
+
+def export_student(model: Student, path: Path, sample: np.ndarray, exporter: str = "auto") -> ExportReport:
+    """Write `model` as ONNX to `path`; `sample` is a float32 (N, C, H, W) batch of real inputs.
+
+    exporter "auto" tries dynamo then legacy and keeps the first that passes parity."""
+    model = model.float().to(memory_format=torch.contiguous_format).eval().cpu()
+    folded = fold_batchnorm(model)
+    example = torch.from_numpy(sample[:2].copy())
+    failures: list[str] = []
+    for name in EXPORTERS if exporter == "auto" else (exporter,):
+        try:
+            _export(folded, example, path, name)
+        except Exception as exc:  # exporter internals raise many types; the next exporter may still work
+            failures.append(f"{name}: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}")
+            continue
+        diff = parity(path, model, sample)
+        if diff < PARITY_ATOL:
+            return ExportReport(name, OPSET, diff)
+        failures.append(f"{name}: onnxruntime differs from torch by {diff:.2e} (limit {PARITY_ATOL:.0e})")
+    path.unlink(missing_ok=True)
+    raise QuantizeError(f"ONNX export failed ({'; '.join(failures)}); check the torch and onnx versions")

@@ -1,0 +1,65 @@
+"""Write outputs so that a failure leaves nothing half-written: a staging folder first, moved in place when done."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+
+class StagedOutputs:
+    """Hands out paths in a hidden staging folder beside `dest`; commit() renames them into `dest`.
+
+    Files keep their final names while staged, so a staged card finds its staged model the way the daemon
+    would. A failure (exception in the `with` block) deletes the staging folder and leaves `dest` untouched.
+
+        with StagedOutputs(Path("models")) as out:
+            export(out.path("x.onnx"))
+    """
+
+    def __init__(self, dest: Path) -> None:
+        self.dest = Path(dest)
+        self._dir: Path | None = None
+        self._names: list[str] = []
+
+    @property
+    def dir(self) -> Path:
+        if self._dir is None:
+            self.dest.mkdir(parents=True, exist_ok=True)
+            self._dir = Path(tempfile.mkdtemp(prefix=".quantize-staging-", dir=self.dest))
+        return self._dir
+
+    def path(self, name: str) -> Path:
+        if name not in self._names:
+            self._names.append(name)
+        return self.dir / name
+
+    def commit(self) -> list[Path]:
+        """Move every staged file over its destination; all must exist."""
+        missing = [n for n in self._names if not (self.dir / n).is_file()]
+        if missing:
+            raise FileNotFoundError(f"staged outputs never written: {', '.join(missing)}")
+        done = []
+        for name in self._names:
+            os.replace(self.dir / name, self.dest / name)
+            done.append(self.dest / name)
+        self.discard()
+        return done
+
+    def discard(self) -> None:
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+        self._names.clear()
+
+    def __enter__(self) -> StagedOutputs:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()

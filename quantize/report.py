@@ -1,0 +1,148 @@
+"""The Markdown report beside a built model: what it is, how well and how fast it works, and its limits.
+
+Everything comes from the card (metrics, teachers, data set, settings) plus the training history.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+VARIANT_TITLES = {"fp32": "FP32", "int8": "INT8 QDQ (shipped)", "int8_qoperator": "INT8 QOperator (comparison only)"}
+
+
+def save_training_png(history: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Loss and top-1 per epoch, training vs validation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    left.plot(epochs, [h["loss"] for h in history], label="training loss (distillation)")
+    left.plot(epochs, [h["hard_loss"] for h in history], label="training cross-entropy")
+    left.plot(epochs, [h["val_loss"] for h in history], label="validation cross-entropy")
+    left.set_xlabel("epoch")
+    left.legend()
+    right.plot(epochs, [h["train_top1"] for h in history], label="training top-1 (augmented)")
+    right.plot(epochs, [h["val_top1"] for h in history], label="validation top-1")
+    right.set_xlabel("epoch")
+    right.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.2f}%"
+
+
+def _ms(latency: dict[str, float] | None) -> tuple[str, str]:
+    if not latency:
+        return "-", "-"
+    return f"{latency['median']:.3f}", f"{latency['p90']:.3f}"
+
+
+def _size(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1024:.0f} KiB"
+
+
+def render_report(card: dict[str, Any], history: list[dict[str, Any]], images: dict[str, str]) -> str:
+    """Markdown text; `images` maps "fp32", "int8" (confusion matrices) and "training" to file names."""
+    metrics = card["metrics"]
+    student, dataset, distill = card["student"], card["dataset"], card["distillation"]
+    quant = card["quantization"]
+    split = metrics["eval_split"]
+    lines = [
+        f"# Expression model `{card['name']}`",
+        "",
+        f"Built {card['created']} by quantize {card['tool']['version']}: student `{student['arch']}` "
+        f"({student['params']:,} parameters, input {'x'.join(map(str, card['input']['shape'][1:]))} "
+        f"{card['input']['color']}) distilled from {len(card['teachers'])} teacher(s) on "
+        f"`{dataset['name']}` (sha256 {dataset['sha256'][:12]}...).",
+        "",
+        f"## Summary ({split} split, {metrics['fp32']['faces']} faces)",
+        "",
+        "| variant | file | size | top-1 | macro F1 | ms/face median | ms/face p90 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, title in VARIANT_TITLES.items():
+        m = metrics.get(key)
+        if not m:
+            continue
+        median, p90 = _ms(metrics["latency_ms"].get(key))
+        file = f"`{card['variants'][key]}`" if key in card["variants"] else "not shipped"
+        lines.append(f"| {title} | {file} | {_size(m['size_bytes'])} | {_pct(m['top1'])} | {m['macro_f1']:.3f} | "
+                     f"{median} | {p90} |")
+    lines += [
+        "",
+        f"INT8 against FP32: top-1 {quant['top1_drop_points']:+.2f} points lost (limit {quant['max_drop_points']:g}), "
+        f"same prediction on {quant['agreement'] * 100:.1f}% of faces, mean |probability difference| "
+        f"{quant['mean_abs_prob_diff']:.4f}. Calibration: {quant['calibration']} on {quant['calibration_faces']} "
+        f"training faces, {quant['format']} format, {quant['weights']} weights, {quant['activations']} activations.",
+        "",
+        "Latency: one face at a time on one onnxruntime thread, preprocessing included, measured on the build "
+        f"machine ({metrics['latency_ms']['machine']}). The daemon times both variants on its own device at start "
+        "and keeps the faster one unless the precision is pinned in its config.",
+        "",
+        "## Per-class recall",
+        "",
+        "| class | faces | FP32 | INT8 |",
+        "|---|---|---|---|",
+    ]
+    counts = dataset["counts"]["eval"]
+    for label in card["labels"]:
+        lines.append(f"| {label} | {counts.get(label, 0)} | {_pct(metrics['fp32']['recall'].get(label))} | "
+                     f"{_pct(metrics['int8']['recall'].get(label))} |")
+    lines += [
+        "",
+        "## Confusion matrices (rows: true class, columns: predicted)",
+        "",
+        f"![FP32 confusion matrix]({images['fp32']}) ![INT8 confusion matrix]({images['int8']})",
+        "",
+        "## Training",
+        "",
+        f"Best validation top-1 {_pct(student['val_top1'])} at epoch {student['best_epoch']} of "
+        f"{len(history)} run ({distill['epochs']} planned); validation is a stratified "
+        f"{distill['val_fraction'] * 100:g}% of the training split ({student['val_faces']} faces), "
+        f"training used {student['train_faces']}.",
+        "",
+        f"![training curves]({images['training']})",
+        "",
+        "| setting | value |",
+        "|---|---|",
+    ]
+    for key in ("temperature", "alpha", "label_smoothing", "class_balance", "optimizer", "lr", "weight_decay",
+                "batch_size", "epochs", "augment", "online_teacher", "precision", "seed"):
+        lines.append(f"| {key} | {distill[key]} |")
+    lines += [
+        "",
+        "## Teachers",
+        "",
+        f"| teacher | arch | parameters | classes | top-1 on {split} (flip-averaged) | file sha256 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t in card["teachers"]:
+        params = f"{t['params'] / 1e6:.1f} M" if t.get("params") else "-"
+        lines.append(f"| {t['name']} | {t.get('arch') or t.get('backend')} | {params} | {len(t['labels'])} | "
+                     f"{_pct(t.get('accuracy'))} | `{t['sha256'][:12]}` |")
+    if not card["teachers"]:
+        lines.append("| (none: trained on the labels alone) | | | | | |")
+    rarest = min(counts, key=lambda k: counts[k] if counts[k] else 1 << 30)
+    lines += [
+        "",
+        "## Limits",
+        "",
+        f"- Trained on {dataset['name']}: 48x48 grey faces from web images, mostly frontal. Expect lower "
+        "accuracy on side views, strong lighting, children, and faces smaller than about 40 pixels in the frame.",
+        f"- `{rarest}` is the rarest class ({counts[rarest]} evaluation faces): its recall "
+        f"({_pct(metrics['int8']['recall'].get(rarest))} INT8) is the least certain number here.",
+        "- Accuracy is measured on the data set's own crops. In the daemon the detector's box plus the card's "
+        f"crop margin ({card['crop']['margin']}) frames the face instead, which can cost a few points.",
+        "- Latency was measured on the build machine, not on the Raspberry Pi; `edge bench` measures the target.",
+        "- Expression labels describe visible facial movement, not a person's feelings.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,99 @@
+"""The student family: documented sizes, shapes at both input sizes, BatchNorm folding, and ONNX export parity."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+
+from quantize import student as student_module  # noqa: E402
+from quantize.errors import QuantizeError  # noqa: E402
+from quantize.export import PARITY_ATOL, export_student  # noqa: E402
+from quantize.student import STUDENTS, build_student, count_parameters, fold_batchnorm  # noqa: E402
+
+# Ops the INT8 path handles well; BatchNormalization must be gone (folded) and nothing exotic may appear.
+QUANTIZATION_FRIENDLY = {"Constant", "Conv", "Clip", "Relu", "Add", "GlobalAveragePool", "ReduceMean", "Flatten", "Reshape",
+                         "Gemm"}
+
+
+def _with_bn_statistics(name: str, size: int = 48):
+    """A student whose BatchNorm layers hold non-trivial running statistics, as after training."""
+    torch.manual_seed(0)
+    model = build_student(name)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(32, 1, size, size) * 2 - 1)
+    return model.eval()
+
+
+def test_parameter_table_in_docstring_matches_the_models():
+    rows = re.findall(r"^\s+(\w+)\s+([\d,]+)\s+\d+\s", student_module.__doc__, flags=re.M)
+    documented = {name: int(count.replace(",", "")) for name, count in rows}
+    assert set(documented) == set(STUDENTS)
+    assert {name: count_parameters(build_student(name)) for name in STUDENTS} == documented
+
+
+def test_sizes_grow_and_stay_small():
+    counts = [count_parameters(build_student(name)) for name in ("xs", "s", "m", "l")]
+    assert counts == sorted(counts)
+    assert 40_000 < counts[0] < 70_000 and counts[-1] < 1_100_000
+
+
+@pytest.mark.parametrize("size", [48, 64])
+def test_logits_for_each_face_at_both_input_sizes(size):
+    model = build_student("xs").eval()
+    out = model(torch.rand(3, 1, size, size))
+    assert out.shape == (3, 7)
+    assert torch.isfinite(out).all()
+
+
+def test_unknown_student_names_the_known_ones():
+    with pytest.raises(KeyError, match="xs, s, m, l"):
+        build_student("huge")
+
+
+def test_folding_batchnorm_keeps_the_outputs():
+    model = _with_bn_statistics("xs")
+    folded = fold_batchnorm(model)
+    x = torch.rand(8, 1, 48, 48) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(model(x), folded(x), atol=1e-5)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()), "the original must stay untouched"
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_export_matches_torch_with_dynamic_batch(tmp_path, exporter):
+    model = _with_bn_statistics("xs")
+    sample = np.random.default_rng(0).uniform(-1, 1, (6, 1, 48, 48)).astype(np.float32)
+    path = tmp_path / "xs.fp32.onnx"
+    report = export_student(model, path, sample, exporter)
+    assert report.exporter == exporter and report.max_abs_diff < PARITY_ATOL
+    graph = onnx.load(str(path)).graph
+    assert [i.name for i in graph.input] == ["input"] and [o.name for o in graph.output] == ["logits"]
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param, "batch axis must be dynamic"
+    ops = {node.op_type for node in graph.node}
+    assert ops <= QUANTIZATION_FRIENDLY, ops - QUANTIZATION_FRIENDLY
+
+
+def test_export_refuses_when_onnxruntime_disagrees(tmp_path, monkeypatch):
+    """Parity is really checked: a model whose torch output differs from its export is rejected, file removed."""
+    model = _with_bn_statistics("xs")
+    sample = np.random.default_rng(0).uniform(-1, 1, (4, 1, 48, 48)).astype(np.float32)
+    real_fold = student_module.fold_batchnorm
+
+    def fold_and_perturb(m):
+        folded = real_fold(m)
+        with torch.no_grad():
+            folded.classifier.bias += 0.01
+        return folded
+
+    monkeypatch.setattr("quantize.export.fold_batchnorm", fold_and_perturb)
+    with pytest.raises(QuantizeError, match="differs from torch"):
+        export_student(model, tmp_path / "bad.onnx", sample, "legacy")
+    assert not (tmp_path / "bad.onnx").exists()
