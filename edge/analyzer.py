@@ -23,16 +23,15 @@ class ScoredFace:
 
 
 class FrameAnalyzer:
-    def __init__(self, detector, model: ExpressionModel, min_face_px: int, timer: StageTimer):
-        self.detector = detector
+    def __init__(self, detector, model: ExpressionModel, timer: StageTimer):
+        self.detector = detector  # drops faces under the configured minimum size itself
         self.model = model
-        self.min_face_px = min_face_px
         self.timer = timer
 
     def analyze(self, image: np.ndarray) -> list[ScoredFace]:
         """Scored faces of one frame. Raises cv2.error for a frame OpenCV cannot process."""
         started = time.perf_counter()
-        faces = [f for f in self.detector.detect(image) if min(f.box[2], f.box[3]) >= self.min_face_px]
+        faces = self.detector.detect(image)
         detected = time.perf_counter()
         crops = [crop_face(image, face, self.model.card) for face in faces]
         cropped = time.perf_counter()

@@ -19,7 +19,7 @@ def run_bench(config: Config, frames: int) -> int:
     model = load_model(config)
     detector = build_detector(config, model)
     timer = StageTimer(window=frames)
-    analyzer = FrameAnalyzer(detector, model, config.detector.min_face_px, timer)
+    analyzer = FrameAnalyzer(detector, model, timer)
     source = open_source(config.source.uri, config.source.width, config.source.height, config.source.fps)
     totals: list[float] = []
     faces: list[int] = []

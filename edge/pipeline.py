@@ -101,7 +101,7 @@ class Daemon:
 
         self.model = load_model(config)
         self.detector = build_detector(config, self.model)
-        self.analyzer = FrameAnalyzer(self.detector, self.model, config.detector.min_face_px, self.timer)
+        self.analyzer = FrameAnalyzer(self.detector, self.model, self.timer)
         self.tracker = Tracker(self.model.labels, tracker_settings(config))
         source_spec = config.source.uri
         self.grabber = FrameGrabber(
