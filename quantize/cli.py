@@ -201,10 +201,12 @@ def _run_distill(args: argparse.Namespace) -> int:
     from quantize.build import dataset_record, default_cache_dir
     from quantize.datasets import load_dataset
     from quantize.distill import distill, save_student
+    from quantize.outputs import check_output_folder
 
     cfg = _distill_config(args)
     cfg.check()
     device = _device(args)
+    check_output_folder(args.out.parent)
     train = load_dataset(args.data, "train")
     teachers = _load_teachers(args, device)
     result = distill(train, teachers, cfg, work_dir=args.work_dir or args.out.with_name(args.out.name + ".work"),
@@ -289,10 +291,11 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 def _run_build(args: argparse.Namespace) -> int:
     from quantize.build import BuildOptions, build, output_name
+    from quantize.outputs import check_output_folder
 
     cfg = _distill_config(args)
     cfg.check()
-    output_name(args.out)
+    check_output_folder(output_name(args.out)[0])
     opts = BuildOptions(data=args.data, teachers=args.teacher, out=args.out, distill=cfg,
                         quantize=_quantize_options(args), device=_device(args),
                         teacher_precision=args.teacher_precision, trust_pickle=args.trust_pickle,
@@ -305,7 +308,10 @@ def _run_build(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # --help, or a usage error already printed as one line
+            return int(exc.code or 0)
         logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s")
         return args.func(args)

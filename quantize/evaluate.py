@@ -18,6 +18,7 @@ import numpy as np
 from edge.classifier import ExpressionModel
 from edge.model_card import card_path_for, load_card
 from quantize.datasets import FaceSet
+from quantize.errors import QuantizeError
 from quantize.labels import CANONICAL_LABELS, map_label_name
 
 PREDICT_CHUNK = 512
@@ -25,6 +26,8 @@ PREDICT_CHUNK = 512
 
 def load_model(path: Path, threads: int = 2) -> ExpressionModel:
     """The daemon's loader, pinned to the precision its card gives `path` (never a timed choice)."""
+    if not Path(path).is_file():
+        raise QuantizeError(f"model {path} not found; give the .onnx written by `quantize build`")
     card = load_card(card_path_for(Path(path)))
     precision = next((p for p, f in card.variants.items() if f == Path(path).name), None)
     return ExpressionModel.load(Path(path), precision=precision or card.precision or "auto", threads=threads)

@@ -8,7 +8,8 @@ recommendation for ARM CPUs such as the Raspberry Pi's Cortex-A; "uint8" is the 
 
 from __future__ import annotations
 
-import logging
+import contextlib
+import io
 import tempfile
 from pathlib import Path
 
@@ -36,10 +37,11 @@ DEFAULT_MAX_DROP = 1.0  # top-1 points INT8 may lose against FP32 before the too
 
 
 class FaceBatches(CalibrationDataReader):
-    """Feeds prepared faces (N, C, H, W) to the calibrator in small batches."""
+    """Feeds prepared faces (N, C, H, W) to the calibrator one at a time: the histogram calibrators (entropy,
+    percentile) stack per-run outputs and fail on a ragged last batch."""
 
-    def __init__(self, inputs: np.ndarray, input_name: str = "input", batch_size: int = 32) -> None:
-        self._batches = iter([inputs[i:i + batch_size] for i in range(0, len(inputs), batch_size)])
+    def __init__(self, inputs: np.ndarray, input_name: str = "input") -> None:
+        self._batches = iter([inputs[i:i + 1] for i in range(len(inputs))])
         self._name = input_name
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -61,8 +63,8 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calibration_inputs: np.ndarra
                                  (activations, ACTIVATION_TYPES, "activation type")):
         if value not in allowed:
             raise QuantizeError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
-    logging.getLogger("root").setLevel(logging.ERROR)  # quant_pre_process logs advice at WARNING per call
-    with tempfile.TemporaryDirectory(prefix="quantize-") as tmp:
+    # The calibrators print progress notes to stdout, which belongs to the command's result.
+    with tempfile.TemporaryDirectory(prefix="quantize-") as tmp, contextlib.redirect_stdout(io.StringIO()):
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared))
         quantize_static(

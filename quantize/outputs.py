@@ -8,6 +8,20 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
+from quantize.errors import QuantizeError
+
+
+def check_output_folder(folder: Path) -> None:
+    """Fail now, not after hours of training, if `folder` cannot be created or written (creates nothing)."""
+    existing = Path(folder).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise QuantizeError(f"cannot write into {folder}: {existing} is a file, not a folder; choose another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise QuantizeError(f"cannot write into {folder}: {existing} is not writable; choose another --out "
+                            "or fix its permissions")
+
 
 class StagedOutputs:
     """Hands out paths in a hidden staging folder beside `dest`; commit() renames them into `dest`.

@@ -125,7 +125,7 @@ def render_report(card: dict[str, Any], history: list[dict[str, Any]], images: d
         "|---|---|---|---|---|---|",
     ]
     for t in card["teachers"]:
-        params = f"{t['params'] / 1e6:.1f} M" if t.get("params") else "-"
+        params = f"{t['params']:,}" if t.get("params") else "-"
         lines.append(f"| {t['name']} | {t.get('arch') or t.get('backend')} | {params} | {len(t['labels'])} | "
                      f"{_pct(t.get('accuracy'))} | `{t['sha256'][:12]}` |")
     if not card["teachers"]:
@@ -135,8 +135,9 @@ def render_report(card: dict[str, Any], history: list[dict[str, Any]], images: d
         "",
         "## Limits",
         "",
-        f"- Trained on {dataset['name']}: 48x48 grey faces from web images, mostly frontal. Expect lower "
-        "accuracy on side views, strong lighting, children, and faces smaller than about 40 pixels in the frame.",
+        f"- Trained on `{dataset['name']}` ({sum(dataset['counts']['train'].values()):,} faces): the model knows "
+        "the kinds of faces its data set holds (FER2013: 48x48 grey web images, mostly frontal, mostly adults). "
+        "Expect lower accuracy on side views, harsh lighting, children and faces under about 40 pixels.",
         f"- `{rarest}` is the rarest class ({counts[rarest]} evaluation faces): its recall "
         f"({_pct(metrics['int8']['recall'].get(rarest))} INT8) is the least certain number here.",
         "- Accuracy is measured on the data set's own crops. In the daemon the detector's box plus the card's "

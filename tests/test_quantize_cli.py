@@ -1,0 +1,164 @@
+"""`quantize` command line: every fault a user can cause prints one line, exits 2 and writes nothing; the
+real entry point (`python -m quantize`) behaves the same; `eval` reports on a real ONNX model with its card.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from quantize.cli import main  # noqa: E402
+from tests.quantize_support import synthetic_faces, write_fer_csv  # noqa: E402
+from tests.tiny_model import write_tiny_model  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("cli-data")
+    return write_fer_csv(folder / "faces.csv", {"Training": synthetic_faces(8, 0), "PublicTest": synthetic_faces(4, 1)})
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """Parse and teacher caches go to the test's folder, not the user's home."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def _one_error_line(capsys) -> str:
+    """The single "error: ..." line, last on stderr (progress lines may come before it), and no traceback."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line for line in err if line.startswith("error")] == err[-1:], err
+    assert not any("Traceback" in line for line in err)
+    return err[-1]
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if "cache" not in p.parts)
+
+
+def _teacher(folder: Path) -> Path:
+    """A tiny real ONNX teacher with the card-style spec the teacher loader accepts."""
+    return write_tiny_model(folder / "teachers")
+
+
+@pytest.mark.parametrize("case", [
+    "no data", "no teacher", "corrupt teacher", "bad student", "bad alpha", "unreadable out",
+])
+def test_build_errors_are_one_line_and_write_nothing(case, data, tmp_path, capsys):
+    teacher = _teacher(tmp_path)
+    out = tmp_path / "models" / "m"
+    args = {"data": str(data), "teacher": str(teacher), "student": "xs", "out": str(out)}
+    extra: list[str] = []
+    if case == "no data":
+        args["data"] = str(tmp_path / "missing.csv")
+    elif case == "no teacher":
+        args["teacher"] = str(tmp_path / "nowhere.pt")
+    elif case == "corrupt teacher":
+        bad = tmp_path / "teachers" / "broken.pt"  # a copy cut short, as by a full disk
+        torch.save({"fc.weight": torch.zeros(7, 512)}, bad)
+        bad.write_bytes(bad.read_bytes()[:3000])
+        args["teacher"] = str(bad)
+    elif case == "bad student":
+        args["student"] = "xxl"
+    elif case == "bad alpha":
+        extra = ["--alpha", "1.5"]
+    elif case == "unreadable out":
+        (tmp_path / "models").write_text("a file where the output folder should be")
+    before = _files(tmp_path)
+    argv = ["build", "--epochs", "1", *extra, *(x for k, v in args.items() for x in (f"--{k}", v))]
+    assert main(argv) == 2
+    line = _one_error_line(capsys)
+    expected = {"no data": "missing.csv", "no teacher": "nowhere.pt", "corrupt teacher": "broken.pt",
+                "bad student": "xxl", "bad alpha": "alpha", "unreadable out": "models"}[case]
+    assert expected in line
+    assert _files(tmp_path) == before
+
+
+def test_export_refuses_a_file_that_is_not_a_student(tmp_path, capsys):
+    teacher_weights = tmp_path / "teacher.pt"
+    torch.save({"fc.weight": torch.zeros(7, 4)}, teacher_weights)
+    assert main(["export", "--student", str(teacher_weights), "--out", str(tmp_path / "m")]) == 2
+    assert "not a student checkpoint" in _one_error_line(capsys)
+    assert _files(tmp_path) == ["teacher.pt"]
+
+
+def test_int8_refuses_a_model_its_card_does_not_call_fp32(data, tmp_path, capsys):
+    model = write_tiny_model(tmp_path)  # an fp32 graph whose card names no fp32 variant
+    before = _files(tmp_path)
+    assert main(["int8", "--model", str(model), "--data", str(data)]) == 2
+    assert "fp32 variant" in _one_error_line(capsys)
+    assert _files(tmp_path) == before
+
+
+@pytest.mark.parametrize("case", ["no model", "no card", "wrong sha256", "no data"])
+def test_eval_errors_are_one_line(case, data, tmp_path, capsys):
+    model = write_tiny_model(tmp_path)
+    if case == "no model":
+        model = tmp_path / "absent.onnx"
+    elif case == "no card":
+        model.with_suffix(".json").unlink()
+    elif case == "wrong sha256":
+        card = json.loads(model.with_suffix(".json").read_text())
+        card["sha256"] = "0" * 64
+        model.with_suffix(".json").write_text(json.dumps(card))
+    source = tmp_path / "absent.csv" if case == "no data" else data
+    png = tmp_path / "cm.png"
+    assert main(["eval", "--model", str(model), "--data", str(source), "--png", str(png)]) == 2
+    line = _one_error_line(capsys)
+    assert {"no model": "absent.onnx", "no card": "tiny.json", "wrong sha256": "sha256",
+            "no data": "absent.csv"}[case] in line
+    assert not png.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_is_a_user_error(data, tmp_path, capsys):
+    assert main(["distill", "--data", str(data), "--teacher", str(_teacher(tmp_path)), "--device", "cuda",
+                 "--out", str(tmp_path / "s.pt")]) == 2
+    assert "--device cpu" in _one_error_line(capsys)
+    assert not (tmp_path / "s.pt").exists()
+
+
+def test_eval_reports_accuracy_confusion_and_writes_png(data, tmp_path, capsys):
+    model = write_tiny_model(tmp_path)
+    png = tmp_path / "out" / "cm.png"
+    assert main(["eval", "--model", str(model), "--data", str(data), "--latency-runs", "5", "--png", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "top-1" in out and "latency per face" in out and "true \\ pred" in out
+    table = [line for line in out.splitlines() if line.startswith(("angry", "neutral"))]
+    assert len(table) == 2 and len(table[0].split()) == 9  # name, seven counts, recall
+    counts = np.array([[int(v) for v in line.split()[1:8]] for line in table])
+    assert counts.sum() == 8, "4 angry + 4 neutral test faces"
+    assert png.read_bytes()[:4] == b"\x89PNG" and sorted(p.name for p in png.parent.iterdir()) == ["cm.png"]
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+def test_python_dash_m_quantize_errors_the_same_way(data, tmp_path):
+    done = _run("-m", "quantize", "eval", "--model", str(tmp_path / "gone.onnx"), "--data", str(data))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "gone.onnx" in done.stderr
+    done = _run("-m", "quantize", "frobnicate")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_missing_extra_is_named_with_the_install_command(tmp_path):
+    """Without torch (the daemon-only install) the tool says which extra to install."""
+    code = ("import sys; sys.modules['torch'] = None; from quantize.cli import main; "
+            f"sys.exit(main(['export', '--student', {str(tmp_path / 's.pt')!r}, '--out', {str(tmp_path / 'm')!r}]))")
+    done = _run("-c", code)
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("error: the quantize tool needs the optional package torch; install it with "
+                                   "pip install 'edge-mood[quantize]'")

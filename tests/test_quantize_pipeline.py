@@ -1,0 +1,223 @@
+"""The offline chain on real inputs: teacher caching, distillation from an ensemble of every teacher format,
+`quantize build` end to end (files, card accepted by the daemon's loader), the INT8 accuracy gate, and INT8
+parity on real FER2013 faces.
+
+INT8 parity tolerance (real faces, student trained briefly): the INT8 model picks the same class as FP32 on
+at least 90% of faces, and the mean absolute difference of their probabilities is below 0.05.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from edge.classifier import ExpressionModel  # noqa: E402
+from edge.model_card import load_card  # noqa: E402
+from quantize.build import fp32_card, student_inputs  # noqa: E402
+from quantize.card import write_card  # noqa: E402
+from quantize.cli import main  # noqa: E402
+from quantize.datasets import FaceSet, load_dataset  # noqa: E402
+from quantize.distill import DistillConfig, class_weights, distill, kd_loss, student_meta, teacher_logits  # noqa: E402
+from quantize.evaluate import evaluate  # noqa: E402
+from quantize.export import export_student  # noqa: E402
+from quantize.int8 import calibration_faces, check_accuracy_drop, quantize_onnx  # noqa: E402
+from quantize.errors import QuantizeError  # noqa: E402
+from quantize.teachers import load_teacher  # noqa: E402
+from tests.quantize_support import (  # noqa: E402
+    FER_CSV, SHARED, real_fer_rows, save_teachers, synthetic_faces, train_tiny_teacher, write_fer_csv)
+
+BUILD_FILES = ("syn.onnx", "syn.fp32.onnx", "syn.json", "syn.md", "syn.confusion-fp32.png",
+               "syn.confusion-int8.png", "syn.training.png")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Two cores are shared by many jobs here; one torch thread avoids oversubscription stalls."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("synthetic")
+    train, test = synthetic_faces(70, seed=0), synthetic_faces(20, seed=1)
+    csv = write_fer_csv(folder / "syn.csv.gz", {"Training": train, "PublicTest": test})
+    teachers = save_teachers(folder / "teachers", train_tiny_teacher(*train))
+    return SimpleNamespace(folder=folder, csv=csv, teachers=teachers,
+                           train=load_dataset(csv, "train", cache=False), test=load_dataset(csv, "test", cache=False))
+
+
+@pytest.fixture(scope="module")
+def built(synthetic, tmp_path_factory):
+    """`quantize build` on the synthetic set with a TorchScript and a six-class ONNX teacher."""
+    out = tmp_path_factory.mktemp("models") / "syn"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(synthetic.folder / "cache"))
+        status = main(["build", "--data", str(synthetic.csv), "--teacher", str(synthetic.teachers["torchscript"]),
+                       "--teacher", str(synthetic.teachers["onnx"]), "--student", "xs", "--epochs", "6",
+                       "--batch-size", "32", "--calibration-faces", "70", "--latency-runs", "10",
+                       "--out", str(out)])
+    assert status == 0
+    return out.parent
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------- teacher outputs and the loss
+
+def test_teacher_logits_are_cached_for_face_and_mirror(synthetic, tmp_path):
+    teacher = load_teacher(synthetic.teachers["torchscript"])
+    forward, calls = teacher._forward, []
+    teacher._forward = lambda batch: (calls.append(len(batch)), forward(batch))[1]
+    faces = synthetic.train.subset(slice(0, 50))
+    clean, mirror = teacher_logits(teacher, "sha-a", faces, tmp_path, log=lambda _: None)
+    assert sum(calls) == 100, "each face and its mirror once"
+    assert np.allclose(mirror, forward(np.ascontiguousarray(faces.images[:, :, ::-1])), atol=1e-5)
+    assert not np.allclose(clean, mirror)
+    calls.clear()
+    again = teacher_logits(teacher, "sha-a", faces, tmp_path, log=lambda _: None)
+    assert calls == [] and np.array_equal(again[0], clean) and np.array_equal(again[1], mirror)
+    teacher_logits(teacher, "sha-b", faces, tmp_path, log=lambda _: None)
+    assert sum(calls) == 100, "another teacher file (sha256) must not reuse the cache"
+
+
+def test_kd_loss_renormalises_over_the_classes_a_teacher_knows():
+    six = [0, 2, 3, 4, 5, 6]  # no disgust
+    student = torch.tensor([[2.0, 9.0, 0.5, 1.0, -1.0, 0.0, 0.3]])
+    t = 4.0
+    matching = torch.softmax(student[:, six] / t, dim=1)
+    assert kd_loss(student, [(six, 1.0, matching)], t).item() == pytest.approx(0.0, abs=1e-6)
+    louder_disgust = student.clone()
+    louder_disgust[0, 1] = -20.0
+    assert kd_loss(louder_disgust, [(six, 1.0, matching)], t).item() == pytest.approx(0.0, abs=1e-6)
+    uniform = torch.full((1, 6), 1 / 6)
+    assert kd_loss(student, [(six, 1.0, uniform)], t).item() > 0.01
+
+
+def test_class_weights_favour_rare_classes_and_keep_the_mean():
+    labels = np.repeat(np.arange(7), [400, 40, 400, 700, 500, 300, 500])
+    for mode in ("sqrt", "inverse"):
+        w = class_weights(labels, mode).numpy()
+        assert w.argmax() == 1
+        assert w[labels].mean() == pytest.approx(1.0, rel=1e-5)
+    assert class_weights(labels, "none") is None
+
+
+def test_accuracy_gate():
+    assert check_accuracy_drop(0.65, 0.645, 1.0, allow=False) == pytest.approx(0.5)
+    with pytest.raises(QuantizeError, match=r"INT8 top-1 63\.00% is 2\.00 points below FP32 65\.00%"):
+        check_accuracy_drop(0.65, 0.63, 1.0, allow=False)
+    assert check_accuracy_drop(0.65, 0.63, 1.0, allow=True) == pytest.approx(2.0)
+
+
+# ---------------------------------------------------------------- distillation
+
+def test_distillation_from_every_teacher_format_learns_and_resumes(synthetic, tmp_path):
+    teachers = [(load_teacher(path), _sha256(path)) for path in synthetic.teachers.values()]
+    assert {t.backend for t, _ in teachers} == {"torchscript", "onnx", "torch"}
+    cfg = DistillConfig(student="xs", epochs=6, batch_size=32)
+    result = distill(synthetic.train, teachers, cfg, work_dir=tmp_path / "work", cache_dir=tmp_path / "cache",
+                     progress=False, log=lambda _: None)
+    losses = [h["loss"] for h in result.history]
+    assert len(losses) == 6 and losses[-1] < 0.7 * losses[0]
+    assert result.best_val_top1 > 0.5, "seven classes: chance is 0.14"
+    messages: list[str] = []
+    again = distill(synthetic.train, teachers, cfg, work_dir=tmp_path / "work", cache_dir=tmp_path / "cache",
+                    progress=False, log=messages.append)
+    assert any("resuming" in m for m in messages) and not any(m.startswith("epoch") for m in messages)
+    assert again.history == result.history and again.best_epoch == result.best_epoch
+    for a, b in zip(again.model.state_dict().values(), result.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------- build
+
+def test_build_writes_every_file_and_nothing_else(built):
+    assert sorted(p.name for p in built.iterdir()) == sorted([*BUILD_FILES, "syn.work"])
+    for png in BUILD_FILES[4:]:
+        assert (built / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (built / "syn.md").read_text()
+    for needle in ("## Summary", "## Per-class recall", "syn.confusion-int8.png", "syn.training.png",
+                   "## Teachers", "tiny6", "## Limits"):
+        assert needle in report
+
+
+def test_built_card_is_accepted_by_the_daemon(built, synthetic):
+    card = load_card(built / "syn.json")
+    assert card.labels == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+    assert (card.channels, card.height, card.width, card.color) == (1, 48, 48, "gray")
+    assert card.variants == {"fp32": "syn.fp32.onnx", "int8": "syn.onnx"} and card.precision == "int8"
+    assert card.sha256 == _sha256(built / "syn.onnx")
+    raw = card.raw
+    assert raw["variant_sha256"] == {"fp32": _sha256(built / "syn.fp32.onnx"), "int8": card.sha256}
+    assert [t["name"] for t in raw["teachers"]] == ["tiny7", "tiny6"]
+    assert raw["dataset"]["counts"]["eval"]["disgust"] == 20 and raw["distillation"]["temperature"] == 4.0
+    for precision in ("int8", "fp32"):
+        model = ExpressionModel.load(built / "syn.onnx", precision=precision)
+        probs = model.predict(list(synthetic.test.images))
+        top1 = float((probs.argmax(1) == synthetic.test.labels).mean())
+        assert top1 == pytest.approx(raw["metrics"][precision]["top1"], abs=1e-4)
+    assert raw["metrics"]["int8"]["top1"] > 0.5
+
+
+def test_int8_gate_refuses_and_leaves_the_old_files(built, synthetic, tmp_path, capsys):
+    shutil.copy(built / "syn.fp32.onnx", tmp_path)
+    card = json.loads((built / "syn.json").read_text())
+    card.update(precision="fp32", variants={"fp32": "syn.fp32.onnx"},
+                variant_sha256={"fp32": card["variant_sha256"]["fp32"]}, sha256=card["variant_sha256"]["fp32"])
+    (tmp_path / "syn.json").write_text(json.dumps(card))
+    before = sorted((p.name, _sha256(p)) for p in tmp_path.iterdir())
+    args = ["int8", "--model", str(tmp_path / "syn.fp32.onnx"), "--data", str(synthetic.csv), "--latency-runs", "0"]
+    capsys.readouterr()
+    # A negative limit demands that INT8 beat FP32 by a point, which it does not: the gate must refuse.
+    assert main([*args, "--max-drop", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: INT8 top-1 ") and "below FP32" in err[-1]
+    assert sum(line.startswith("error") for line in err) == 1
+    assert sorted((p.name, _sha256(p)) for p in tmp_path.iterdir()) == before
+    assert main([*args, "--max-drop", "-1", "--allow-drop"]) == 0
+    written = load_card(tmp_path / "syn.json")
+    assert written.variants == {"fp32": "syn.fp32.onnx", "int8": "syn.onnx"}
+    assert written.sha256 == _sha256(tmp_path / "syn.onnx")
+    assert written.raw["quantization"]["allowed_drop"] is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["syn.fp32.onnx", "syn.json", "syn.onnx"]
+
+
+# ---------------------------------------------------------------- real faces
+
+@pytest.mark.skipif(not FER_CSV.is_file(), reason=f"FER2013 not found under {SHARED} (../shared)")
+def test_int8_stays_close_to_fp32_on_real_faces(tmp_path):
+    rows = real_fer_rows(train=900, test=300)
+    train = FaceSet(*rows["Training"], source="fer2013", split="train")
+    test = FaceSet(*rows["PublicTest"], source="fer2013", split="test")
+    result = distill(train, [], DistillConfig(student="xs", epochs=4, batch_size=32, augment=False), progress=False,
+                     log=lambda _: None)
+    meta = student_meta(result)
+    fp32 = tmp_path / "real.fp32.onnx"
+    export_student(result.model, fp32, student_inputs(test.images[:32], meta))
+    write_card(fp32_card(meta, "real", fp32, 0.1), tmp_path / "real.json")
+    calib = calibration_faces(train, 200)
+    inputs = ExpressionModel.load(fp32, precision="fp32").preprocess(list(calib.images))
+    int8 = tmp_path / "real.onnx"
+    quantize_onnx(fp32, int8, inputs)
+    card = json.loads((tmp_path / "real.json").read_text())
+    card.update(variants={"fp32": fp32.name, "int8": int8.name}, precision="int8", sha256=_sha256(int8),
+                variant_sha256={"fp32": _sha256(fp32), "int8": _sha256(int8)})
+    write_card(card, tmp_path / "real.json")
+    ev32 = evaluate(fp32, test, latency_runs=0)
+    ev8 = evaluate(int8, test, latency_runs=0)
+    assert len(np.unique(ev32.probs.argmax(1))) >= 3, "the student must tell faces apart for parity to mean much"
+    assert (ev32.probs.argmax(1) == ev8.probs.argmax(1)).mean() >= 0.90
+    assert np.abs(ev32.probs - ev8.probs).mean() < 0.05
