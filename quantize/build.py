@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -88,12 +87,12 @@ def dataset_record(data: Path, splits: dict[str, FaceSet]) -> dict[str, Any]:
             "counts": {role: faces.class_counts() for role, faces in splits.items()}}
 
 
-def fp32_card(meta: dict[str, Any], name: str, fp32_file: Path, crop_margin: float, **details: Any) -> dict[str, Any]:
+def fp32_card(meta: dict[str, Any], name: str, fp32_file: Path, crop_margin: float) -> dict[str, Any]:
     """The card of an exported student before quantization: FP32 only."""
     size = meta["input_size"]
     return make_card(name=name, labels=meta["labels"], channels=meta["channels"], height=size, width=size,
                      mean=meta["mean"], std=meta["std"], crop_margin=crop_margin, precision="fp32",
-                     variants={"fp32": fp32_file.name}, variant_sha256={"fp32": file_sha256(fp32_file)}, **details)
+                     variants={"fp32": fp32_file.name}, variant_sha256={"fp32": file_sha256(fp32_file)})
 
 
 def student_inputs(images: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
@@ -199,26 +198,23 @@ def build(opts: BuildOptions, log: Log = print) -> list[Path]:
 
     with StagedOutputs(folder) as staging:
         sample = student_inputs(eval_faces.images[:64], meta)
-        fp32, export_report = export_step(result.model, meta, staging, name, sample, opts.crop_margin,
-                                          opts.exporter, log)
+        _, export_report = export_step(result.model, meta, staging, name, sample, opts.crop_margin,
+                                       opts.exporter, log)
         outcome = int8_step(staging, name, read_card_dict(staging.path(f"{name}.json")), train, eval_faces,
                             opts.quantize, log)
         teacher_rows = [{**record, "accuracy": round(acc, 4)} for record, acc in zip(result.teachers, accuracies)]
-        card = make_card(
-            name=name, labels=meta["labels"], channels=1, height=meta["input_size"], width=meta["input_size"],
-            mean=meta["mean"], std=meta["std"], crop_margin=opts.crop_margin, precision="int8",
-            variants={"fp32": fp32.name, "int8": outcome.int8.name},
-            variant_sha256={"fp32": file_sha256(fp32), "int8": file_sha256(outcome.int8)},
-            metrics=metrics_section(outcome, eval_faces.split),
-            student={"arch": meta["arch"], "params": meta["params"], "input_size": meta["input_size"],
-                     "best_epoch": result.best_epoch, "val_top1": round(result.best_val_top1, 4),
-                     "train_faces": result.train_faces, "val_faces": result.val_faces},
-            teachers=teacher_rows,
-            dataset=dataset_record(opts.data, {"train": train, "eval": eval_faces}),
-            distillation=result.settings,
-            quantization={**outcome.quantization, "exporter": export_report.exporter, "opset": export_report.opset,
-                          "export_max_abs_diff": export_report.max_abs_diff},
-        )
+        card = {
+            **read_card_dict(staging.path(f"{name}.json")),  # the card int8_step staged, with both variants
+            "metrics": metrics_section(outcome, eval_faces.split),
+            "student": {"arch": meta["arch"], "params": meta["params"], "input_size": meta["input_size"],
+                        "best_epoch": result.best_epoch, "val_top1": round(result.best_val_top1, 4),
+                        "train_faces": result.train_faces, "val_faces": result.val_faces},
+            "teachers": teacher_rows,
+            "dataset": dataset_record(opts.data, {"train": train, "eval": eval_faces}),
+            "distillation": result.settings,
+            "quantization": {**outcome.quantization, "exporter": export_report.exporter,
+                             "opset": export_report.opset, "export_max_abs_diff": export_report.max_abs_diff},
+        }
         write_card(card, staging.path(f"{name}.json"))
         images = {"fp32": f"{name}.confusion-fp32.png", "int8": f"{name}.confusion-int8.png",
                   "training": f"{name}.training.png"}
@@ -228,7 +224,6 @@ def build(opts: BuildOptions, log: Log = print) -> list[Path]:
                                f"{name} {key.upper()}: top-1 {ev.accuracy * 100:.1f}% on {eval_faces.split}")
         save_training_png(result.history, staging.path(images["training"]), f"{name}: student {meta['arch']}")
         staging.path(f"{name}.md").write_text(render_report(card, result.history, images), encoding="utf-8")
-        shutil.rmtree(staging.dir / "qoperator")
         written = [folder / n for n in (f"{name}.onnx", f"{name}.fp32.onnx", f"{name}.json", f"{name}.md",
                                         *images.values())]
     return written

@@ -263,7 +263,6 @@ def _run_int8(args: argparse.Namespace) -> int:
         staged["metrics"] = metrics_section(outcome, eval_faces.split)
         staged["quantization"] = outcome.quantization
         write_card(staged, staging.path(card_path.name))
-        shutil.rmtree(staging.dir / "qoperator")
     print(f"{args.model.parent / (name + '.onnx')}: INT8 top-1 {outcome.evaluations['int8'].accuracy * 100:.2f}% "
           f"vs FP32 {outcome.evaluations['fp32'].accuracy * 100:.2f}% on {eval_faces.split}")
     return 0

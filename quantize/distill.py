@@ -9,8 +9,8 @@ six-class teacher thus says nothing about the class it lacks, instead of claimin
 Teacher logits are computed once per (teacher file, teacher input settings, training faces) for each face
 and its mirror image, and cached as .npz. When augmentation mirrors a face, the mirror's logits are the
 target; the other augmentations (quantize.augment: up to 10% shift, +-15% zoom, +-10 degrees, brightness and
-contrast; random erasing off) are mild, so the clean face's logits remain a good target. `online_teacher` runs the teachers on every augmented
-batch instead: exact targets, but only sensible for cheap teachers.
+contrast; random erasing off) are mild, so the clean face's logits remain a good target. `online_teacher`
+runs the teachers on every augmented batch instead (nothing cached): exact targets, for cheap teachers only.
 
 Validation: a stratified share of the training faces (never the test split) picks the best epoch. A
 checkpoint is written atomically after every epoch; running the same distillation again resumes it.
@@ -23,7 +23,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from quantize.augment import Augmentation
 from quantize.datasets import FaceSet, stratified_split
-from quantize.digest import faces_fingerprint, file_sha256
+from quantize.digest import faces_fingerprint
 from quantize.errors import QuantizeError
 from quantize.labels import CANONICAL_LABELS
 from quantize.student import STUDENTS, Student, build_student, count_parameters
@@ -118,8 +118,6 @@ class DistillResult:
     teachers: list[dict[str, Any]]
     train_faces: int
     val_faces: int
-    resumed_from: int = 0
-    stopped_early: bool = False
 
 
 @dataclass
@@ -128,9 +126,9 @@ class _Targets:
 
     classes: list[int]  # canonical indices, the group's output order
     weight: float  # the group's share of the teachers
-    clean: Tensor  # (N, len(classes)) averaged probabilities at temperature T
-    mirror: Tensor
-    teachers: list[Teacher] = field(default_factory=list)
+    teachers: list[Teacher]
+    clean: Tensor | None = None  # (N, len(classes)) averaged probabilities at temperature T; None when online
+    mirror: Tensor | None = None
 
 
 # ---------------------------------------------------------------- teacher outputs
@@ -175,17 +173,21 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     os.replace(temp, path)
 
 
-def _soft_targets(teachers: list[tuple[Teacher, np.ndarray, np.ndarray]], temperature: float) -> list[_Targets]:
-    groups: dict[tuple[int, ...], list[tuple[Teacher, np.ndarray, np.ndarray]]] = {}
-    for entry in teachers:
-        groups.setdefault(tuple(entry[0].label_index), []).append(entry)
+def _soft_targets(teachers: list[Teacher], logits: list[tuple[np.ndarray, np.ndarray]] | None,
+                  temperature: float) -> list[_Targets]:
+    """Teachers grouped by class set, with each group's averaged (clean, mirror) probabilities when cached."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, teacher in enumerate(teachers):
+        groups.setdefault(tuple(teacher.label_index), []).append(i)
     targets = []
     for classes, members in groups.items():
-        def average(which: int) -> Tensor:
-            probs = [torch.softmax(torch.from_numpy(m[which]).float() / temperature, dim=1) for m in members]
-            return torch.stack(probs).mean(0)
-        targets.append(_Targets(list(classes), len(members) / len(teachers), average(1), average(2),
-                                [m[0] for m in members]))
+        group = _Targets(list(classes), len(members) / len(teachers), [teachers[i] for i in members])
+        if logits is not None:
+            group.clean, group.mirror = (
+                torch.stack([torch.softmax(torch.from_numpy(logits[i][which]).float() / temperature, dim=1)
+                             for i in members]).mean(0)
+                for which in (0, 1))
+        targets.append(group)
     return targets
 
 
@@ -282,15 +284,17 @@ def distill(train_faces: FaceSet, teachers: list[tuple[Teacher, str]], cfg: Dist
     fit, val = stratified_split(train_faces, cfg.val_fraction, cfg.seed)
     targets: list[_Targets] = []
     if teachers:
-        outputs = [(t, *teacher_logits(t, sha, fit, cache_dir, log=log)) for t, sha in teachers]
-        targets = _soft_targets(outputs, cfg.temperature)
+        logits = None if cfg.online_teacher else [teacher_logits(t, sha, fit, cache_dir, log=log)
+                                                  for t, sha in teachers]
+        targets = _soft_targets([t for t, _ in teachers], logits, cfg.temperature)
     alpha = cfg.alpha if teachers else 1.0
 
     torch.manual_seed(cfg.seed)
     model = build_student(cfg.student).to(dev).to(memory_format=torch.channels_last)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": settings["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": settings["weight_decay"]},
+              {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "adamw":
         optimizer: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=settings["lr"])
     else:
@@ -328,9 +332,7 @@ def distill(train_faces: FaceSet, teachers: list[tuple[Teacher, str]], cfg: Dist
                 f"epoch {best_epoch})")
         else:
             log(f"{ckpt_path} belongs to other settings, data or teachers; starting afresh")
-    resumed_from = start_epoch - 1
 
-    epoch = start_epoch - 1
     for epoch in range(start_epoch, cfg.epochs + 1):
         if finished:
             break
@@ -383,8 +385,9 @@ def distill(train_faces: FaceSet, teachers: list[tuple[Teacher, str]], cfg: Dist
             best_top1, best_epoch = entry["val_top1"], epoch
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         recall = entry["val_recall"]
-        log(f"epoch {epoch}/{cfg.epochs} {entry['seconds']:.0f}s loss {entry['loss']:.3f} train {entry['train_top1']:.3f}"
-            f" val {entry['val_top1']:.4f} (disgust {recall.get('disgust', 0):.2f}, fear {recall.get('fear', 0):.2f})"
+        log(f"epoch {epoch}/{cfg.epochs} {entry['seconds']:.0f}s loss {entry['loss']:.3f} "
+            f"train {entry['train_top1']:.3f} val {entry['val_top1']:.4f} (recall disgust "
+            f"{recall.get('disgust', 0):.2f}, fear {recall.get('fear', 0):.2f})"
             f"{' best' if best_epoch == epoch else ''}")
         finished = epoch == cfg.epochs or (cfg.patience > 0 and epoch - best_epoch >= cfg.patience)
         if ckpt_path is not None:
@@ -398,16 +401,15 @@ def distill(train_faces: FaceSet, teachers: list[tuple[Teacher, str]], cfg: Dist
     best = build_student(cfg.student)
     best.load_state_dict(best_state if best_state is not None else model.state_dict())
     best.eval()
-    return DistillResult(best, history, best_epoch, best_top1, settings, records, len(fit), len(val), resumed_from,
-                         stopped_early=bool(history) and history[-1]["epoch"] < cfg.epochs)
+    return DistillResult(best, history, best_epoch, best_top1, settings, records, len(fit), len(val))
 
 
 def _batch_targets(targets: list[_Targets], idx: Tensor, flip: Tensor, x: Tensor, cfg: DistillConfig
                    ) -> list[tuple[list[int], float, Tensor]]:
     out = []
+    faces = (x.squeeze(1) * 255).round().to(torch.uint8).cpu().numpy() if cfg.online_teacher else None
     for group in targets:
-        if cfg.online_teacher:
-            faces = (x.squeeze(1) * 255).round().to(torch.uint8).cpu().numpy()
+        if faces is not None:
             probs = torch.stack([torch.softmax(torch.from_numpy(t.logits(faces)) / cfg.temperature, 1)
                                  for t in group.teachers]).mean(0)
         else:

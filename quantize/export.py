@@ -71,7 +71,8 @@ def export_student(model: Student, path: Path, sample: np.ndarray, exporter: str
         try:
             _export(folded, example, path, name)
         except Exception as exc:  # exporter internals raise many types; the next exporter may still work
-            failures.append(f"{name}: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}")
+            first_line = (str(exc).strip().splitlines() or [""])[0][:160]
+            failures.append(f"{name}: {type(exc).__name__}: {first_line}")
             continue
         diff = parity(path, model, sample)
         if diff < PARITY_ATOL:

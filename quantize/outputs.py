@@ -24,7 +24,8 @@ def check_output_folder(folder: Path) -> None:
 
 
 class StagedOutputs:
-    """Hands out paths in a hidden staging folder beside `dest`; commit() renames them into `dest`.
+    """Hands out paths in a hidden staging folder beside `dest`; commit() renames them into `dest` and deletes
+    the folder with anything else written there (scratch files such as the QOperator comparison model).
 
     Files keep their final names while staged, so a staged card finds its staged model the way the daemon
     would. A failure (exception in the `with` block) deletes the staging folder and leaves `dest` untouched.

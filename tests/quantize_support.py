@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -85,13 +86,14 @@ def save_teachers(folder: Path, tiny: nn.Module) -> dict[str, Path]:
     grey_half = {"size": 48, "channels": 1, "mean": "half", "std": "half"}
     paths = {"torchscript": folder / "tiny7.pt", "onnx": folder / "tiny6.onnx", "state_dict": folder / "rn18.pt"}
 
-    torch.jit.trace(tiny, torch.zeros(1, 1, 48, 48)).save(str(paths["torchscript"]))
+    with warnings.catch_warnings():  # both formats are deprecated in torch, and still what users hand us
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.trace(tiny, torch.zeros(1, 1, 48, 48)).save(str(paths["torchscript"]))
+        keep = [LABELS.index(name) for name in SIX_LABELS]
+        six = nn.Sequential(tiny, Columns(keep)).eval()
+        torch.onnx.export(six, (torch.zeros(1, 1, 48, 48),), str(paths["onnx"]), dynamo=False, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=17)
     _spec(paths["torchscript"], {"labels": "fer2013", "input": grey_half})
-
-    keep = [LABELS.index(name) for name in SIX_LABELS]
-    six = nn.Sequential(tiny, Columns(keep)).eval()
-    torch.onnx.export(six, (torch.zeros(1, 1, 48, 48),), str(paths["onnx"]), dynamo=False, input_names=["x"],
-                      output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=17)
     _spec(paths["onnx"], {"labels": SIX_LABELS, "input": {"mean": "half", "std": "half"}})
 
     torch.manual_seed(1)

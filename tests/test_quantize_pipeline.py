@@ -142,6 +142,20 @@ def test_distillation_from_every_teacher_format_learns_and_resumes(synthetic, tm
         assert torch.equal(a, b)
 
 
+def test_online_teacher_sees_every_augmented_batch_and_caches_nothing(synthetic, tmp_path):
+    teacher = load_teacher(synthetic.teachers["onnx"])
+    forward, batches = teacher._forward, []
+    teacher._forward = lambda batch: (batches.append(batch.copy()), forward(batch))[1]
+    cfg = DistillConfig(student="xs", epochs=1, batch_size=32, online_teacher=True)
+    result = distill(synthetic.train, [(teacher, "sha")], cfg, cache_dir=tmp_path, progress=False,
+                     log=lambda _: None)
+    steps = (len(synthetic.train) - result.val_faces) // 32
+    assert len(batches) == steps and all(len(b) == 32 for b in batches)
+    assert not any(np.array_equal(b, synthetic.train.images[:32]) for b in batches), "augmented, not raw"
+    assert list(tmp_path.iterdir()) == [] and np.isfinite(result.history[0]["soft_loss"])
+    assert result.history[0]["soft_loss"] > 0
+
+
 # ---------------------------------------------------------------- build
 
 def test_build_writes_every_file_and_nothing_else(built):
@@ -149,7 +163,7 @@ def test_build_writes_every_file_and_nothing_else(built):
     for png in BUILD_FILES[4:]:
         assert (built / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (built / "syn.md").read_text()
-    for needle in ("## Summary", "## Per-class recall", "syn.confusion-int8.png", "syn.training.png",
+    for needle in ("## Summary", "## Latency", "## Per-class recall", "syn.confusion-int8.png", "syn.training.png",
                    "## Teachers", "tiny6", "## Limits"):
         assert needle in report
 

@@ -16,8 +16,8 @@ from quantize.export import PARITY_ATOL, export_student  # noqa: E402
 from quantize.student import STUDENTS, build_student, count_parameters, fold_batchnorm  # noqa: E402
 
 # Ops the INT8 path handles well; BatchNormalization must be gone (folded) and nothing exotic may appear.
-QUANTIZATION_FRIENDLY = {"Constant", "Conv", "Clip", "Relu", "Add", "GlobalAveragePool", "ReduceMean", "Flatten", "Reshape",
-                         "Gemm"}
+QUANTIZATION_FRIENDLY = {"Constant", "Conv", "Clip", "Relu", "Add", "GlobalAveragePool", "ReduceMean", "Flatten",
+                         "Reshape", "Gemm"}
 
 
 def _with_bn_statistics(name: str, size: int = 48):
