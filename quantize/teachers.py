@@ -339,6 +339,7 @@ def _torch_load(path: Path, where: str, trust_pickle: bool) -> Any:
         raise QuantizeError(f"{where}: the file pickles Python objects, not just weights; re-save it with "
                             "torch.save(model.state_dict(), ...), or pass --trust-pickle if you trust its "
                             "source") from None
-    except (RuntimeError, OSError, EOFError, ValueError, AttributeError, ModuleNotFoundError) as exc:
+    except (RuntimeError, OSError, EOFError, ValueError, AttributeError, ModuleNotFoundError, KeyError,
+            IndexError, TypeError) as exc:  # a damaged file fails in many ways inside torch.load
         raise QuantizeError(f"{where}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0][:160]})") \
             from None
