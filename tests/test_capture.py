@@ -145,8 +145,12 @@ def test_lost_live_source_is_reopened_with_one_log_line_per_state_change(caplog)
         finally:
             grabber.stop()
     assert grabber.reconnects == 1 and attempts["n"] == 5
-    assert indexes == list(range(10))  # none dropped by this fast consumer; numbering goes on after the outage
+    # A loaded machine may drop a few frames (newest-frame semantics), so the check is on order and numbering:
+    # strictly increasing, each frame numbered as its source counted it, and the second camera's frames
+    # carry on after the first one's five instead of starting again at 0.
+    assert indexes == sorted(set(indexes))
     assert [stand_in_number(f) for f in images] == indexes
+    assert indexes[-1] >= 9 and any(i >= 5 for i in indexes)
     assert opened[0].closed
     messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
     assert sum("lost stand-in camera" in m for m in messages) == 1
