@@ -47,7 +47,7 @@ def build_detector(config: Config, model: ExpressionModel):
     return make_detector(
         kind=config.detector.kind,
         yunet_path=yunet,
-        search_dirs=[model.path.parent, *model_dirs()],
+        search_dirs=list(dict.fromkeys([model.path.parent, *model_dirs()])),
         detect_width=config.detector.detect_width,
         score_threshold=config.detector.score_threshold,
         min_face_px=config.detector.min_face_px,
