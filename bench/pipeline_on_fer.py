@@ -1,0 +1,110 @@
+"""Accuracy of the daemon's whole path (detector -> eye-levelled crop -> model) on FER2013 faces.
+
+Each face is enlarged, padded with its own border (so the detector sees some surroundings), pasted into
+a 640x480 frame and run through the same FrameAnalyzer the daemon uses. The table compares that with
+the model fed the original 48x48 face directly: a gap means live crops are framed differently from the
+training faces (tune the card's crop margin), or the detector misses faces.
+
+    python bench/pipeline_on_fer.py --model models/mood-s.onnx --split Training --faces 700
+    python bench/pipeline_on_fer.py --margins -0.05 0 0.05 0.1      # sweep the crop margin
+
+Use the Training split to choose a margin; report PublicTest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.analyzer import FrameAnalyzer
+from edge.classifier import ExpressionModel
+from edge.faces import make_detector
+from edge.stats import StageTimer
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+FER = SHARED / "data" / "fer2013" / "fer2013.csv.gz"
+YUNET = SHARED / "models" / "face_detection_yunet_2026may.onnx"
+FRAME = (640, 480)
+FACE_SIDE = 160  # pixels the 48x48 face is enlarged to, before padding
+
+
+def load_faces(split: str, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A class-balanced sample (as far as each class allows) of one split."""
+    images, labels = [], []
+    with gzip.open(FER, "rt") as fh:
+        for row in csv.DictReader(fh):
+            if row["Usage"] == split:
+                labels.append(int(row["emotion"]))
+                images.append(np.array(row["pixels"].split(), np.uint8).reshape(48, 48))
+    images, labels = np.stack(images), np.array(labels)
+    rng = np.random.default_rng(seed)
+    chosen = np.concatenate([
+        rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(7)
+    ])
+    return images[chosen], labels[chosen]
+
+
+def frame_with(face: np.ndarray) -> np.ndarray:
+    big = cv2.resize(face, (FACE_SIDE, FACE_SIDE), interpolation=cv2.INTER_CUBIC)
+    pad = FACE_SIDE // 3
+    big = cv2.copyMakeBorder(big, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    frame = np.full((FRAME[1], FRAME[0]), 120, np.uint8)
+    y, x = (FRAME[1] - big.shape[0]) // 2, (FRAME[0] - big.shape[1]) // 2
+    frame[y:y + big.shape[0], x:x + big.shape[1]] = big
+    return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+
+
+def direct_top1(model: ExpressionModel, faces: np.ndarray, labels: np.ndarray) -> float:
+    probs = np.concatenate([model.predict(list(faces[i:i + 256])) for i in range(0, len(faces), 256)])
+    return float((probs.argmax(1) == labels).mean())
+
+
+def pipeline_top1(model: ExpressionModel, detector, faces: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(share of faces found, top-1 over the faces found)."""
+    analyzer = FrameAnalyzer(detector, model, StageTimer())
+    found, correct = 0, 0
+    for face, label in zip(faces, labels):
+        scored = analyzer.analyze(frame_with(face))
+        if not scored:
+            continue
+        best = max(scored, key=lambda s: s.face.box[2] * s.face.box[3])
+        found += 1
+        correct += int(best.scores.argmax() == label)
+    return found / len(faces), correct / max(found, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=Path("models/mood-s.onnx"))
+    parser.add_argument("--precision", default="fp32", choices=("auto", "int8", "fp32"))
+    parser.add_argument("--split", default="PublicTest", choices=("Training", "PublicTest"))
+    parser.add_argument("--faces", type=int, default=700, help="faces in all, balanced over the classes")
+    parser.add_argument("--margins", type=float, nargs="*", help="crop margins to try (default: the card's)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if not FER.exists():
+        raise SystemExit(f"needs {FER} (the team's shared data)")
+
+    cv2.setNumThreads(1)
+    model = ExpressionModel.load(args.model, precision=args.precision, threads=1)
+    faces, labels = load_faces(args.split, args.faces // 7, args.seed)
+    detectors = {"yunet": make_detector("yunet", YUNET, [], detect_width=640), "haar": make_detector("haar")}
+    print(f"model {model.model_id} ({model.precision}), {len(faces)} {args.split} faces, "
+          f"direct 48x48 top-1 {100 * direct_top1(model, faces, labels):.1f}%")
+    print(f"{'detector':<8} {'margin':>7} {'found':>7} {'top-1':>7}")
+    original_card = model.card
+    for margin in args.margins if args.margins else [original_card.crop_margin]:
+        model.card = replace(original_card, crop_margin=margin)
+        for name, detector in detectors.items():
+            share, top1 = pipeline_top1(model, detector, faces, labels)
+            print(f"{name:<8} {margin:>7.2f} {100 * share:>6.1f}% {100 * top1:>6.1f}%")
+
+
+if __name__ == "__main__":
+    main()
