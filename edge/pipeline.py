@@ -239,7 +239,7 @@ class Daemon:
                 extra=event.extra,
             )
             seq = self.spool.append(payload)
-            log.info("event %d: %s track %d %s", seq, event.type, event.track_id, event.expression or "")
+            log.debug("event %d: %s track %d %s", seq, event.type, event.track_id, event.expression or "")
         self.publisher.wake()
 
     def _publish_state(self) -> None:
