@@ -14,8 +14,6 @@ Use the Training split to choose a margin; report PublicTest.
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from edge.analyzer import FrameAnalyzer
 from edge.classifier import ExpressionModel
 from edge.faces import make_detector
 from edge.stats import StageTimer
+from quantize.datasets import load_dataset
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FER = SHARED / "data" / "fer2013" / "fer2013.csv.gz"
@@ -36,18 +35,12 @@ FACE_SIDE = 160  # pixels the 48x48 face is enlarged to, before padding
 
 def load_faces(split: str, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A class-balanced sample (as far as each class allows) of one split."""
-    images, labels = [], []
-    with gzip.open(FER, "rt") as fh:
-        for row in csv.DictReader(fh):
-            if row["Usage"] == split:
-                labels.append(int(row["emotion"]))
-                images.append(np.array(row["pixels"].split(), np.uint8).reshape(48, 48))
-    images, labels = np.stack(images), np.array(labels)
+    faces = load_dataset(FER, split)
     rng = np.random.default_rng(seed)
     chosen = np.concatenate([
-        rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(7)
+        rng.permutation(np.flatnonzero(faces.labels == c))[:per_class] for c in range(7)
     ])
-    return images[chosen], labels[chosen]
+    return faces.images[chosen], faces.labels[chosen]
 
 
 def frame_with(face: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ from typing import Callable
 
 from edge.config import Config
 from edge.errors import UserError
-from edge.mqtt_client import MqttSettings, make_client
+from edge.mqtt_client import MqttSettings, connect_or_raise, make_client, refused_error
 from edge.pipeline import SPOOL_FILE, build_detector, load_model, mqtt_settings, open_spool
 from edge.sources import open_source
 
@@ -85,11 +85,7 @@ def probe_broker(settings: MqttSettings) -> str:
 
     client.on_connect = on_connect
     started = time.monotonic()
-    try:
-        client.connect(settings.host, settings.port, settings.keepalive)
-    except OSError as exc:
-        raise UserError(f"broker {settings.broker} unreachable ({exc.strerror or exc}); "
-                        f"start it or set mqtt.host / mqtt.port") from None
+    connect_or_raise(client, settings)
     client.loop_start()
     try:
         if not connected.wait(BROKER_TIMEOUT_S):
@@ -97,8 +93,7 @@ def probe_broker(settings: MqttSettings) -> str:
                             f"check mqtt.host, mqtt.port and mqtt.tls")
         reason = outcome["reason"]
         if reason.is_failure:
-            raise UserError(f"broker {settings.broker} refused the connection ({reason}); "
-                            f"check mqtt.username and the password")
+            raise refused_error(settings, reason)
         return f"{settings.description} connected in {1000 * (time.monotonic() - started):.0f} ms"
     finally:
         client.disconnect()

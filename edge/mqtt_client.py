@@ -10,7 +10,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.errors import ConfigError
+from edge.errors import ConfigError, UserError
 from edge.topics import Topics
 
 PROTOCOLS = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}
@@ -149,3 +149,22 @@ def _configure_tls(client: mqtt.Client, settings: MqttSettings) -> None:
 
 def _expanded(path: str | Path | None) -> str | None:
     return str(Path(path).expanduser()) if path else None
+
+
+class BrokerError(UserError):
+    """The broker cannot be reached or refuses us (for the one-shot tools; the daemon retries instead)."""
+
+
+def connect_or_raise(client: mqtt.Client, settings: MqttSettings) -> None:
+    """Blocking connect for `edge tail` and `edge check`: an unreachable broker is one clear line."""
+    try:
+        client.connect(settings.host, settings.port, settings.keepalive)
+    except OSError as exc:
+        why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise BrokerError(f"broker {settings.broker} unreachable ({why}); check mqtt.host / mqtt.port "
+                          f"(or --broker) and that the broker is running") from None
+
+
+def refused_error(settings: MqttSettings, reason: object) -> BrokerError:
+    return BrokerError(f"broker {settings.broker} refused the connection ({reason}); check mqtt.username "
+                       f"and the password (mqtt.password_file or $EDGE_MOOD_MQTT_PASSWORD)")

@@ -222,9 +222,7 @@ class Daemon:
     def _emit(self, events: list[TrackEvent], frame_index: int) -> None:
         if not events:
             return
-        width, height = self._frame_size
         for event in events:
-            x, y, w, h = event.box
             payload = event_payload(
                 device=self.device,
                 type=event.type,
@@ -234,7 +232,7 @@ class Daemon:
                 expression=event.expression,
                 confidence=event.confidence,
                 scores=event.scores,
-                bbox_norm=(x / width, y / height, w / width, h / height),
+                bbox_norm=self._normalized(event.box),
                 model=self.model.model_id,
                 extra=event.extra,
             )
@@ -242,15 +240,18 @@ class Daemon:
             log.debug("event %d: %s track %d %s", seq, event.type, event.track_id, event.expression or "")
         self.publisher.wake()
 
-    def _publish_state(self) -> None:
+    def _normalized(self, box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+        """A box in frame pixels as fractions of the frame (what payloads carry)."""
         width, height = self._frame_size
+        return box[0] / width, box[1] / height, box[2] / width, box[3] / height
+
+    def _publish_state(self) -> None:
         faces = [
             {
                 "track_id": t.id,
                 "expression": self.model.labels[t.settled] if t.settled is not None else None,
-                "confidence": round(float(t.smoothed[t.settled]), 4) if t.settled is not None else None,
-                "bbox": {"x": t.box[0] / width, "y": t.box[1] / height,
-                         "w": t.box[2] / width, "h": t.box[3] / height},
+                "confidence": float(t.smoothed[t.settled]) if t.settled is not None else None,
+                "bbox": self._normalized(t.box),
             }
             for t in self.tracker.visible
         ]

@@ -12,15 +12,10 @@ from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
 
-from edge.errors import UserError
-from edge.mqtt_client import MqttSettings, make_client
+from edge.mqtt_client import MqttSettings, connect_or_raise, make_client, refused_error
 from edge.topics import parse, subscription
 
 DEFAULT_KINDS = ("events", "state", "status")
-
-
-class BrokerError(UserError):
-    """The broker cannot be reached or refuses us."""
 
 
 def run_tail(settings: MqttSettings, *, all_devices: bool = False, raw: bool = False,
@@ -53,12 +48,7 @@ def run_tail(settings: MqttSettings, *, all_devices: bool = False, raw: bool = F
 
     client.on_connect = on_connect
     client.on_message = on_message
-    try:
-        client.connect(settings.host, settings.port, settings.keepalive)
-    except OSError as exc:
-        why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        raise BrokerError(f"broker {settings.broker} unreachable ({why}); check mqtt.host / mqtt.port "
-                          f"(or --broker) and that the broker is running") from None
+    connect_or_raise(client, settings)
     client.loop_start()
     try:
         while not done.wait(0.2):  # short waits so Ctrl-C is handled promptly
@@ -69,8 +59,7 @@ def run_tail(settings: MqttSettings, *, all_devices: bool = False, raw: bool = F
         client.disconnect()
         client.loop_stop()
     if refused:
-        raise BrokerError(f"broker {settings.broker} refused the connection ({refused[0]}); check mqtt.username "
-                          f"and the password (mqtt.password_file or $EDGE_MOOD_MQTT_PASSWORD)")
+        raise refused_error(settings, refused[0])
     return 0
 
 

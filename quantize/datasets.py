@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 
 from quantize.errors import QuantizeError
 from quantize.labels import CANONICAL_LABELS, map_label_name
+from quantize.outputs import write_atomically
 
 SIZE = 48
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm"}
@@ -186,11 +186,8 @@ def _parsed_csv(path: Path, cache: bool) -> tuple[np.ndarray, np.ndarray, np.nda
 def _write_cache(cache_file: Path, images: np.ndarray, labels: np.ndarray, usage: np.ndarray,
                  usage_names: list[str]) -> None:
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_file.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, images=images, labels=labels, usage=usage, usage_names=np.asarray(usage_names, dtype=str))
-        os.replace(tmp, cache_file)
+        write_atomically(cache_file, lambda f: np.savez(f, images=images, labels=labels, usage=usage,
+                                                        usage_names=np.asarray(usage_names, dtype=str)))
     except OSError:
         pass  # a read-only home only costs the next run the parse time
 

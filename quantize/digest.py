@@ -7,17 +7,18 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.classifier import file_sha256 as edge_file_sha256
+
 
 def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, or of every file under a folder in sorted path order."""
+    """Hex sha256 of a file (as the daemon checks models), or for a folder, of every file's relative path
+    and sha256 in sorted path order."""
+    if not path.is_dir():
+        return edge_file_sha256(path)
     digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode())
-        with open(file, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode())
+        digest.update(edge_file_sha256(file).encode())
     return digest.hexdigest()
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from quantize.datasets import FaceSet, stratified_split
 from quantize.digest import faces_fingerprint
 from quantize.errors import QuantizeError
 from quantize.labels import CANONICAL_LABELS
+from quantize.outputs import write_atomically
 from quantize.student import STUDENTS, Student, build_student, count_parameters
 from quantize.teachers import Teacher
 
@@ -166,11 +166,7 @@ def teacher_logits(teacher: Teacher, sha256: str, faces: FaceSet, cache_dir: Pat
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    with open(temp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(temp, path)
+    write_atomically(path, lambda f: np.savez(f, **arrays))
 
 
 def _soft_targets(teachers: list[Teacher], logits: list[tuple[np.ndarray, np.ndarray]] | None,
@@ -242,10 +238,7 @@ def _fingerprint(settings: dict[str, Any], teachers: list[dict[str, Any]], faces
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    torch.save(obj, temp)
-    os.replace(temp, path)
+    write_atomically(path, lambda f: torch.save(obj, f))
 
 
 def _evaluate(model: nn.Module, images: Tensor, labels: Tensor, cfg: DistillConfig, device: torch.device,

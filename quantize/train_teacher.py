@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ from quantize.augment import Augmentation
 from quantize.datasets import FaceSet, load_dataset, stratified_split
 from quantize.errors import QuantizeError
 from quantize.labels import CANONICAL_LABELS
+from quantize.outputs import write_atomically
 from quantize.preprocess import Preprocessing, parse_normalisation
 
 STATE_VERSION = 1
@@ -318,21 +317,7 @@ def _bare_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; weights are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    write_atomically(path, lambda f: torch.save(obj, f))
 
 
 def _resume_config(cfg: TrainConfig) -> dict[str, Any]:
@@ -378,9 +363,7 @@ def _write_spec(path: Path, cfg: TrainConfig, train: FaceSet, val: FaceSet, best
     }
     if _val_name(cfg, val) == "PublicTest":
         spec["publictest_top1_fliptta"] = spec["val_top1_fliptta"]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(spec, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomically(path, lambda f: f.write((json.dumps(spec, indent=1) + "\n").encode("utf-8")))
 
 
 # ---------------------------------------------------------------- command line

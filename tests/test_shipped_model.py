@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -11,21 +9,9 @@ import pytest
 
 from edge.classifier import ExpressionModel
 from edge.locations import default_model
+from quantize.datasets import load_dataset
 
 FER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fer2013" / "fer2013.csv.gz"
-
-
-def public_test_faces(count: int) -> tuple[list[np.ndarray], np.ndarray]:
-    faces, labels = [], []
-    with gzip.open(FER, "rt") as fh:
-        rows = (line.rstrip("\n").split(",") for line in islice(fh, 1, None))
-        for emotion, pixels, usage in rows:
-            if usage == "PublicTest":
-                faces.append(np.array(pixels.split(), np.uint8).reshape(48, 48))
-                labels.append(int(emotion))
-                if len(faces) == count:
-                    break
-    return faces, np.array(labels)
 
 
 @pytest.mark.parametrize("precision", ["int8", "fp32"])
@@ -42,7 +28,7 @@ def test_shipped_model_loads_with_its_card(precision):
 def test_shipped_model_accuracy_on_real_faces():
     """Well above chance (14%) and near the card's PublicTest figure on a 500-face sample."""
     model = ExpressionModel.load(default_model(), precision="int8", threads=1)
-    faces, labels = public_test_faces(500)
-    top1 = float((model.predict(faces).argmax(1) == labels).mean())
+    faces = load_dataset(FER, "test")
+    top1 = float((model.predict(list(faces.images[:500])).argmax(1) == faces.labels[:500]).mean())
     card_top1 = model.card.raw["metrics"]["int8"]["top1"]
     assert top1 > card_top1 - 0.06, f"{top1:.3f} on 500 PublicTest faces, card says {card_top1:.3f}"

@@ -15,7 +15,8 @@ import pytest
 from edge.payloads import event_payload, state_payload
 from edge.publisher import MqttSettings, Publisher
 from edge.spool import Spool
-from edge.tail import BrokerError, run_tail
+from edge.mqtt_client import BrokerError
+from edge.tail import run_tail
 
 
 def settings(broker, device: str = "cam1", **changes) -> MqttSettings:
