@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from quantize.build import BuildOptions, QuantizeOptions, build
+from quantize.datasets import load_dataset
 from quantize.distill import DistillConfig
 from quantize.teachers import load_teacher, parse_teacher_arg
 
@@ -44,15 +45,34 @@ def teacher_ms(path: str, runs: int = 30) -> float:
     return statistics.median(times)
 
 
-def print_table(card_path: Path, teacher_paths: list[str]) -> None:
+def ensemble_top1(teacher_paths: list[str], data: Path, split: str) -> float:
+    """Top-1 of the teachers' averaged flip-TTA probabilities: what the student is taught."""
+    faces = load_dataset(data, split)
+    probs = sum(softmax(load_teacher(path).logits(faces.images, flip_tta=True)) for path in teacher_paths)
+    return float((probs.argmax(1) == faces.labels).mean())
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(1, keepdims=True))
+    return shifted / shifted.sum(1, keepdims=True)
+
+
+def print_table(card_path: Path, teacher_paths: list[str], data: Path) -> None:
     card = json.loads(card_path.read_text())
     metrics, lat = card["metrics"], card["metrics"]["latency_ms"]
     rows = [("model", "params", "size", "top-1", "ms/face")]
+    teacher_rows = []
     for record, path in zip(card["teachers"], teacher_paths):
-        rows.append((f"teacher {record['name']} ({record.get('arch') or record['backend']})",
-                     f"{record['params']:,}" if record.get("params") else "-",
-                     f"{parse_teacher_arg(path)[0].stat().st_size / 2**20:.1f} MiB",
-                     f"{record['accuracy'] * 100:.2f}% (flip)", f"{teacher_ms(path):.2f}"))
+        teacher_rows.append((f"teacher {record['name']} ({record.get('arch') or record['backend']})",
+                             record.get("params") or 0, parse_teacher_arg(path)[0].stat().st_size / 2**20,
+                             f"{record['accuracy'] * 100:.2f}% (flip)", teacher_ms(path)))
+    if len(teacher_paths) > 1:
+        top1 = ensemble_top1(teacher_paths, data, metrics["eval_split"])
+        teacher_rows.append(("teacher ensemble (mean probability)", sum(r[1] for r in teacher_rows),
+                             sum(r[2] for r in teacher_rows), f"{top1 * 100:.2f}% (flip)",
+                             sum(r[4] for r in teacher_rows)))
+    for name, params, mib, top1, ms in teacher_rows:
+        rows.append((name, f"{params:,}" if params else "-", f"{mib:.1f} MiB", top1, f"{ms:.2f}"))
     params = f"{card['student']['params']:,}"
     for key, title in (("fp32", "FP32"), ("int8", "INT8 QDQ"), ("int8_qoperator", "INT8 QOperator")):
         rows.append((f"student {card['student']['arch']} {title}", params,
@@ -93,7 +113,7 @@ def main() -> int:
         build(opts, lambda m: print(m, file=sys.stderr, flush=True))
         print(f"build took {(time.monotonic() - started) / 60:.1f} min", file=sys.stderr)
     torch.set_num_threads(1)
-    print_table(out.with_name(out.name + ".json"), teachers)
+    print_table(out.with_name(out.name + ".json"), teachers, args.data)
     return 0
 
 

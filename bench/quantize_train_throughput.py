@@ -18,8 +18,8 @@ from torch import nn
 
 from quantize.archs import build_arch
 from quantize.augment import Augmentation
-from quantize.train_teacher import TrainConfig, evaluate, make_autocast, make_optimizer, train_step
 from quantize.datasets import FaceSet
+from quantize.train_teacher import TrainConfig, evaluate, make_autocast, make_optimizer, train_step
 
 DEFAULT_CONFIGS = ("resnet18@64:fp32", "resnet18@64", "resnet18@96", "resnet34@64", "densenet121@64")
 

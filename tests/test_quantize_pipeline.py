@@ -59,14 +59,17 @@ def synthetic(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def built(synthetic, tmp_path_factory):
-    """`quantize build` on the synthetic set with a TorchScript and a six-class ONNX teacher."""
+    """`quantize build` on the synthetic set with a TorchScript and a six-class ONNX teacher.
+
+    One test face is 0.7 points here, so the INT8 gate gets a wide limit: this fixture is about the files a
+    build writes; the gate itself is tested on its own below."""
     out = tmp_path_factory.mktemp("models") / "syn"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XDG_CACHE_HOME", str(synthetic.folder / "cache"))
         status = main(["build", "--data", str(synthetic.csv), "--teacher", str(synthetic.teachers["torchscript"]),
                        "--teacher", str(synthetic.teachers["onnx"]), "--student", "xs", "--epochs", "6",
                        "--batch-size", "32", "--calibration-faces", "70", "--latency-runs", "10",
-                       "--out", str(out)])
+                       "--max-drop", "5", "--out", str(out)])
     assert status == 0
     return out.parent
 

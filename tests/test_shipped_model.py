@@ -32,3 +32,11 @@ def test_shipped_model_accuracy_on_real_faces():
     top1 = float((model.predict(list(faces.images[:500])).argmax(1) == faces.labels[:500]).mean())
     card_top1 = model.card.raw["metrics"]["int8"]["top1"]
     assert top1 > card_top1 - 0.06, f"{top1:.3f} on 500 PublicTest faces, card says {card_top1:.3f}"
+
+
+def test_shipped_model_fits_the_size_budget():
+    """The INT8 file the daemon loads stays at most 1 MB, and its card says it kept the FP32 accuracy."""
+    path = default_model()
+    assert path.stat().st_size <= 1_000_000, f"{path.name} is {path.stat().st_size:,} bytes"
+    metrics = ExpressionModel.load(path, precision="int8", threads=1).card.raw["metrics"]
+    assert metrics["int8"]["top1"] >= metrics["fp32"]["top1"] - 0.005
