@@ -5,7 +5,7 @@ a 640x480 frame and run through the same FrameAnalyzer the daemon uses. The tabl
 the model fed the original 48x48 face directly: a gap means live crops are framed differently from the
 training faces (tune the card's crop margin), or the detector misses faces.
 
-    python bench/pipeline_on_fer.py --model models/mood-s.onnx --split Training --faces 700
+    python bench/pipeline_on_fer.py --model models/x.onnx --split Training --faces 700
     python bench/pipeline_on_fer.py --margins -0.05 0 0.05 0.1      # sweep the crop margin
 
 Use the Training split to choose a margin; report PublicTest.
@@ -23,6 +23,7 @@ import numpy as np
 from edge.analyzer import FrameAnalyzer
 from edge.classifier import ExpressionModel
 from edge.faces import make_detector
+from edge.locations import default_model
 from edge.stats import StageTimer
 from quantize.datasets import load_dataset
 
@@ -74,7 +75,7 @@ def pipeline_top1(model: ExpressionModel, detector, faces: np.ndarray, labels: n
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=Path("models/mood-s.onnx"))
+    parser.add_argument("--model", type=Path, help="expression model (default: the shipped one)")
     parser.add_argument("--precision", default="fp32", choices=("auto", "int8", "fp32"))
     parser.add_argument("--split", default="PublicTest", choices=("Training", "PublicTest"))
     parser.add_argument("--faces", type=int, default=700, help="faces in all, balanced over the classes")
@@ -85,7 +86,7 @@ def main() -> None:
         raise SystemExit(f"needs {FER} (the team's shared data)")
 
     cv2.setNumThreads(1)
-    model = ExpressionModel.load(args.model, precision=args.precision, threads=1)
+    model = ExpressionModel.load(args.model or default_model(), precision=args.precision, threads=1)
     faces, labels = load_faces(args.split, args.faces // 7, args.seed)
     detectors = {"yunet": make_detector("yunet", YUNET, [], detect_width=640), "haar": make_detector("haar")}
     print(f"model {model.model_id} ({model.precision}), {len(faces)} {args.split} faces, "
