@@ -106,10 +106,11 @@ class Broker:
         self.stop()
         raise RuntimeError(f"{self.kind} did not accept connections on port {self.port}: {self.log_tail()}")
 
-    def stop(self) -> None:
-        """SIGKILL: the broker vanishes as in a crash or a power cut (no clean disconnects)."""
+    def stop(self, crash: bool = True) -> None:
+        """SIGKILL by default: the broker vanishes as in a crash or a power cut (no clean disconnects).
+        crash=False sends SIGTERM: connections still drop, but a persistent broker saves what it acknowledged."""
         if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
+            os.killpg(self.process.pid, signal.SIGKILL if crash else signal.SIGTERM)
         if self.process is not None:
             self.process.wait()
 

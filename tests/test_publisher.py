@@ -93,8 +93,10 @@ def test_events_arrive_once_in_order_with_qos1(broker, subscriber, make_publishe
 
 def test_broker_killed_mid_stream_every_event_arrives_once_after_dedup_in_order(broker_factory, subscriber,
                                                                                  make_publisher):
-    # A persistent broker and session, so the subscriber misses nothing while both reconnect; a
-    # SIGKILL still gives the publisher a real outage with events in flight.
+    # A persistent broker and session, so the subscriber misses nothing while both reconnect. The broker is
+    # stopped with SIGTERM: the publisher still loses its connection with events in flight, and the broker
+    # keeps what it acknowledged. (After a SIGKILL, mosquitto loses messages it acknowledged but had not yet
+    # saved or delivered; that is the broker's durability, not ours, and a loaded machine widens the window.)
     broker = broker_factory(persistent=True)
     sub = subscriber(broker, EVENTS, persistent=True)
     publisher = make_publisher(broker)
@@ -111,7 +113,7 @@ def test_broker_killed_mid_stream_every_event_arrives_once_after_dedup_in_order(
     producer = threading.Thread(target=pipeline)
     producer.start()
     sub.wait_for(25)  # in the middle of the first burst
-    broker.stop()
+    broker.stop(crash=False)
     outage_depth = publisher.spool.depth
     wait_until(lambda: publisher.spool.depth >= outage_depth + 15, what="events spooling during the outage")
     broker.start()
