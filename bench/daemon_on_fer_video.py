@@ -36,41 +36,16 @@ import paho.mqtt.client as mqtt
 
 from edge.classifier import ExpressionModel
 from edge.locations import default_model
-from quantize.datasets import load_dataset
+from fer_frames import FER, FRAME, YUNET, balanced_sample, empty_frame, face_frame
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-FER = SHARED / "data" / "fer2013" / "fer2013.csv.gz"
-YUNET = SHARED / "models" / "face_detection_yunet_2026may.onnx"
-FRAME = (640, 480)
-FACE_SIDE = 160  # pixels the 48x48 face is enlarged to, before padding with its own border
 FPS = 10.0
-
-
-def sample_faces(split: str, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A class-balanced sample in random order (a class with fewer faces gives all it has)."""
-    faces = load_dataset(FER, split)
-    rng = np.random.default_rng(seed)
-    chosen = np.concatenate([rng.permutation(np.flatnonzero(faces.labels == c))[:per_class] for c in range(7)])
-    chosen = rng.permutation(chosen)
-    return faces.images[chosen], faces.labels[chosen]
-
-
-def face_frame(face: np.ndarray, right: bool) -> np.ndarray:
-    big = cv2.resize(face, (FACE_SIDE, FACE_SIDE), interpolation=cv2.INTER_CUBIC)
-    pad = FACE_SIDE // 3
-    big = cv2.copyMakeBorder(big, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-    frame = np.full((FRAME[1], FRAME[0]), 120, np.uint8)
-    y = (FRAME[1] - big.shape[0]) // 2
-    x = FRAME[0] - big.shape[1] - 10 if right else 10
-    frame[y:y + big.shape[0], x:x + big.shape[1]] = big
-    return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
 
 
 def write_video(path: Path, faces: np.ndarray, hold: int, gap: int) -> None:
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, FRAME)
-    empty = np.full((FRAME[1], FRAME[0], 3), 120, np.uint8)
+    empty = empty_frame()
     for i, face in enumerate(faces):
-        frame = face_frame(face, right=bool(i % 2))
+        frame = face_frame(face, "right" if i % 2 else "left")
         for _ in range(hold):
             writer.write(frame)
         for _ in range(gap):
@@ -142,7 +117,7 @@ def main() -> None:
     model_path = args.model or default_model()
     model = ExpressionModel.load(model_path, precision="fp32", threads=1)
 
-    faces, labels = sample_faces(args.split, args.per_class, args.seed)
+    faces, labels = balanced_sample(args.split, args.per_class, args.seed, shuffle=True)
     period = args.hold + args.gap
     device = "fer-video"
     with tempfile.TemporaryDirectory(prefix="fer-video-") as tmp:

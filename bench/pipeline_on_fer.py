@@ -25,33 +25,7 @@ from edge.classifier import ExpressionModel
 from edge.faces import make_detector
 from edge.locations import default_model
 from edge.stats import StageTimer
-from quantize.datasets import load_dataset
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-FER = SHARED / "data" / "fer2013" / "fer2013.csv.gz"
-YUNET = SHARED / "models" / "face_detection_yunet_2026may.onnx"
-FRAME = (640, 480)
-FACE_SIDE = 160  # pixels the 48x48 face is enlarged to, before padding
-
-
-def load_faces(split: str, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A class-balanced sample (as far as each class allows) of one split."""
-    faces = load_dataset(FER, split)
-    rng = np.random.default_rng(seed)
-    chosen = np.concatenate([
-        rng.permutation(np.flatnonzero(faces.labels == c))[:per_class] for c in range(7)
-    ])
-    return faces.images[chosen], faces.labels[chosen]
-
-
-def frame_with(face: np.ndarray) -> np.ndarray:
-    big = cv2.resize(face, (FACE_SIDE, FACE_SIDE), interpolation=cv2.INTER_CUBIC)
-    pad = FACE_SIDE // 3
-    big = cv2.copyMakeBorder(big, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-    frame = np.full((FRAME[1], FRAME[0]), 120, np.uint8)
-    y, x = (FRAME[1] - big.shape[0]) // 2, (FRAME[0] - big.shape[1]) // 2
-    frame[y:y + big.shape[0], x:x + big.shape[1]] = big
-    return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+from fer_frames import FER, YUNET, balanced_sample, face_frame
 
 
 def direct_top1(model: ExpressionModel, faces: np.ndarray, labels: np.ndarray) -> float:
@@ -64,7 +38,7 @@ def pipeline_top1(model: ExpressionModel, detector, faces: np.ndarray, labels: n
     analyzer = FrameAnalyzer(detector, model, StageTimer())
     found, correct = 0, 0
     for face, label in zip(faces, labels):
-        scored = analyzer.analyze(frame_with(face))
+        scored = analyzer.analyze(face_frame(face))
         if not scored:
             continue
         best = max(scored, key=lambda s: s.face.box[2] * s.face.box[3])
@@ -87,7 +61,7 @@ def main() -> None:
 
     cv2.setNumThreads(1)
     model = ExpressionModel.load(args.model or default_model(), precision=args.precision, threads=1)
-    faces, labels = load_faces(args.split, args.faces // 7, args.seed)
+    faces, labels = balanced_sample(args.split, args.faces // 7, args.seed)
     detectors = {"yunet": make_detector("yunet", YUNET, [], detect_width=640), "haar": make_detector("haar")}
     print(f"model {model.model_id} ({model.precision}), {len(faces)} {args.split} faces, "
           f"direct 48x48 top-1 {100 * direct_top1(model, faces, labels):.1f}%")

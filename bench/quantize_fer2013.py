@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from quantize.build import BuildOptions, QuantizeOptions, build
+from quantize.build import BuildOptions, QuantizeOptions, build, default_cache_dir
 from quantize.datasets import load_dataset
-from quantize.distill import DistillConfig
+from quantize.digest import file_sha256
+from quantize.distill import DistillConfig, teacher_logits
 from quantize.teachers import load_teacher, parse_teacher_arg
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -46,15 +47,16 @@ def teacher_ms(path: str, runs: int = 30) -> float:
 
 
 def ensemble_top1(teacher_paths: list[str], data: Path, split: str) -> float:
-    """Top-1 of the teachers' averaged flip-TTA probabilities: what the student is taught."""
+    """Top-1 of the teachers' averaged flip-TTA probabilities (what the student is taught), from the teacher
+    outputs `quantize build` cached."""
     faces = load_dataset(data, split)
-    probs = sum(softmax(load_teacher(path).logits(faces.images, flip_tta=True)) for path in teacher_paths)
+    probs = 0
+    for path in teacher_paths:
+        teacher = load_teacher(path)
+        clean, mirror = teacher_logits(teacher, file_sha256(teacher.path), faces, default_cache_dir(),
+                                       log=lambda _: None)
+        probs = probs + torch.softmax(torch.from_numpy((clean + mirror) / 2), dim=1).numpy()
     return float((probs.argmax(1) == faces.labels).mean())
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(1, keepdims=True))
-    return shifted / shifted.sum(1, keepdims=True)
 
 
 def print_table(card_path: Path, teacher_paths: list[str], data: Path) -> None:
