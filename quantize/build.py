@@ -67,6 +67,7 @@ class BuildOptions:
     work_dir: Path | None = None
     crop_margin: float = 0.1
     exporter: str = "auto"
+    flip_average: bool = False
     progress: bool = True
 
 
@@ -87,12 +88,14 @@ def dataset_record(data: Path, splits: dict[str, FaceSet]) -> dict[str, Any]:
             "counts": {role: faces.class_counts() for role, faces in splits.items()}}
 
 
-def fp32_card(meta: dict[str, Any], name: str, fp32_file: Path, crop_margin: float) -> dict[str, Any]:
+def fp32_card(meta: dict[str, Any], name: str, fp32_file: Path, crop_margin: float,
+              flip_average: bool = False) -> dict[str, Any]:
     """The card of an exported student before quantization: FP32 only."""
     size = meta["input_size"]
     return make_card(name=name, labels=meta["labels"], channels=meta["channels"], height=size, width=size,
                      mean=meta["mean"], std=meta["std"], crop_margin=crop_margin, precision="fp32",
-                     variants={"fp32": fp32_file.name}, variant_sha256={"fp32": file_sha256(fp32_file)})
+                     variants={"fp32": fp32_file.name}, variant_sha256={"fp32": file_sha256(fp32_file)},
+                     flip_average=flip_average)
 
 
 def student_inputs(images: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
@@ -102,12 +105,12 @@ def student_inputs(images: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
 
 
 def export_step(model: Student, meta: dict[str, Any], staging: StagedOutputs, name: str, sample: np.ndarray,
-                crop_margin: float, exporter: str, log: Log) -> tuple[Path, ExportReport]:
+                crop_margin: float, exporter: str, log: Log, flip_average: bool = False) -> tuple[Path, ExportReport]:
     fp32 = staging.path(f"{name}.fp32.onnx")
-    report = export_student(model, fp32, sample, exporter)
+    report = export_student(model, fp32, sample, exporter, flip_average)
     log(f"exported {fp32.name} with the {report.exporter} exporter, opset {report.opset}, "
-        f"max |onnxruntime - torch| {report.max_abs_diff:.1e}")
-    write_card(fp32_card(meta, name, fp32, crop_margin), staging.path(f"{name}.json"))
+        f"max |onnxruntime - torch| {report.max_abs_diff:.1e}{', flip-averaged' if flip_average else ''}")
+    write_card(fp32_card(meta, name, fp32, crop_margin, flip_average), staging.path(f"{name}.json"))
     return fp32, report
 
 
@@ -199,7 +202,7 @@ def build(opts: BuildOptions, log: Log = print) -> list[Path]:
     with StagedOutputs(folder) as staging:
         sample = student_inputs(eval_faces.images[:64], meta)
         _, export_report = export_step(result.model, meta, staging, name, sample, opts.crop_margin,
-                                       opts.exporter, log)
+                                       opts.exporter, log, opts.flip_average)
         outcome = int8_step(staging, name, read_card_dict(staging.path(f"{name}.json")), train, eval_faces,
                             opts.quantize, log)
         teacher_rows = [{**record, "accuracy": round(acc, 4)} for record, acc in zip(result.teachers, accuracies)]

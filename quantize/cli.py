@@ -69,6 +69,8 @@ def _add_distill(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-augment", action="store_true", help="train on the faces as they are")
     g.add_argument("--online-teacher", action="store_true",
                    help="run the teachers on every augmented batch instead of using cached logits (slow)")
+    g.add_argument("--teacher-flip-average", action="store_true",
+                   help="targets from each teacher's answer averaged over the face and its mirror image")
     g.add_argument("--precision", default=d.precision, choices=PRECISIONS,
                    help="student autocast (default: bf16 where supported)")
     g.add_argument("--teacher-precision", default="fp32", choices=("fp32", "bf16"),
@@ -100,6 +102,12 @@ def _add_int8(p: argparse.ArgumentParser) -> None:
     g.add_argument("--latency-runs", type=int, default=200, help="timed single-face runs (default %(default)s)")
 
 
+def _add_flip_average(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--flip-average", action="store_true",
+                   help="export a graph that averages each face with its mirror image: more accurate, twice the "
+                        "compute per face")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from quantize.train_teacher import add_train_teacher_arguments
 
@@ -122,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop-margin", type=float, default=0.1, help="card crop margin (default %(default)s)")
     p.add_argument("--exporter", default="auto", choices=("auto", "dynamo", "legacy"),
                    help="torch ONNX exporter (default: dynamo, legacy if dynamo fails parity)")
+    _add_flip_average(p)
     p.set_defaults(func=_run_export)
 
     p = sub.add_parser("int8", help="NAME.fp32.onnx -> NAME.onnx (INT8) with FP32 vs INT8 evaluation")
@@ -145,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "NAME.json, NAME.md and NAME.*.png")
     p.add_argument("--crop-margin", type=float, default=0.1, help="card crop margin (default %(default)s)")
     p.add_argument("--exporter", default="auto", choices=("auto", "dynamo", "legacy"), help="default %(default)s")
+    _add_flip_average(p)
     p.set_defaults(func=_run_build)
     return parser
 
@@ -171,7 +181,8 @@ def _distill_config(args: argparse.Namespace) -> Any:
         optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
         temperature=args.temperature, alpha=args.alpha, label_smoothing=args.label_smoothing,
         class_balance=args.class_balance, val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,
-        augment=not args.no_augment, online_teacher=args.online_teacher, precision=args.precision)
+        augment=not args.no_augment, online_teacher=args.online_teacher,
+        teacher_flip_average=args.teacher_flip_average, precision=args.precision)
 
 
 def _quantize_options(args: argparse.Namespace) -> Any:
@@ -232,7 +243,8 @@ def _run_export(args: argparse.Namespace) -> int:
     # Parity is a numerical check, so random inputs in the normalised range do; build uses real faces.
     sample = np.random.default_rng(0).uniform(-1, 1, (16, meta["channels"], size, size)).astype(np.float32)
     with StagedOutputs(folder) as staging:
-        fp32, _ = export_step(model, meta, staging, name, sample, args.crop_margin, args.exporter, _log)
+        fp32, _ = export_step(model, meta, staging, name, sample, args.crop_margin, args.exporter, _log,
+                              args.flip_average)
     print(f"{folder / fp32.name} + {folder / (name + '.json')}")
     return 0
 
@@ -299,7 +311,7 @@ def _run_build(args: argparse.Namespace) -> int:
                         quantize=_quantize_options(args), device=_device(args),
                         teacher_precision=args.teacher_precision, trust_pickle=args.trust_pickle,
                         cache_dir=args.cache_dir, work_dir=args.work_dir, crop_margin=args.crop_margin,
-                        exporter=args.exporter, progress=sys.stderr.isatty())
+                        exporter=args.exporter, flip_average=args.flip_average, progress=sys.stderr.isatty())
     for path in build(opts, _log):
         print(path)
     return 0

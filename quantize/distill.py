@@ -8,9 +8,11 @@ six-class teacher thus says nothing about the class it lacks, instead of claimin
 
 Teacher logits are computed once per (teacher file, teacher input settings, training faces) for each face
 and its mirror image, and cached as .npz. When augmentation mirrors a face, the mirror's logits are the
-target; the other augmentations (quantize.augment: up to 10% shift, +-15% zoom, +-10 degrees, brightness and
-contrast; random erasing off) are mild, so the clean face's logits remain a good target. `online_teacher`
-runs the teachers on every augmented batch instead (nothing cached): exact targets, for cheap teachers only.
+target (with `teacher_flip_average`, both views get the average of the two: the teachers' flip-averaged
+answer, the more accurate one). The other augmentations (quantize.augment: up to 10% shift, +-15% zoom, +-10
+degrees, brightness and contrast; random erasing off) are mild, so the clean face's logits remain a good
+target. `online_teacher` runs the teachers on every augmented batch instead (nothing cached): exact targets, for
+cheap teachers only.
 
 Validation: a stratified share of the training faces (never the test split) picks the best epoch. A
 checkpoint is written atomically after every epoch; running the same distillation again resumes it.
@@ -68,6 +70,7 @@ class DistillConfig:
     seed: int = 0
     augment: bool = True
     online_teacher: bool = False
+    teacher_flip_average: bool = False  # targets: each teacher's probabilities averaged over face and mirror
     precision: str = "auto"  # autocast: bf16 where the CPU has it, fp16/bf16 on CUDA
     mean: float = 0.5
     std: float = 0.5
@@ -170,7 +173,7 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
 
 
 def _soft_targets(teachers: list[Teacher], logits: list[tuple[np.ndarray, np.ndarray]] | None,
-                  temperature: float) -> list[_Targets]:
+                  temperature: float, flip_average: bool = False) -> list[_Targets]:
     """Teachers grouped by class set, with each group's averaged (clean, mirror) probabilities when cached."""
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, teacher in enumerate(teachers):
@@ -183,6 +186,8 @@ def _soft_targets(teachers: list[Teacher], logits: list[tuple[np.ndarray, np.nda
                 torch.stack([torch.softmax(torch.from_numpy(logits[i][which]).float() / temperature, dim=1)
                              for i in members]).mean(0)
                 for which in (0, 1))
+            if flip_average:
+                group.clean = group.mirror = (group.clean + group.mirror) / 2
         targets.append(group)
     return targets
 
@@ -279,7 +284,7 @@ def distill(train_faces: FaceSet, teachers: list[tuple[Teacher, str]], cfg: Dist
     if teachers:
         logits = None if cfg.online_teacher else [teacher_logits(t, sha, fit, cache_dir, log=log)
                                                   for t, sha in teachers]
-        targets = _soft_targets([t for t, _ in teachers], logits, cfg.temperature)
+        targets = _soft_targets([t for t, _ in teachers], logits, cfg.temperature, cfg.teacher_flip_average)
     alpha = cfg.alpha if teachers else 1.0
 
     torch.manual_seed(cfg.seed)
@@ -403,8 +408,9 @@ def _batch_targets(targets: list[_Targets], idx: Tensor, flip: Tensor, x: Tensor
     faces = (x.squeeze(1) * 255).round().to(torch.uint8).cpu().numpy() if cfg.online_teacher else None
     for group in targets:
         if faces is not None:
-            probs = torch.stack([torch.softmax(torch.from_numpy(t.logits(faces)) / cfg.temperature, 1)
-                                 for t in group.teachers]).mean(0)
+            views = [faces, np.ascontiguousarray(faces[:, :, ::-1])] if cfg.teacher_flip_average else [faces]
+            probs = torch.stack([torch.softmax(torch.from_numpy(t.logits(view)) / cfg.temperature, 1)
+                                 for t in group.teachers for view in views]).mean(0)
         else:
             cpu_idx, cpu_flip = idx.cpu(), flip.cpu().view(-1, 1)
             probs = torch.where(cpu_flip, group.mirror[cpu_idx], group.clean[cpu_idx])

@@ -25,7 +25,8 @@ from quantize.build import fp32_card, student_inputs  # noqa: E402
 from quantize.card import write_card  # noqa: E402
 from quantize.cli import main  # noqa: E402
 from quantize.datasets import FaceSet, load_dataset  # noqa: E402
-from quantize.distill import DistillConfig, class_weights, distill, kd_loss, student_meta, teacher_logits  # noqa: E402
+from quantize.distill import (  # noqa: E402
+    DistillConfig, _soft_targets, class_weights, distill, kd_loss, student_meta, teacher_logits)
 from quantize.evaluate import evaluate  # noqa: E402
 from quantize.export import export_student  # noqa: E402
 from quantize.int8 import calibration_faces, check_accuracy_drop, quantize_onnx  # noqa: E402
@@ -59,7 +60,7 @@ def synthetic(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def built(synthetic, tmp_path_factory):
-    """`quantize build` on the synthetic set with a TorchScript and a six-class ONNX teacher.
+    """`quantize build` on the synthetic set with a TorchScript and a six-class ONNX teacher, flip averaging on.
 
     One test face is 0.7 points here, so the INT8 gate gets a wide limit: this fixture is about the files a
     build writes; the gate itself is tested on its own below."""
@@ -69,7 +70,7 @@ def built(synthetic, tmp_path_factory):
         status = main(["build", "--data", str(synthetic.csv), "--teacher", str(synthetic.teachers["torchscript"]),
                        "--teacher", str(synthetic.teachers["onnx"]), "--student", "xs", "--epochs", "6",
                        "--batch-size", "32", "--calibration-faces", "70", "--latency-runs", "10",
-                       "--max-drop", "5", "--out", str(out)])
+                       "--max-drop", "5", "--flip-average", "--teacher-flip-average", "--out", str(out)])
     assert status == 0
     return out.parent
 
@@ -127,6 +128,16 @@ def test_accuracy_gate():
 
 # ---------------------------------------------------------------- distillation
 
+def test_flip_averaged_targets_are_the_mean_of_face_and_mirror(synthetic, tmp_path):
+    teacher = load_teacher(synthetic.teachers["torchscript"])
+    clean, mirror = teacher_logits(teacher, "sha", synthetic.train, tmp_path, log=lambda _: None)
+    (plain,) = _soft_targets([teacher], [(clean, mirror)], 4.0)
+    (averaged,) = _soft_targets([teacher], [(clean, mirror)], 4.0, flip_average=True)
+    assert not torch.allclose(plain.clean, plain.mirror)
+    assert torch.allclose(averaged.clean, (plain.clean + plain.mirror) / 2)
+    assert torch.equal(averaged.clean, averaged.mirror)
+
+
 def test_distillation_from_every_teacher_format_learns_and_resumes(synthetic, tmp_path):
     teachers = [(load_teacher(path), _sha256(path)) for path in synthetic.teachers.values()]
     assert {t.backend for t, _ in teachers} == {"torchscript", "onnx", "torch"}
@@ -181,11 +192,14 @@ def test_built_card_is_accepted_by_the_daemon(built, synthetic):
     assert raw["variant_sha256"] == {"fp32": _sha256(built / "syn.fp32.onnx"), "int8": card.sha256}
     assert [t["name"] for t in raw["teachers"]] == ["tiny7", "tiny6"]
     assert raw["dataset"]["counts"]["eval"]["disgust"] == 20 and raw["distillation"]["temperature"] == 4.0
+    assert raw["flip_average"] is True and raw["distillation"]["teacher_flip_average"] is True
     for precision in ("int8", "fp32"):
         model = ExpressionModel.load(built / "syn.onnx", precision=precision)
         probs = model.predict(list(synthetic.test.images))
         top1 = float((probs.argmax(1) == synthetic.test.labels).mean())
         assert top1 == pytest.approx(raw["metrics"][precision]["top1"], abs=1e-4)
+        mirrored = model.predict([np.ascontiguousarray(face[:, ::-1]) for face in synthetic.test.images])
+        assert np.allclose(mirrored, probs, atol=1e-3), f"{precision}: a flip-averaged model ignores mirroring"
     assert raw["metrics"]["int8"]["top1"] > 0.5
 
 

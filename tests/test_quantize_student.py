@@ -14,10 +14,13 @@ from quantize import student as student_module  # noqa: E402
 from quantize.errors import QuantizeError  # noqa: E402
 from quantize.export import PARITY_ATOL, export_student  # noqa: E402
 from quantize.student import STUDENTS, build_student, count_parameters, fold_batchnorm  # noqa: E402
+import onnxruntime as ort  # noqa: E402
 
 # Ops the INT8 path handles well; BatchNormalization must be gone (folded) and nothing exotic may appear.
 QUANTIZATION_FRIENDLY = {"Constant", "Conv", "Clip", "Relu", "Add", "GlobalAveragePool", "ReduceMean", "Flatten",
                          "Reshape", "Gemm"}
+# Flip averaging adds the mirror (Slice), the doubled batch (Concat) and the split and mean of its halves.
+FLIP_AVERAGE_OPS = {"Slice", "Concat", "Shape", "Gather", "Unsqueeze", "Identity", "Mul"}
 
 
 def _with_bn_statistics(name: str, size: int = 48):
@@ -79,6 +82,45 @@ def test_export_matches_torch_with_dynamic_batch(tmp_path, exporter):
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_param, "batch axis must be dynamic"
     ops = {node.op_type for node in graph.node}
     assert ops <= QUANTIZATION_FRIENDLY, ops - QUANTIZATION_FRIENDLY
+
+
+def _tells_left_from_right() -> tuple[torch.nn.Module, np.ndarray]:
+    """A student briefly trained to say which side of a face is brighter (so mirroring changes its answer),
+    and five such faces. An untrained student answers almost the same for any input."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(1)
+    ramp = np.linspace(-1, 1, 48, dtype=np.float32)
+    sides = rng.choice([-1.0, 1.0], 64).astype(np.float32)
+    faces = (ramp * sides[:, None, None, None] + rng.uniform(-0.3, 0.3, (64, 1, 48, 48))).astype(np.float32)
+    labels = torch.from_numpy((sides > 0).astype(np.int64))
+    model = build_student("xs")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(15):
+        loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(faces)), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval(), faces[:5]
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_flip_averaged_export_answers_the_mean_of_face_and_mirror(tmp_path, exporter):
+    model, faces = _tells_left_from_right()
+    path = tmp_path / "xs.fp32.onnx"
+    report = export_student(model, path, faces, exporter, flip_average=True)
+    assert report.max_abs_diff < PARITY_ATOL
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(["logits"], {"input": faces})[0]
+    mirrored = session.run(["logits"], {"input": np.ascontiguousarray(faces[..., ::-1])})[0]
+    single = session.run(["logits"], {"input": faces[2:3]})[0]
+    with torch.no_grad():
+        plain = model(torch.from_numpy(faces)).numpy()
+        plain_mirror = model(torch.from_numpy(faces).flip(-1)).numpy()
+    assert np.allclose(got, (plain + plain_mirror) / 2, atol=PARITY_ATOL)
+    assert not np.allclose(plain, plain_mirror, atol=1e-3), "the test faces must not be symmetric"
+    assert np.allclose(got, mirrored, atol=1e-5) and np.allclose(single, got[2:3], atol=1e-5)
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert ops <= QUANTIZATION_FRIENDLY | FLIP_AVERAGE_OPS, ops - QUANTIZATION_FRIENDLY - FLIP_AVERAGE_OPS
 
 
 def test_export_refuses_when_onnxruntime_disagrees(tmp_path, monkeypatch):
