@@ -5,8 +5,9 @@
     python bench/quantize_fer2013.py --table-only          # reprint the table of an existing build
 
 Columns: parameters, file size, top-1 on PublicTest (teachers flip-averaged, as their cards report; the
-student as the daemon runs it, no flip), and ms per face at batch 1 on one thread (median). Long: hours on
-two CPU cores (see README); rerunning the same command resumes an interrupted distillation.
+student as the daemon runs it, which averages face and mirror inside the graph when built with
+--flip-average), and ms per face at batch 1 on one thread (median). Long: hours on two CPU cores (see
+README); rerunning the same command resumes an interrupted distillation.
 """
 
 from __future__ import annotations
@@ -76,8 +77,9 @@ def print_table(card_path: Path, teacher_paths: list[str], data: Path) -> None:
     for name, params, mib, top1, ms in teacher_rows:
         rows.append((name, f"{params:,}" if params else "-", f"{mib:.1f} MiB", top1, f"{ms:.2f}"))
     params = f"{card['student']['params']:,}"
+    flip = " (flip in graph)" if card.get("flip_average") else ""
     for key, title in (("fp32", "FP32"), ("int8", "INT8 QDQ"), ("int8_qoperator", "INT8 QOperator")):
-        rows.append((f"student {card['student']['arch']} {title}", params,
+        rows.append((f"student {card['student']['arch']} {title}{flip}", params,
                      f"{metrics[key]['size_bytes'] / 1024:.0f} KiB", f"{metrics[key]['top1'] * 100:.2f}%",
                      f"{lat[key]['median']:.3f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
