@@ -18,8 +18,8 @@ from edge.model_card import ModelCard, card_path_for, load_card
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "int8", "fp32")
-WARMUP_RUNS = 5
-TIMED_RUNS = 30
+WARMUP_RUNS = 10
+TIMED_RUNS = 50
 REBUILD_HINT = "re-run `quantize build` or restore the file shipped with its card"
 
 
@@ -107,7 +107,7 @@ class ExpressionModel:
         if len(models) == 1:
             chosen = models[0]
         else:
-            timings = {m.precision: m._median_run_ms() for m in models}
+            timings = _median_run_ms(models)
             chosen = min(models, key=lambda m: timings[m.precision])
             logger.info("model precision auto: %s -> %s",
                         ", ".join(f"{p} {ms:.2f} ms" for p, ms in timings.items()), chosen.precision)
@@ -147,16 +147,6 @@ class ExpressionModel:
             return np.concatenate([self._run(batch[i:i + 1]) for i in range(len(batch))])
         outputs = self._session.run(None, {self._input_name: batch})[0]
         return np.asarray(outputs, dtype=np.float32).reshape(len(batch), -1)
-
-    def _median_run_ms(self) -> float:
-        batch = np.zeros((1, self.card.channels, self.card.height, self.card.width), np.float32)
-        times = []
-        for i in range(WARMUP_RUNS + TIMED_RUNS):
-            start = time.perf_counter()
-            self._run(batch)
-            if i >= WARMUP_RUNS:
-                times.append((time.perf_counter() - start) * 1000)
-        return statistics.median(times)
 
     def preprocess(self, crops: list[np.ndarray]) -> np.ndarray:
         """Crops (uint8, card colour or grey/RGB) -> normalised NCHW float32 batch."""
@@ -204,3 +194,17 @@ def _check_io(session: ort.InferenceSession, card: ModelCard, path: Path, card_p
     if out_shape and isinstance(out_shape[-1], int) and out_shape[-1] != len(card.labels):
         raise ModelError(f"{path} outputs {out_shape[-1]} scores but card {card_path} has {len(card.labels)} "
                          f"labels; use the card built with this model ({REBUILD_HINT})")
+
+
+def _median_run_ms(models: list[ExpressionModel]) -> dict[str, float]:
+    """Median ms of one blank face through each model. Runs alternate between the models, so a change of CPU
+    clock or load during the measurement slows them alike instead of deciding the choice."""
+    times: dict[str, list[float]] = {m.precision: [] for m in models}
+    batches = {m.precision: np.zeros((1, m.card.channels, m.card.height, m.card.width), np.float32) for m in models}
+    for i in range(WARMUP_RUNS + TIMED_RUNS):
+        for model in models:
+            start = time.perf_counter()
+            model._run(batches[model.precision])
+            if i >= WARMUP_RUNS:
+                times[model.precision].append((time.perf_counter() - start) * 1000)
+    return {precision: statistics.median(runs) for precision, runs in times.items()}

@@ -61,7 +61,9 @@ def render_report(card: dict[str, Any], history: list[dict[str, Any]], images: d
         f"Built {card['created']} by quantize {card['tool']['version']}: student `{student['arch']}` "
         f"({student['params']:,} parameters, input {'x'.join(map(str, card['input']['shape'][1:]))} "
         f"{card['input']['color']}) distilled from {len(card['teachers'])} teacher(s) on "
-        f"`{dataset['name']}` (sha256 {dataset['sha256'][:12]}...).",
+        f"`{dataset['name']}` (sha256 {dataset['sha256'][:12]}...)."
+        + (" The graph classifies each face and its mirror image and averages their logits (--flip-average); "
+           "all figures below include it." if card.get("flip_average") else ""),
         "",
         f"## Summary ({split} split, {metrics['fp32']['faces']} faces)",
         "",

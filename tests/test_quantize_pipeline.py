@@ -178,7 +178,7 @@ def test_build_writes_every_file_and_nothing_else(built):
         assert (built / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (built / "syn.md").read_text()
     for needle in ("## Summary", "## Latency", "## Per-class recall", "syn.confusion-int8.png", "syn.training.png",
-                   "## Teachers", "tiny6", "## Limits"):
+                   "## Teachers", "tiny6", "## Limits", "mirror image"):
         assert needle in report
 
 
