@@ -48,7 +48,8 @@ def teacher_ms(path: str, runs: int = 30) -> float:
 
 
 def ensemble_top1(teacher_paths: list[str], data: Path, split: str) -> float:
-    """Top-1 of the teachers' averaged flip-TTA probabilities (what the student is taught), from the teacher
+    """Top-1 of the teachers' mean probability, each teacher's logits first averaged over face and mirror (as
+    teacher accuracy is scored; --teacher-flip-average averages probabilities instead), from the teacher
     outputs `quantize build` cached."""
     faces = load_dataset(data, split)
     probs = 0
