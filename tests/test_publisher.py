@@ -141,7 +141,7 @@ def test_seq_continues_after_the_publisher_and_spool_are_reopened(broker, subscr
 def test_unreachable_broker_at_start_does_not_raise_and_spools(broker_factory, subscriber, make_publisher, caplog):
     broker = broker_factory(persistent=True)
     sub = subscriber(broker, EVENTS, persistent=True)
-    broker.stop()
+    broker.stop(crash=False)  # a clean stop saves the new session; a SIGKILL can beat mosquitto's autosave
     caplog.set_level(logging.DEBUG, logger="edge")
     publisher = make_publisher(broker)  # start() must not raise
     for i in range(5):
@@ -163,7 +163,7 @@ def test_spool_bound_during_an_outage_drops_the_oldest_counts_and_warns_once(bro
                                                                              make_publisher, tmp_path, caplog):
     broker = broker_factory(persistent=True)
     sub = subscriber(broker, EVENTS, persistent=True)
-    broker.stop()
+    broker.stop(crash=False)  # a clean stop saves the new session; a SIGKILL can beat mosquitto's autosave
     spool = Spool(tmp_path / "spool.sqlite3", max_events=5)
     publisher = make_publisher(broker, spool=spool)
     for i in range(12):
@@ -265,7 +265,7 @@ def test_last_will_offline_is_retained_after_sigkill(broker, subscriber, tmp_pat
 def test_process_sigkilled_during_an_outage_replays_its_spool_on_start(broker_factory, subscriber, tmp_path):
     broker = broker_factory(persistent=True)
     sub = subscriber(broker, EVENTS, persistent=True)
-    broker.stop()
+    broker.stop(crash=False)  # a clean stop saves the new session; a SIGKILL can beat mosquitto's autosave
     proc = run_publisher_process(tmp_path, broker, "spooled", 25)
     try:
         assert proc.stdout.readline().strip() == "spooled"
