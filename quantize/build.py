@@ -122,6 +122,10 @@ class Int8Outcome:
     latency: dict[str, Any]
 
 
+def _rounded(top1: float | None) -> float | None:
+    return None if top1 is None else round(top1, 4)
+
+
 def int8_step(staging: StagedOutputs, name: str, card: dict[str, Any], train: FaceSet, eval_faces: FaceSet,
               opts: QuantizeOptions, log: Log) -> Int8Outcome:
     """Quantize the staged FP32 model (QDQ shipped, QOperator for comparison), evaluate all three, apply the gate,
@@ -210,7 +214,7 @@ def build(opts: BuildOptions, log: Log = print) -> list[Path]:
             **read_card_dict(staging.path(f"{name}.json")),  # the card int8_step staged, with both variants
             "metrics": metrics_section(outcome, eval_faces.split),
             "student": {"arch": meta["arch"], "params": meta["params"], "input_size": meta["input_size"],
-                        "best_epoch": result.best_epoch, "val_top1": round(result.best_val_top1, 4),
+                        "best_epoch": result.best_epoch, "val_top1": _rounded(result.best_val_top1),
                         "train_faces": result.train_faces, "val_faces": result.val_faces},
             "teachers": teacher_rows,
             "dataset": dataset_record(opts.data, {"train": train, "eval": eval_faces}),

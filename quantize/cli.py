@@ -62,7 +62,8 @@ def _add_distill(p: argparse.ArgumentParser) -> None:
     g.add_argument("--class-balance", default=d.class_balance, choices=CLASS_BALANCE,
                    help="class weights of the hard loss (default %(default)s)")
     g.add_argument("--val-fraction", type=float, default=d.val_fraction,
-                   help="stratified share of the training faces that picks the best epoch (default %(default)s)")
+                   help="stratified share of the training faces that picks the best epoch; 0 trains on all "
+                        "of them and keeps the last epoch (default %(default)s)")
     g.add_argument("--patience", type=int, default=d.patience,
                    help="stop after N epochs without a better validation top-1 (default 0: run all epochs)")
     g.add_argument("--seed", type=int, default=d.seed)
@@ -224,8 +225,9 @@ def _run_distill(args: argparse.Namespace) -> int:
                      cache_dir=args.cache_dir or default_cache_dir(), device=device,
                      progress=sys.stderr.isatty(), log=_log)
     save_student(args.out, result, dataset_record(args.data, {"train": train}))
-    print(f"{args.out}: student {cfg.student}, best validation top-1 {result.best_val_top1 * 100:.2f}% "
-          f"at epoch {result.best_epoch}")
+    kept = (f"best validation top-1 {result.best_val_top1 * 100:.2f}% at epoch {result.best_epoch}"
+            if result.best_val_top1 is not None else f"no validation, epoch {result.best_epoch} kept")
+    print(f"{args.out}: student {cfg.student}, {kept}")
     return 0
 
 

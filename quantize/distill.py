@@ -14,8 +14,10 @@ degrees, brightness and contrast; random erasing off) are mild, so the clean fac
 target. `online_teacher` runs the teachers on every augmented batch instead (nothing cached): exact targets, for
 cheap teachers only.
 
-Validation: a stratified share of the training faces (never the test split) picks the best epoch. A
-checkpoint is written atomically after every epoch; running the same distillation again resumes it.
+Validation: a stratified share of the training faces (never the test split) picks the best epoch. With
+val_fraction 0 every training face is trained on and the last epoch is kept (for a final run, once the
+settings are chosen). A checkpoint is written atomically after every epoch; running the same distillation
+again resumes it.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ class DistillConfig:
     alpha: float = 0.3  # weight of the hard-label loss; 1 - alpha goes to the teachers
     label_smoothing: float = 0.0
     class_balance: str = "sqrt"  # hard-loss class weights: none, sqrt (1/sqrt(count)) or inverse (1/count)
-    val_fraction: float = 0.1
+    val_fraction: float = 0.1  # 0: no hold-out, the last epoch is kept
     patience: int = 0  # stop after this many epochs without a better validation top-1; 0 = never
     seed: int = 0
     augment: bool = True
@@ -88,7 +90,9 @@ class DistillConfig:
             (0.0 <= self.label_smoothing < 1.0, "label smoothing must lie in [0, 1)"),
             (self.class_balance in CLASS_BALANCE, f"class balance {self.class_balance!r} unknown; use "
                                                   f"{', '.join(CLASS_BALANCE)}"),
-            (0.0 < self.val_fraction < 0.5, f"validation fraction {self.val_fraction} must lie in (0, 0.5)"),
+            (0.0 <= self.val_fraction < 0.5, f"validation fraction {self.val_fraction} must lie in [0, 0.5)"),
+            (self.patience == 0 or self.val_fraction > 0, "patience needs validation faces; set --val-fraction "
+                                                          "above 0 or --patience 0"),
             (self.precision in PRECISIONS, f"precision {self.precision!r} unknown; use {', '.join(PRECISIONS)}"),
             (self.std > 0, "std must be positive"),
         ]
@@ -105,18 +109,18 @@ class DistillConfig:
         return out
 
 
-# The colleague-shared batch augmentation, minus its mirror (done here, so the mirror's teacher logits can be
-# picked) and minus random erasing (too strong a change for targets computed on the clean face).
+# The teachers' batch augmentation (quantize.augment), minus its mirror (done here, so the mirror's teacher
+# logits can be picked) and minus random erasing (too strong a change for targets computed on the clean face).
 AUGMENTATION = Augmentation(flip=False, erase_p=0.0)
 FLIP_P = 0.5
 
 
 @dataclass
 class DistillResult:
-    model: Student  # best validation epoch, eval mode, fp32, on the CPU
+    model: Student  # best validation epoch (the last one without validation), eval mode, fp32, on the CPU
     history: list[dict[str, Any]]
     best_epoch: int
-    best_val_top1: float
+    best_val_top1: float | None  # None without validation faces
     settings: dict[str, Any]
     teachers: list[dict[str, Any]]
     train_faces: int
@@ -270,7 +274,7 @@ def _normalise(x: Tensor, cfg: DistillConfig) -> Tensor:
 def distill(train_faces: FaceSet, teachers: list[tuple[Teacher, str]], cfg: DistillConfig, *,
             work_dir: Path | None = None, cache_dir: Path | None = None, device: str = "cpu",
             progress: bool = True, log: Callable[[str], None] = print) -> DistillResult:
-    """Train a student on `train_faces` (a validation share is split off) from `teachers` [(teacher, sha256)].
+    """Train a student on `train_faces` (cfg.val_fraction is split off) from `teachers` [(teacher, sha256)].
 
     Without teachers this is plain supervised training (alpha treated as 1), a baseline for the report.
     With `work_dir`, a checkpoint is saved there every epoch and a matching one is resumed."""
@@ -279,7 +283,10 @@ def distill(train_faces: FaceSet, teachers: list[tuple[Teacher, str]], cfg: Dist
     dev = torch.device(device)
     dtype = _autocast_dtype(cfg.precision, dev)
     records = [teacher_record(t, sha) for t, sha in teachers]
-    fit, val = stratified_split(train_faces, cfg.val_fraction, cfg.seed)
+    if cfg.val_fraction > 0:
+        fit, val = stratified_split(train_faces, cfg.val_fraction, cfg.seed)
+    else:
+        fit, val = train_faces, None
     targets: list[_Targets] = []
     if teachers:
         logits = None if cfg.online_teacher else [teacher_logits(t, sha, fit, cache_dir, log=log)
@@ -307,8 +314,9 @@ def distill(train_faces: FaceSet, teachers: list[tuple[Teacher, str]], cfg: Dist
     # Augmentation resizes inside its warp; without it, faces are resized once like the daemon does.
     fit_images = torch.from_numpy(fit.images if cfg.augment else resize_faces(fit.images, cfg.input_size)).to(dev)
     fit_labels = torch.from_numpy(fit.labels).to(dev)
-    val_images = torch.from_numpy(resize_faces(val.images, cfg.input_size)).unsqueeze(1).to(dev)
-    val_labels = torch.from_numpy(val.labels).to(dev)
+    if val is not None:
+        val_images = torch.from_numpy(resize_faces(val.images, cfg.input_size)).unsqueeze(1).to(dev)
+        val_labels = torch.from_numpy(val.labels).to(dev)
     weights = class_weights(fit.labels, cfg.class_balance)
     weights = weights.to(dev) if weights is not None else None
 
@@ -326,8 +334,8 @@ def distill(train_faces: FaceSet, teachers: list[tuple[Teacher, str]], cfg: Dist
             history, best_state = state["history"], state["best_state"]
             best_epoch, best_top1, finished = state["best_epoch"], state["best_top1"], state["finished"]
             start_epoch = state["epoch"] + 1
-            log(f"resuming {ckpt_path} after epoch {state['epoch']} (best val top-1 {best_top1:.4f} at "
-                f"epoch {best_epoch})")
+            best = f" (best val top-1 {best_top1:.4f} at epoch {best_epoch})" if val is not None else ""
+            log(f"resuming {ckpt_path} after epoch {state['epoch']}{best}")
         else:
             log(f"{ckpt_path} belongs to other settings, data or teachers; starting afresh")
 
@@ -376,17 +384,22 @@ def distill(train_faces: FaceSet, teachers: list[tuple[Teacher, str]], cfg: Dist
         entry = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "loss": sums["loss"] / seen,
                  "hard_loss": sums["hard"] / seen, "soft_loss": sums["soft"] / seen,
                  "train_top1": sums["correct"] / seen}
-        entry.update(_evaluate(model, val_images, val_labels, cfg, dev, dtype))
+        if val is not None:
+            entry.update(_evaluate(model, val_images, val_labels, cfg, dev, dtype))
         entry["seconds"] = round(time.monotonic() - started, 1)
         history.append(entry)
-        if entry["val_top1"] > best_top1:
-            best_top1, best_epoch = entry["val_top1"], epoch
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        recall = entry["val_recall"]
-        log(f"epoch {epoch}/{cfg.epochs} {entry['seconds']:.0f}s loss {entry['loss']:.3f} "
-            f"train {entry['train_top1']:.3f} val {entry['val_top1']:.4f} (recall disgust "
-            f"{recall.get('disgust', 0):.2f}, fear {recall.get('fear', 0):.2f})"
-            f"{' best' if best_epoch == epoch else ''}")
+        line = (f"epoch {epoch}/{cfg.epochs} {entry['seconds']:.0f}s loss {entry['loss']:.3f} "
+                f"train {entry['train_top1']:.3f}")
+        if val is None:
+            best_epoch = epoch  # the final state is kept, as the loop ends
+        else:
+            if entry["val_top1"] > best_top1:
+                best_top1, best_epoch = entry["val_top1"], epoch
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            recall = entry["val_recall"]
+            line += (f" val {entry['val_top1']:.4f} (recall disgust {recall.get('disgust', 0):.2f}, "
+                     f"fear {recall.get('fear', 0):.2f}){' best' if best_epoch == epoch else ''}")
+        log(line)
         finished = epoch == cfg.epochs or (cfg.patience > 0 and epoch - best_epoch >= cfg.patience)
         if ckpt_path is not None:
             _save_atomic({"fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),
@@ -399,7 +412,8 @@ def distill(train_faces: FaceSet, teachers: list[tuple[Teacher, str]], cfg: Dist
     best = build_student(cfg.student)
     best.load_state_dict(best_state if best_state is not None else model.state_dict())
     best.eval()
-    return DistillResult(best, history, best_epoch, best_top1, settings, records, len(fit), len(val))
+    return DistillResult(best, history, best_epoch, best_top1 if val is not None else None, settings, records,
+                         len(fit), len(val) if val is not None else 0)
 
 
 def _batch_targets(targets: list[_Targets], idx: Tensor, flip: Tensor, x: Tensor, cfg: DistillConfig

@@ -22,17 +22,30 @@ def save_training_png(history: list[dict[str, Any]], path: Path, title: str) -> 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
     left.plot(epochs, [h["loss"] for h in history], label="training loss (distillation)")
     left.plot(epochs, [h["hard_loss"] for h in history], label="training cross-entropy")
-    left.plot(epochs, [h["val_loss"] for h in history], label="validation cross-entropy")
+    validated = all("val_top1" in h for h in history)  # not with --val-fraction 0
+    if validated:
+        left.plot(epochs, [h["val_loss"] for h in history], label="validation cross-entropy")
     left.set_xlabel("epoch")
     left.legend()
     right.plot(epochs, [h["train_top1"] for h in history], label="training top-1 (augmented)")
-    right.plot(epochs, [h["val_top1"] for h in history], label="validation top-1")
+    if validated:
+        right.plot(epochs, [h["val_top1"] for h in history], label="validation top-1")
     right.set_xlabel("epoch")
     right.legend()
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, format="png")
     plt.close(fig)
+
+
+def _training_summary(student: dict[str, Any], distill: dict[str, Any], epochs_run: int) -> str:
+    if not student["val_faces"]:
+        return (f"Trained on all {student['train_faces']} training faces (no validation hold-out); the last of "
+                f"{epochs_run} epochs run ({distill['epochs']} planned) is kept.")
+    return (f"Best validation top-1 {_pct(student['val_top1'])} at epoch {student['best_epoch']} of "
+            f"{epochs_run} run ({distill['epochs']} planned); validation is a stratified "
+            f"{distill['val_fraction'] * 100:g}% of the training split ({student['val_faces']} faces), "
+            f"training used {student['train_faces']}.")
 
 
 def _pct(value: float | None) -> str:
@@ -115,10 +128,7 @@ def render_report(card: dict[str, Any], history: list[dict[str, Any]], images: d
         "",
         "## Training",
         "",
-        f"Best validation top-1 {_pct(student['val_top1'])} at epoch {student['best_epoch']} of "
-        f"{len(history)} run ({distill['epochs']} planned); validation is a stratified "
-        f"{distill['val_fraction'] * 100:g}% of the training split ({student['val_faces']} faces), "
-        f"training used {student['train_faces']}.",
+        _training_summary(student, distill, len(history)),
         "",
         f"![training curves]({images['training']})",
         "",

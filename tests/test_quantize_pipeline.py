@@ -30,6 +30,7 @@ from quantize.distill import (  # noqa: E402
 from quantize.evaluate import evaluate  # noqa: E402
 from quantize.export import export_student  # noqa: E402
 from quantize.int8 import calibration_faces, check_accuracy_drop, quantize_onnx  # noqa: E402
+from quantize.report import render_report, save_training_png  # noqa: E402
 from quantize.errors import QuantizeError  # noqa: E402
 from quantize.teachers import load_teacher  # noqa: E402
 from tests.quantize_support import (  # noqa: E402
@@ -154,6 +155,34 @@ def test_distillation_from_every_teacher_format_learns_and_resumes(synthetic, tm
     assert again.history == result.history and again.best_epoch == result.best_epoch
     for a, b in zip(again.model.state_dict().values(), result.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_without_validation_every_face_is_trained_on_and_the_last_epoch_is_kept(synthetic, tmp_path):
+    teacher = load_teacher(synthetic.teachers["onnx"])
+    cfg = DistillConfig(student="xs", epochs=3, batch_size=32, val_fraction=0.0)
+    messages: list[str] = []
+    result = distill(synthetic.train, [(teacher, "sha")], cfg, work_dir=tmp_path / "work",
+                     cache_dir=tmp_path / "cache", progress=False, log=messages.append)
+    assert (result.train_faces, result.val_faces) == (len(synthetic.train), 0)
+    assert result.best_epoch == 3 and result.best_val_top1 is None
+    assert not any(key.startswith("val_") for entry in result.history for key in entry)
+    assert not any(" val " in m for m in messages if m.startswith("epoch"))
+    final = torch.load(tmp_path / "work" / "distill.ckpt", weights_only=False)["model"]
+    for name, value in result.model.state_dict().items():
+        assert torch.equal(value, final[name].cpu()), f"{name} is not the last epoch's"
+    with pytest.raises(QuantizeError, match="patience needs validation faces"):
+        DistillConfig(val_fraction=0.0, patience=3).check()
+
+
+def test_report_of_a_build_without_validation_says_the_last_epoch_is_kept(built, tmp_path):
+    card = json.loads((built / "syn.json").read_text())
+    card["student"].update(val_faces=0, val_top1=None, best_epoch=6)
+    history = [{"epoch": e, "loss": 1.0 / e, "hard_loss": 1.2 / e, "train_top1": 0.1 * e} for e in range(1, 7)]
+    report = render_report(card, history, {"fp32": "f.png", "int8": "i.png", "training": "t.png"})
+    assert "no validation hold-out" in report and "last of 6 epochs" in report
+    assert "Best validation" not in report
+    save_training_png(history, tmp_path / "t.png", "syn")
+    assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_online_teacher_sees_every_augmented_batch_and_caches_nothing(synthetic, tmp_path):
