@@ -141,7 +141,22 @@ def main() -> int:
                 r = run_config(detector, model, frame, args.repeat)
                 print(f"| {detector.name} | {count} | {r['found']:.0f} | {r['detect']:.2f} | {r['crop']:.2f} | "
                       f"{r['classify']:.2f} | {r['total']:.2f} | {1000 / r['total']:.0f} |", flush=True)
+        face = detectors[0].detect(frames[1])[0]
+        alone = classify_alone(model, crop_face(frames[1], face, model.card), args.repeat)
+        print(f"\n# classify alone, one face, {args.repeat} calls in a row (warm caches, no detector between): "
+              f"{alone:.3f} ms median")
     return 0
+
+
+def classify_alone(model: ExpressionModel, crop: np.ndarray, repeat: int) -> float:
+    """Median ms of predict() on one crop called back to back: the classify column minus cold caches."""
+    times = []
+    for i in range(WARMUP_FRAMES + repeat):
+        start = time.perf_counter()
+        model.predict([crop])
+        if i >= WARMUP_FRAMES:
+            times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
 
 
 if __name__ == "__main__":

@@ -78,9 +78,10 @@ def print_table(card_path: Path, teacher_paths: list[str], data: Path) -> None:
     for name, params, mib, top1, ms in teacher_rows:
         rows.append((name, f"{params:,}" if params else "-", f"{mib:.1f} MiB", top1, f"{ms:.2f}"))
     params = f"{card['student']['params']:,}"
-    flip = " (flip in graph)" if card.get("flip_average") else ""
+    views = (["flip"] if card.get("flip_average") else []) + [f"zoom {z:g}" for z in card.get("zoom_views", [])]
+    in_graph = f" ({' + '.join(views)} in graph)" if views else ""
     for key, title in (("fp32", "FP32"), ("int8", "INT8 QDQ"), ("int8_qoperator", "INT8 QOperator")):
-        rows.append((f"student {card['student']['arch']} {title}{flip}", params,
+        rows.append((f"student {card['student']['arch']} {title}{in_graph}", params,
                      f"{metrics[key]['size_bytes'] / 1024:.0f} KiB", f"{metrics[key]['top1'] * 100:.2f}%",
                      f"{lat[key]['median']:.3f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]

@@ -31,7 +31,7 @@ from quantize.export import ExportReport, export_student
 from quantize.int8 import DEFAULT_MAX_DROP, calibration_faces, check_accuracy_drop, quantize_onnx
 from quantize.outputs import StagedOutputs
 from quantize.report import render_report, save_training_png
-from quantize.student import Student
+from quantize.student import Student, zoom_crop
 from quantize.teachers import Teacher, load_teacher
 
 Log = Callable[[str], None]
@@ -68,6 +68,7 @@ class BuildOptions:
     crop_margin: float = 0.1
     exporter: str = "auto"
     flip_average: bool = False
+    zoom_views: tuple[float, ...] = ()
     progress: bool = True
 
 
@@ -89,13 +90,13 @@ def dataset_record(data: Path, splits: dict[str, FaceSet]) -> dict[str, Any]:
 
 
 def fp32_card(meta: dict[str, Any], name: str, fp32_file: Path, crop_margin: float,
-              flip_average: bool = False) -> dict[str, Any]:
+              flip_average: bool = False, zoom_views: tuple[float, ...] = ()) -> dict[str, Any]:
     """The card of an exported student before quantization: FP32 only."""
     size = meta["input_size"]
     return make_card(name=name, labels=meta["labels"], channels=meta["channels"], height=size, width=size,
                      mean=meta["mean"], std=meta["std"], crop_margin=crop_margin, precision="fp32",
                      variants={"fp32": fp32_file.name}, variant_sha256={"fp32": file_sha256(fp32_file)},
-                     flip_average=flip_average)
+                     flip_average=flip_average, zoom_views=list(zoom_views) or None)
 
 
 def student_inputs(images: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
@@ -105,12 +106,14 @@ def student_inputs(images: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
 
 
 def export_step(model: Student, meta: dict[str, Any], staging: StagedOutputs, name: str, sample: np.ndarray,
-                crop_margin: float, exporter: str, log: Log, flip_average: bool = False) -> tuple[Path, ExportReport]:
+                crop_margin: float, exporter: str, log: Log, flip_average: bool = False,
+                zoom_views: tuple[float, ...] = ()) -> tuple[Path, ExportReport]:
     fp32 = staging.path(f"{name}.fp32.onnx")
-    report = export_student(model, fp32, sample, exporter, flip_average)
+    report = export_student(model, fp32, sample, exporter, flip_average, zoom_views)
+    views = (["flip-averaged"] if flip_average else []) + [f"zoom view {z:g}" for z in zoom_views]
     log(f"exported {fp32.name} with the {report.exporter} exporter, opset {report.opset}, "
-        f"max |onnxruntime - torch| {report.max_abs_diff:.1e}{', flip-averaged' if flip_average else ''}")
-    write_card(fp32_card(meta, name, fp32, crop_margin, flip_average), staging.path(f"{name}.json"))
+        f"max |onnxruntime - torch| {report.max_abs_diff:.1e}{''.join(', ' + v for v in views)}")
+    write_card(fp32_card(meta, name, fp32, crop_margin, flip_average, zoom_views), staging.path(f"{name}.json"))
     return fp32, report
 
 
@@ -188,6 +191,8 @@ def teacher_accuracy(teacher: Teacher, sha256: str, faces: FaceSet, cache_dir: P
 def build(opts: BuildOptions, log: Log = print) -> list[Path]:
     """Run the chain; returns the files written."""
     folder, name = output_name(opts.out)
+    for zoom in opts.zoom_views:  # refused now, not after hours of training
+        zoom_crop(opts.distill.input_size, zoom)
     cache_dir = opts.cache_dir or default_cache_dir()
     train = load_dataset(opts.data, "train")
     eval_faces = load_dataset(opts.data, opts.quantize.eval_split)
@@ -206,7 +211,7 @@ def build(opts: BuildOptions, log: Log = print) -> list[Path]:
     with StagedOutputs(folder) as staging:
         sample = student_inputs(eval_faces.images[:64], meta)
         _, export_report = export_step(result.model, meta, staging, name, sample, opts.crop_margin,
-                                       opts.exporter, log, opts.flip_average)
+                                       opts.exporter, log, opts.flip_average, opts.zoom_views)
         outcome = int8_step(staging, name, read_card_dict(staging.path(f"{name}.json")), train, eval_faces,
                             opts.quantize, log)
         teacher_rows = [{**record, "accuracy": round(acc, 4)} for record, acc in zip(result.teachers, accuracies)]

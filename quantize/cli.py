@@ -103,10 +103,14 @@ def _add_int8(p: argparse.ArgumentParser) -> None:
     g.add_argument("--latency-runs", type=int, default=200, help="timed single-face runs (default %(default)s)")
 
 
-def _add_flip_average(p: argparse.ArgumentParser) -> None:
+def _add_test_time_views(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flip-average", action="store_true",
                    help="export a graph that averages each face with its mirror image: more accurate, twice the "
                         "compute per face")
+    p.add_argument("--zoom-view", type=float, action="append", default=[], metavar="ZOOM",
+                   help="also classify the face enlarged ZOOM times about its centre (1.2: the middle 40 of 48 "
+                        "pixels) and average; repeatable, each view adds the compute of one face (two with "
+                        "--flip-average)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop-margin", type=float, default=0.1, help="card crop margin (default %(default)s)")
     p.add_argument("--exporter", default="auto", choices=("auto", "dynamo", "legacy"),
                    help="torch ONNX exporter (default: dynamo, legacy if dynamo fails parity)")
-    _add_flip_average(p)
+    _add_test_time_views(p)
     p.set_defaults(func=_run_export)
 
     p = sub.add_parser("int8", help="NAME.fp32.onnx -> NAME.onnx (INT8) with FP32 vs INT8 evaluation")
@@ -155,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "NAME.json, NAME.md and NAME.*.png")
     p.add_argument("--crop-margin", type=float, default=0.1, help="card crop margin (default %(default)s)")
     p.add_argument("--exporter", default="auto", choices=("auto", "dynamo", "legacy"), help="default %(default)s")
-    _add_flip_average(p)
+    _add_test_time_views(p)
     p.set_defaults(func=_run_build)
     return parser
 
@@ -246,7 +250,7 @@ def _run_export(args: argparse.Namespace) -> int:
     sample = np.random.default_rng(0).uniform(-1, 1, (16, meta["channels"], size, size)).astype(np.float32)
     with StagedOutputs(folder) as staging:
         fp32, _ = export_step(model, meta, staging, name, sample, args.crop_margin, args.exporter, _log,
-                              args.flip_average)
+                              args.flip_average, tuple(args.zoom_view))
     print(f"{folder / fp32.name} + {folder / (name + '.json')}")
     return 0
 
@@ -313,7 +317,8 @@ def _run_build(args: argparse.Namespace) -> int:
                         quantize=_quantize_options(args), device=_device(args),
                         teacher_precision=args.teacher_precision, trust_pickle=args.trust_pickle,
                         cache_dir=args.cache_dir, work_dir=args.work_dir, crop_margin=args.crop_margin,
-                        exporter=args.exporter, flip_average=args.flip_average, progress=sys.stderr.isatty())
+                        exporter=args.exporter, flip_average=args.flip_average,
+                        zoom_views=tuple(args.zoom_view), progress=sys.stderr.isatty())
     for path in build(opts, _log):
         print(path)
     return 0

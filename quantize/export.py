@@ -1,8 +1,8 @@
 """Export a student to ONNX (input "input", output "logits", dynamic batch) and prove it computes what torch does.
 
 BatchNorm is folded into the convolutions in torch before export, so the graph holds only Conv, Clip (ReLU6),
-Add, a global average, Reshape/Flatten and Gemm; with flip averaging also the Slice/Concat that mirror the batch
-and the Add/Mul that average the two halves. The torch.export-based exporter is tried first; the
+Add, a global average, Reshape/Flatten and Gemm; with test-time views also the Slice/Resize/Concat that make
+the views and the Reshape/ReduceMean that average their logits. The torch.export-based exporter is tried first; the
 TorchScript one is the fallback. An export counts only if onnxruntime's logits match the unfolded torch
 model's within PARITY_ATOL on the sample batch and at batch 1 (the dynamic axis).
 """
@@ -19,7 +19,7 @@ import onnxruntime as ort
 import torch
 
 from quantize.errors import QuantizeError
-from quantize.student import FlipAveraged, Student, fold_batchnorm
+from quantize.student import Student, ViewAveraged, fold_batchnorm
 
 PARITY_ATOL = 1e-4
 OPSET = 18
@@ -61,15 +61,17 @@ def parity(path: Path, model: torch.nn.Module, sample: np.ndarray) -> float:
 
 
 def export_student(model: Student, path: Path, sample: np.ndarray, exporter: str = "auto",
-                   flip_average: bool = False) -> ExportReport:
+                   flip_average: bool = False, zooms: tuple[float, ...] = ()) -> ExportReport:
     """Write `model` as ONNX to `path`; `sample` is a float32 (N, C, H, W) batch of real inputs.
 
-    exporter "auto" tries dynamo then legacy and keeps the first that passes parity. With `flip_average` the graph
-    returns the mean of the logits of each face and its mirror image."""
+    exporter "auto" tries dynamo then legacy and keeps the first that passes parity. With `flip_average` and/or
+    `zooms` the graph returns the mean of the logits of each face's views (student.ViewAveraged)."""
     model = model.float().to(memory_format=torch.contiguous_format).eval().cpu()
     folded: torch.nn.Module = fold_batchnorm(model)
-    if flip_average:
-        model, folded = FlipAveraged(model).eval(), FlipAveraged(folded).eval()
+    if flip_average or zooms:
+        size = sample.shape[-1]
+        model = ViewAveraged(model, size, flip_average, zooms).eval()
+        folded = ViewAveraged(folded, size, flip_average, zooms).eval()
     example = torch.from_numpy(sample[:2].copy())
     failures: list[str] = []
     for name in EXPORTERS if exporter == "auto" else (exporter,):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
+import re
 import tempfile
 from pathlib import Path
 
@@ -34,6 +36,17 @@ CALIBRATION_METHODS = {
 FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
 ACTIVATION_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
 DEFAULT_MAX_DROP = 1.0  # top-1 points INT8 may lose against FP32 before the tool refuses to write it
+
+
+class _IntegerTensorNotes(logging.Filter):
+    """Drops onnxruntime's warning for each integer tensor it cannot quantize (such as the target size of the
+    Resize in a zoom view): those stay integers by design, and the warning would read like a fault."""
+
+    # ONNX element types: 6 INT32, 7 INT64.
+    _NOTE = re.compile(r"unsupported type to quantize for tensor .*elem_type: [67]\b", re.DOTALL)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self._NOTE.search(record.getMessage())
 
 
 class FaceBatches(CalibrationDataReader):
@@ -64,17 +77,22 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calibration_inputs: np.ndarra
         if value not in allowed:
             raise QuantizeError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
     # The calibrators print progress notes to stdout, which belongs to the command's result.
-    with tempfile.TemporaryDirectory(prefix="quantize-") as tmp, contextlib.redirect_stdout(io.StringIO()):
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(fp32_path), str(prepared))
-        quantize_static(
-            str(prepared), str(out_path), FaceBatches(calibration_inputs),
-            quant_format=FORMATS[fmt],
-            per_channel=per_channel,
-            activation_type=ACTIVATION_TYPES[activations],
-            weight_type=QuantType.QInt8,
-            calibrate_method=CALIBRATION_METHODS[method],
-        )
+    notes = _IntegerTensorNotes()
+    logging.getLogger().addFilter(notes)  # onnxruntime.quantization logs through the root logger
+    try:
+        with tempfile.TemporaryDirectory(prefix="quantize-") as tmp, contextlib.redirect_stdout(io.StringIO()):
+            prepared = Path(tmp) / "prepared.onnx"
+            quant_pre_process(str(fp32_path), str(prepared))
+            quantize_static(
+                str(prepared), str(out_path), FaceBatches(calibration_inputs),
+                quant_format=FORMATS[fmt],
+                per_channel=per_channel,
+                activation_type=ACTIVATION_TYPES[activations],
+                weight_type=QuantType.QInt8,
+                calibrate_method=CALIBRATION_METHODS[method],
+            )
+    finally:
+        logging.getLogger().removeFilter(notes)
 
 
 def check_accuracy_drop(fp32_top1: float, int8_top1: float, max_drop: float, allow: bool) -> float:

@@ -38,6 +38,19 @@ def save_training_png(history: list[dict[str, Any]], path: Path, title: str) -> 
     plt.close(fig)
 
 
+def _views_sentence(card: dict[str, Any]) -> str:
+    zooms, flip = card.get("zoom_views", []), bool(card.get("flip_average"))
+    if not zooms and not flip:
+        return ""
+    views = ["the face"] + [f"a {z:g}x centre zoom (--zoom-view {z:g})" for z in zooms]
+    count = len(views) * (2 if flip else 1)
+    if flip:
+        views.append("its mirror image (--flip-average)" if not zooms else
+                     "the mirror image of each (--flip-average)")
+    listed = " and ".join(views) if len(views) == 2 else ", ".join(views[:-1]) + " and " + views[-1]
+    return f" The graph averages the logits of {count} views of each face: {listed}; all figures below include it."
+
+
 def _training_summary(student: dict[str, Any], distill: dict[str, Any], epochs_run: int) -> str:
     if not student["val_faces"]:
         return (f"Trained on all {student['train_faces']} training faces (no validation hold-out); the last of "
@@ -75,8 +88,7 @@ def render_report(card: dict[str, Any], history: list[dict[str, Any]], images: d
         f"({student['params']:,} parameters, input {'x'.join(map(str, card['input']['shape'][1:]))} "
         f"{card['input']['color']}) distilled from {len(card['teachers'])} teacher(s) on "
         f"`{dataset['name']}` (sha256 {dataset['sha256'][:12]}...)."
-        + (" The graph classifies each face and its mirror image and averages their logits (--flip-average); "
-           "all figures below include it." if card.get("flip_average") else ""),
+        + _views_sentence(card),
         "",
         f"## Summary ({split} split, {metrics['fp32']['faces']} faces)",
         "",

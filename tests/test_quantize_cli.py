@@ -52,7 +52,7 @@ def _teacher(folder: Path) -> Path:
 
 
 @pytest.mark.parametrize("case", [
-    "no data", "no teacher", "corrupt teacher", "bad student", "bad alpha", "unreadable out",
+    "no data", "no teacher", "corrupt teacher", "bad student", "bad alpha", "unreadable out", "bad zoom view",
 ])
 def test_build_errors_are_one_line_and_write_nothing(case, data, tmp_path, capsys):
     teacher = _teacher(tmp_path)
@@ -72,6 +72,8 @@ def test_build_errors_are_one_line_and_write_nothing(case, data, tmp_path, capsy
         args["student"] = "xxl"
     elif case == "bad alpha":
         extra = ["--alpha", "1.5"]
+    elif case == "bad zoom view":
+        extra = ["--zoom-view", "0.8"]  # below 1 would shrink the face, which is not a zoom view
     elif case == "unreadable out":
         (tmp_path / "models").write_text("a file where the output folder should be")
     before = _files(tmp_path)
@@ -79,7 +81,8 @@ def test_build_errors_are_one_line_and_write_nothing(case, data, tmp_path, capsy
     assert main(argv) == 2
     line = _one_error_line(capsys)
     expected = {"no data": "missing.csv", "no teacher": "nowhere.pt", "corrupt teacher": "broken.pt",
-                "bad student": "xxl", "bad alpha": "alpha", "unreadable out": "models"}[case]
+                "bad student": "xxl", "bad alpha": "alpha", "unreadable out": "models",
+                "bad zoom view": "zoom view 0.8"}[case]
     assert expected in line
     assert _files(tmp_path) == before
 

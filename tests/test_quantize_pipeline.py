@@ -61,7 +61,8 @@ def synthetic(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def built(synthetic, tmp_path_factory):
-    """`quantize build` on the synthetic set with a TorchScript and a six-class ONNX teacher, flip averaging on.
+    """`quantize build` on the synthetic set with a TorchScript and a six-class ONNX teacher, flip averaging and
+    a zoom view on.
 
     One test face is 0.7 points here, so the INT8 gate gets a wide limit: this fixture is about the files a
     build writes; the gate itself is tested on its own below."""
@@ -71,7 +72,8 @@ def built(synthetic, tmp_path_factory):
         status = main(["build", "--data", str(synthetic.csv), "--teacher", str(synthetic.teachers["torchscript"]),
                        "--teacher", str(synthetic.teachers["onnx"]), "--student", "xs", "--epochs", "6",
                        "--batch-size", "32", "--calibration-faces", "70", "--latency-runs", "10",
-                       "--max-drop", "5", "--flip-average", "--teacher-flip-average", "--out", str(out)])
+                       "--max-drop", "5", "--flip-average", "--zoom-view", "1.2", "--teacher-flip-average",
+                       "--out", str(out)])
     assert status == 0
     return out.parent
 
@@ -207,7 +209,7 @@ def test_build_writes_every_file_and_nothing_else(built):
         assert (built / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (built / "syn.md").read_text()
     for needle in ("## Summary", "## Latency", "## Per-class recall", "syn.confusion-int8.png", "syn.training.png",
-                   "## Teachers", "tiny6", "## Limits", "mirror image"):
+                   "## Teachers", "tiny6", "## Limits", "4 views of each face", "mirror image", "--zoom-view 1.2"):
         assert needle in report
 
 
@@ -222,6 +224,7 @@ def test_built_card_is_accepted_by_the_daemon(built, synthetic):
     assert [t["name"] for t in raw["teachers"]] == ["tiny7", "tiny6"]
     assert raw["dataset"]["counts"]["eval"]["disgust"] == 20 and raw["distillation"]["temperature"] == 4.0
     assert raw["flip_average"] is True and raw["distillation"]["teacher_flip_average"] is True
+    assert raw["zoom_views"] == [1.2]
     for precision in ("int8", "fp32"):
         model = ExpressionModel.load(built / "syn.onnx", precision=precision)
         probs = model.predict(list(synthetic.test.images))

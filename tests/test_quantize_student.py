@@ -1,9 +1,12 @@
-"""The student family: documented sizes, shapes at both input sizes, BatchNorm folding, and ONNX export parity."""
+"""The student family: documented sizes, shapes at both input sizes, BatchNorm folding, ONNX export parity, and
+the test-time views (mirror image, centre zoom) built into the exported graph."""
 
 from __future__ import annotations
 
+import logging
 import re
 
+import cv2
 import numpy as np
 import pytest
 
@@ -13,7 +16,8 @@ onnx = pytest.importorskip("onnx")
 from quantize import student as student_module  # noqa: E402
 from quantize.errors import QuantizeError  # noqa: E402
 from quantize.export import PARITY_ATOL, export_student  # noqa: E402
-from quantize.student import STUDENTS, build_student, count_parameters, fold_batchnorm  # noqa: E402
+from quantize.int8 import quantize_onnx  # noqa: E402
+from quantize.student import STUDENTS, build_student, count_parameters, fold_batchnorm, zoom_crop  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 # Ops the INT8 path handles well; BatchNormalization must be gone (folded) and nothing exotic may appear.
@@ -21,6 +25,8 @@ QUANTIZATION_FRIENDLY = {"Constant", "Conv", "Clip", "Relu", "Add", "GlobalAvera
                          "Reshape", "Gemm"}
 # Flip averaging adds the mirror (Slice), the doubled batch (Concat) and the split and mean of its halves.
 FLIP_AVERAGE_OPS = {"Slice", "Concat", "Shape", "Gather", "Unsqueeze", "Identity", "Mul"}
+# A zoom view adds the enlargement of the centre crop.
+ZOOM_VIEW_OPS = {"Resize"}
 
 
 def _with_bn_statistics(name: str, size: int = 48):
@@ -121,6 +127,52 @@ def test_flip_averaged_export_answers_the_mean_of_face_and_mirror(tmp_path, expo
     assert np.allclose(got, mirrored, atol=1e-5) and np.allclose(single, got[2:3], atol=1e-5)
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
     assert ops <= QUANTIZATION_FRIENDLY | FLIP_AVERAGE_OPS, ops - QUANTIZATION_FRIENDLY - FLIP_AVERAGE_OPS
+
+
+def _zoomed(faces: np.ndarray, first: int, side: int) -> np.ndarray:
+    """Each face's centre square enlarged back to full size with OpenCV (an independent bilinear resize)."""
+    size = faces.shape[-1]
+    return np.stack([cv2.resize(face[0, first:first + side, first:first + side], (size, size),
+                                interpolation=cv2.INTER_LINEAR)[None] for face in faces])
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_zoom_view_export_answers_the_mean_of_face_zoom_and_their_mirrors(tmp_path, exporter):
+    model, faces = _tells_left_from_right()
+    path = tmp_path / "xs.fp32.onnx"
+    report = export_student(model, path, faces, exporter, flip_average=True, zooms=(1.2,))
+    assert report.max_abs_diff < PARITY_ATOL
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["logits"], {"input": faces})[0]
+    assert zoom_crop(48, 1.2) == (4, 40)
+    views = [faces, _zoomed(faces, 4, 40)]
+    views += [np.ascontiguousarray(v[..., ::-1]) for v in views]
+    with torch.no_grad():
+        each = [model(torch.from_numpy(v)).numpy() for v in views]
+    assert np.allclose(got, np.mean(each, axis=0), atol=1e-3)
+    assert not np.allclose(got, (each[0] + each[2]) / 2, atol=1e-3), "the zoom view must count"
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    allowed = QUANTIZATION_FRIENDLY | FLIP_AVERAGE_OPS | ZOOM_VIEW_OPS
+    assert "Resize" in ops and ops <= allowed, ops - allowed
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "qoperator"])
+def test_zoom_view_quantizes_without_warnings_and_keeps_its_answers(tmp_path, caplog, fmt):
+    model, faces = _tells_left_from_right()
+    fp32, int8 = tmp_path / "xs.fp32.onnx", tmp_path / "xs.onnx"
+    export_student(model, fp32, faces, "dynamo", flip_average=True, zooms=(1.2,))
+    calibration = np.concatenate([faces] * 4)
+    with caplog.at_level(logging.WARNING):
+        quantize_onnx(fp32, int8, calibration, activations="uint8", fmt=fmt)
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    answers = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(["logits"], {"input": faces})[0]
+               for p in (fp32, int8)]
+    assert (answers[0].argmax(1) == answers[1].argmax(1)).all()
+
+
+@pytest.mark.parametrize("zoom", [1.0, 0.8, 2.5])
+def test_zoom_views_outside_one_to_two_are_refused(zoom):
+    with pytest.raises(QuantizeError, match=f"zoom view {zoom:g} must lie in"):
+        zoom_crop(48, zoom)
 
 
 def test_export_refuses_when_onnxruntime_disagrees(tmp_path, monkeypatch):
