@@ -36,7 +36,7 @@ import paho.mqtt.client as mqtt
 
 from edge.classifier import ExpressionModel
 from edge.locations import default_model
-from fer_frames import FER, FRAME, YUNET, balanced_sample, empty_frame, face_frame
+from fer_frames import FER, FRAME, SPLITS, YUNET, balanced_sample, empty_frame, face_frame
 
 FPS = 10.0
 
@@ -106,7 +106,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, help="expression .onnx with its card (default: the shipped one)")
     parser.add_argument("--precision", default="auto", choices=("auto", "int8", "fp32"))
-    parser.add_argument("--split", default="PublicTest", choices=("Training", "PublicTest"))
+    parser.add_argument("--split", default="PublicTest", choices=SPLITS)
     parser.add_argument("--per-class", type=int, default=30)
     parser.add_argument("--hold", type=int, default=15, help="frames each face stays in view (default 15 = 1.5 s)")
     parser.add_argument("--gap", type=int, default=10, help="empty frames after each face")
