@@ -25,6 +25,7 @@ import onnxruntime as ort
 from edge.classifier import ExpressionModel
 from edge.crop import crop_face
 from edge.faces import find_yunet, make_detector
+from quantize.evaluate import measure_latency
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -142,21 +143,10 @@ def main() -> int:
                 print(f"| {detector.name} | {count} | {r['found']:.0f} | {r['detect']:.2f} | {r['crop']:.2f} | "
                       f"{r['classify']:.2f} | {r['total']:.2f} | {1000 / r['total']:.0f} |", flush=True)
         face = detectors[0].detect(frames[1])[0]
-        alone = classify_alone(model, crop_face(frames[1], face, model.card), args.repeat)
+        alone = measure_latency(model.path, crop_face(frames[1], face, model.card), runs=args.repeat)["median"]
         print(f"\n# classify alone, one face, {args.repeat} calls in a row (warm caches, no detector between): "
               f"{alone:.3f} ms median")
     return 0
-
-
-def classify_alone(model: ExpressionModel, crop: np.ndarray, repeat: int) -> float:
-    """Median ms of predict() on one crop called back to back: the classify column minus cold caches."""
-    times = []
-    for i in range(WARMUP_FRAMES + repeat):
-        start = time.perf_counter()
-        model.predict([crop])
-        if i >= WARMUP_FRAMES:
-            times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from quantize.datasets import load_dataset, stratified_split
+from quantize.datasets import DEFAULT_VAL_FRACTION, load_dataset, stratified_split
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FER = SHARED / "data" / "fer2013" / "fer2013.csv.gz"
@@ -16,8 +16,8 @@ FRAME = (640, 480)
 FACE_SIDE = 160  # pixels the 48x48 face is enlarged to, before padding with its own border
 BACKGROUND = 120
 EDGE_GAP = 10  # pixels between a face placed left or right and the frame's border
-# The Training faces `quantize build` holds out to pick the epoch (--val-fraction 0.1, --seed 0): the shipped
-# student never trained on them, so they can choose settings without touching PublicTest.
+# The Training faces `quantize build` holds out to pick the epoch (its default --val-fraction and --seed 0):
+# the shipped student never trained on them, so they can choose settings without touching PublicTest.
 HOLDOUT = "Holdout"
 SPLITS = ("Training", HOLDOUT, "PublicTest")
 
@@ -25,7 +25,10 @@ SPLITS = ("Training", HOLDOUT, "PublicTest")
 def balanced_sample(split: str, per_class: int, seed: int, shuffle: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Up to `per_class` faces of each class of one split (a class with fewer gives all it has), grouped by
     class, or in random order with `shuffle`."""
-    faces = stratified_split(load_dataset(FER, "Training"), 0.1, 0)[1] if split == HOLDOUT else load_dataset(FER, split)
+    if split == HOLDOUT:
+        faces = stratified_split(load_dataset(FER, "Training"), DEFAULT_VAL_FRACTION, 0)[1]
+    else:
+        faces = load_dataset(FER, split)
     rng = np.random.default_rng(seed)
     chosen = np.concatenate([rng.permutation(np.flatnonzero(faces.labels == c))[:per_class] for c in range(7)])
     if shuffle:

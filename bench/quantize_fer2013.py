@@ -26,6 +26,7 @@ from quantize.build import BuildOptions, QuantizeOptions, build, default_cache_d
 from quantize.datasets import load_dataset
 from quantize.digest import file_sha256
 from quantize.distill import DistillConfig, teacher_logits
+from quantize.student import views_label
 from quantize.teachers import load_teacher, parse_teacher_arg
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -78,8 +79,8 @@ def print_table(card_path: Path, teacher_paths: list[str], data: Path) -> None:
     for name, params, mib, top1, ms in teacher_rows:
         rows.append((name, f"{params:,}" if params else "-", f"{mib:.1f} MiB", top1, f"{ms:.2f}"))
     params = f"{card['student']['params']:,}"
-    views = (["flip"] if card.get("flip_average") else []) + [f"zoom {z:g}" for z in card.get("zoom_views", [])]
-    in_graph = f" ({' + '.join(views)} in graph)" if views else ""
+    views = views_label(bool(card.get("flip_average")), card.get("zoom_views", []))
+    in_graph = f" ({views} in graph)" if views else ""
     for key, title in (("fp32", "FP32"), ("int8", "INT8 QDQ"), ("int8_qoperator", "INT8 QOperator")):
         rows.append((f"student {card['student']['arch']} {title}{in_graph}", params,
                      f"{metrics[key]['size_bytes'] / 1024:.0f} KiB", f"{metrics[key]['top1'] * 100:.2f}%",

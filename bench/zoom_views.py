@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from edge.model_card import card_path_for, load_card
-from quantize.datasets import load_dataset, stratified_split
+from quantize.datasets import DEFAULT_VAL_FRACTION, load_dataset, stratified_split
 from quantize.distill import resize_faces
 from quantize.evaluate import load_model, predict
 from quantize.student import zoom_crop
@@ -46,7 +46,7 @@ def main() -> int:
     parser.add_argument("--model", type=Path, required=True, help="FP32 or INT8 .onnx with its card")
     parser.add_argument("--data", type=Path, default=FER)
     parser.add_argument("--zooms", type=float, nargs="+", default=[1.05, 1.1, 1.15, 1.2])
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="as given to quantize build")
+    parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION, help="as given to quantize build")
     parser.add_argument("--seed", type=int, default=0, help="as given to quantize build")
     args = parser.parse_args()
     if not args.data.is_file():

@@ -31,7 +31,7 @@ from quantize.export import ExportReport, export_student
 from quantize.int8 import DEFAULT_MAX_DROP, calibration_faces, check_accuracy_drop, quantize_onnx
 from quantize.outputs import StagedOutputs
 from quantize.report import render_report, save_training_png
-from quantize.student import Student, zoom_crop
+from quantize.student import Student, views_label, zoom_crop
 from quantize.teachers import Teacher, load_teacher
 
 Log = Callable[[str], None]
@@ -110,9 +110,9 @@ def export_step(model: Student, meta: dict[str, Any], staging: StagedOutputs, na
                 zoom_views: tuple[float, ...] = ()) -> tuple[Path, ExportReport]:
     fp32 = staging.path(f"{name}.fp32.onnx")
     report = export_student(model, fp32, sample, exporter, flip_average, zoom_views)
-    views = (["flip-averaged"] if flip_average else []) + [f"zoom view {z:g}" for z in zoom_views]
+    views = views_label(flip_average, zoom_views)
     log(f"exported {fp32.name} with the {report.exporter} exporter, opset {report.opset}, "
-        f"max |onnxruntime - torch| {report.max_abs_diff:.1e}{''.join(', ' + v for v in views)}")
+        f"max |onnxruntime - torch| {report.max_abs_diff:.1e}{f', views: face + {views}' if views else ''}")
     write_card(fp32_card(meta, name, fp32, crop_margin, flip_average, zoom_views), staging.path(f"{name}.json"))
     return fp32, report
 

@@ -75,6 +75,10 @@ def load_dataset(path: Path, split: str, *, skip_corrupt: bool = False, cache: b
     return faces
 
 
+# The share of the training faces `quantize build` holds out to pick the epoch, unless told otherwise.
+DEFAULT_VAL_FRACTION = 0.1
+
+
 def stratified_split(faces: FaceSet, val_fraction: float, seed: int = 0) -> tuple[FaceSet, FaceSet]:
     """(train, val) with every class split in the same proportion, reproducibly for a seed."""
     if not 0.0 < val_fraction < 1.0:

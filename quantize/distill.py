@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from quantize.augment import Augmentation
-from quantize.datasets import FaceSet, stratified_split
+from quantize.datasets import DEFAULT_VAL_FRACTION, FaceSet, stratified_split
 from quantize.digest import faces_fingerprint
 from quantize.errors import QuantizeError
 from quantize.labels import CANONICAL_LABELS
@@ -67,7 +67,7 @@ class DistillConfig:
     alpha: float = 0.3  # weight of the hard-label loss; 1 - alpha goes to the teachers
     label_smoothing: float = 0.0
     class_balance: str = "sqrt"  # hard-loss class weights: none, sqrt (1/sqrt(count)) or inverse (1/count)
-    val_fraction: float = 0.1  # 0: no hold-out, the last epoch is kept
+    val_fraction: float = DEFAULT_VAL_FRACTION  # 0: no hold-out, the last epoch is kept
     patience: int = 0  # stop after this many epochs without a better validation top-1; 0 = never
     seed: int = 0
     augment: bool = True

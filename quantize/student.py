@@ -121,6 +121,11 @@ class ViewAveraged(nn.Module):
         return logits.reshape(len(views), n, -1).mean(0)
 
 
+def views_label(flip: bool, zooms: tuple[float, ...] | list[float]) -> str:
+    """The views besides the face, for logs and tables: "flip + zoom 1.2", or "" for the face alone."""
+    return " + ".join((["flip"] if flip else []) + [f"zoom {z:g}" for z in zooms])
+
+
 def zoom_crop(size: int, zoom: float) -> tuple[int, int]:
     """(first pixel, side) of the centred square that a zoom by `zoom` enlarges to `size`."""
     if not 1.0 < zoom <= 2.0:
