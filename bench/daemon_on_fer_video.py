@@ -33,10 +33,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import paho.mqtt.client as mqtt
+from fer_frames import FER, FRAME, SPLITS, YUNET, balanced_sample, empty_frame, face_frame
 
 from edge.classifier import ExpressionModel
 from edge.locations import default_model
-from fer_frames import FER, FRAME, SPLITS, YUNET, balanced_sample, empty_frame, face_frame
 
 FPS = 10.0
 
@@ -89,10 +89,27 @@ def collect_events(port: int, device: str) -> tuple[list[dict], mqtt.Client]:
 
 
 def run_daemon(video: Path, port: int, device: str, workdir: Path, model: Path, precision: str) -> float:
-    command = [sys.executable, "-m", "edge", "run", "--once", "--source", str(video),
-               "--broker", f"127.0.0.1:{port}", "--device-id", device,
-               "--set", f"spool.dir={workdir / 'spool'}", "--set", f"model.precision={precision}",
-               "--set", "stats.interval_s=3600", "--model", str(model)]
+    command = [
+        sys.executable,
+        "-m",
+        "edge",
+        "run",
+        "--once",
+        "--source",
+        str(video),
+        "--broker",
+        f"127.0.0.1:{port}",
+        "--device-id",
+        device,
+        "--set",
+        f"spool.dir={workdir / 'spool'}",
+        "--set",
+        f"model.precision={precision}",
+        "--set",
+        "stats.interval_s=3600",
+        "--model",
+        str(model),
+    ]
     if YUNET.exists():
         command += ["--set", "detector.kind=yunet", "--set", f"detector.yunet_model={YUNET}"]
     started = time.monotonic()
@@ -155,18 +172,24 @@ def main() -> None:
         if i in settled:
             row[2] += 1
             row[3] += settled[i] == label_names[label]
-    print(f"{len(faces)} {args.split} faces, {len(events)} events, model {', '.join(sorted(model_ids))}, "
-          f"`edge run --once` took {seconds:.1f} s for {len(faces) * period} frames")
+    print(
+        f"{len(faces)} {args.split} faces, {len(events)} events, model {', '.join(sorted(model_ids))}, "
+        f"`edge run --once` took {seconds:.1f} s for {len(faces) * period} frames"
+    )
     print(f"{'class':<9} {'shown':>6} {'entered':>8} {'settled':>8} {'recall':>7} {'of shown':>9}")
     totals = np.zeros(4, int)
     for name in label_names:
         shown, ent, sett, correct = per_class[name]
         totals += (shown, ent, sett, correct)
-        print(f"{name:<9} {shown:>6} {ent:>8} {sett:>8} {100 * correct / max(sett, 1):>6.1f}% "
-              f"{100 * correct / max(shown, 1):>8.1f}%")
+        print(
+            f"{name:<9} {shown:>6} {ent:>8} {sett:>8} {100 * correct / max(sett, 1):>6.1f}% "
+            f"{100 * correct / max(shown, 1):>8.1f}%"
+        )
     shown, ent, sett, correct = totals
-    print(f"{'all':<9} {shown:>6} {ent:>8} {sett:>8} {100 * correct / max(sett, 1):>6.1f}% "
-          f"{100 * correct / max(shown, 1):>8.1f}%")
+    print(
+        f"{'all':<9} {shown:>6} {ent:>8} {sett:>8} {100 * correct / max(sett, 1):>6.1f}% "
+        f"{100 * correct / max(shown, 1):>8.1f}%"
+    )
     probs = model.predict(list(faces))
     print(f"same faces fed to the model directly (48x48, FP32): {100 * (probs.argmax(1) == labels).mean():.1f}%")
 

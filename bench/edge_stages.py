@@ -47,6 +47,7 @@ def default_model() -> tuple[Path | None, str]:
 def tiny_model(folder: Path) -> Path:
     sys.path.insert(0, str(ROOT))  # tests/ is not an installed package
     from tests.tiny_model import write_tiny_model
+
     return write_tiny_model(folder, name="tiny-stand-in", variants=True)
 
 
@@ -62,8 +63,7 @@ def build_frames(photo: np.ndarray, yunet: Path) -> dict[int, np.ndarray]:
         scale = FACE_PX / w
         size = round(side * scale)
         matrix = np.array([[scale, 0, size / 2 - scale * cx], [0, scale, size / 2 - scale * cy]])
-        heads.append(cv2.warpAffine(photo, matrix, (size, size), flags=cv2.INTER_AREA,
-                                    borderMode=cv2.BORDER_REPLICATE))
+        heads.append(cv2.warpAffine(photo, matrix, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE))
     frames = {}
     for count in (1, 2, 3):
         frame = background.astype(np.float32)
@@ -73,7 +73,7 @@ def build_frames(photo: np.ndarray, yunet: Path) -> dict[int, np.ndarray]:
             mask = np.zeros((size, size), np.float32)
             cv2.ellipse(mask, (size // 2, size // 2), (int(size * 0.36), int(size * 0.46)), 0, 0, 360, 1.0, -1)
             mask = cv2.GaussianBlur(mask, (0, 0), size * 0.03)[..., None]
-            region = frame[top:top + size, left:left + size]
+            region = frame[top : top + size, left : left + size]
             region[:] = mask * head + (1 - mask) * region
         frames[count] = frame.astype(np.uint8)
     return frames
@@ -91,8 +91,12 @@ def run_config(detector, model: ExpressionModel, frame: np.ndarray, repeat: int)
         model.predict(crops)
         done = time.perf_counter()
         if i >= WARMUP_FRAMES:
-            for name, seconds in (("detect", detected - start), ("crop", cropped - detected),
-                                  ("classify", done - cropped), ("total", done - start)):
+            for name, seconds in (
+                ("detect", detected - start),
+                ("crop", cropped - detected),
+                ("classify", done - cropped),
+                ("total", done - start),
+            ):
                 stages[name].append(seconds * 1000)
             found.append(len(faces))
     result = {name: statistics.median(values) for name, values in stages.items()}
@@ -125,27 +129,40 @@ def main() -> int:
             shown = "tiny stand-in (no models/*.onnx with a card; built on the fly, timings of a toy model)"
         model = ExpressionModel.load(model_path, precision=args.precision, threads=1)
         frames = build_frames(cv2.imread(str(PHOTO)), yunet)
-        detectors = [make_detector("yunet", yunet_path=yunet, detect_width=args.detect_width),
-                     make_detector("haar", detect_width=args.detect_width)]
+        detectors = [
+            make_detector("yunet", yunet_path=yunet, detect_width=args.detect_width),
+            make_detector("haar", detect_width=args.detect_width),
+        ]
 
-        print(f"# edge vision stages: {FRAME_W}x{FRAME_H} BGR frames, 1 thread (OpenCV {cv2.__version__}, "
-              f"onnxruntime {ort.__version__}), {platform.machine()} {platform.processor() or ''}".rstrip())
-        print(f"# model: {shown} -> {model.model_id} {model.precision} "
-              f"{model.card.channels}x{model.card.height}x{model.card.width}")
-        print(f"# YuNet: {yunet.name}; detect width {args.detect_width}; {args.repeat} frames per row, "
-              f"median ms per frame")
+        print(
+            f"# edge vision stages: {FRAME_W}x{FRAME_H} BGR frames, 1 thread (OpenCV {cv2.__version__}, "
+            f"onnxruntime {ort.__version__}), {platform.machine()} {platform.processor() or ''}".rstrip()
+        )
+        print(
+            f"# model: {shown} -> {model.model_id} {model.precision} "
+            f"{model.card.channels}x{model.card.height}x{model.card.width}"
+        )
+        print(
+            f"# YuNet: {yunet.name}; detect width {args.detect_width}; {args.repeat} frames per row, "
+            f"median ms per frame"
+        )
         print()
         print("| detector | faces | found | detect ms | crop+align ms | classify ms | total ms | fps |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for detector in detectors:
             for count, frame in frames.items():
                 r = run_config(detector, model, frame, args.repeat)
-                print(f"| {detector.name} | {count} | {r['found']:.0f} | {r['detect']:.2f} | {r['crop']:.2f} | "
-                      f"{r['classify']:.2f} | {r['total']:.2f} | {1000 / r['total']:.0f} |", flush=True)
+                print(
+                    f"| {detector.name} | {count} | {r['found']:.0f} | {r['detect']:.2f} | {r['crop']:.2f} | "
+                    f"{r['classify']:.2f} | {r['total']:.2f} | {1000 / r['total']:.0f} |",
+                    flush=True,
+                )
         face = detectors[0].detect(frames[1])[0]
         alone = measure_latency(model.path, crop_face(frames[1], face, model.card), runs=args.repeat)["median"]
-        print(f"\n# classify alone, one face, {args.repeat} calls in a row (warm caches, no detector between): "
-              f"{alone:.3f} ms median")
+        print(
+            f"\n# classify alone, one face, {args.repeat} calls in a row (warm caches, no detector between): "
+            f"{alone:.3f} ms median"
+        )
     return 0
 
 

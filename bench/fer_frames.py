@@ -47,7 +47,6 @@ def face_frame(face: np.ndarray, place: str = "centre") -> np.ndarray:
     big = cv2.copyMakeBorder(big, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
     frame = np.full((FRAME[1], FRAME[0]), BACKGROUND, np.uint8)
     y = (FRAME[1] - big.shape[0]) // 2
-    x = {"centre": (FRAME[0] - big.shape[1]) // 2, "left": EDGE_GAP,
-         "right": FRAME[0] - big.shape[1] - EDGE_GAP}[place]
-    frame[y:y + big.shape[0], x:x + big.shape[1]] = big
+    x = {"centre": (FRAME[0] - big.shape[1]) // 2, "left": EDGE_GAP, "right": FRAME[0] - big.shape[1] - EDGE_GAP}[place]
+    frame[y : y + big.shape[0], x : x + big.shape[1]] = big
     return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)

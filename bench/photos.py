@@ -33,8 +33,16 @@ def annotate(image: np.ndarray, box: tuple[float, ...], text: str) -> None:
     x, y, w, h = (int(round(v)) for v in box)
     thickness = max(1, image.shape[1] // 800)
     cv2.rectangle(image, (x, y), (x + w, y + h), (0, 255, 0), thickness)
-    cv2.putText(image, text, (x, max(12, y - 4)), cv2.FONT_HERSHEY_SIMPLEX, max(0.4, w / 160), (0, 255, 0),
-                thickness, cv2.LINE_AA)
+    cv2.putText(
+        image,
+        text,
+        (x, max(12, y - 4)),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        max(0.4, w / 160),
+        (0, 255, 0),
+        thickness,
+        cv2.LINE_AA,
+    )
 
 
 def main() -> None:
@@ -42,8 +50,12 @@ def main() -> None:
     parser.add_argument("folder", type=Path, nargs="?", default=SHARED / "data" / "photos")
     parser.add_argument("--model", type=Path, help="expression model (default: the shipped one)")
     parser.add_argument("--precision", default="int8", choices=("auto", "int8", "fp32"))
-    parser.add_argument("--detect-width", type=int, default=1280,
-                        help="detector input width; group photos need more than the daemon's default 320")
+    parser.add_argument(
+        "--detect-width",
+        type=int,
+        default=1280,
+        help="detector input width; group photos need more than the daemon's default 320",
+    )
     args = parser.parse_args()
     photos = sorted(p for p in args.folder.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not photos:
@@ -54,8 +66,10 @@ def main() -> None:
     detector = make_detector("yunet" if yunet else "haar", yunet, detect_width=args.detect_width)
     analyzer = FrameAnalyzer(detector, model, StageTimer())
     OUT.mkdir(parents=True, exist_ok=True)
-    print(f"model {model.model_id} ({model.precision}), detector {'YuNet' if yunet else 'Haar'} "
-          f"at width {args.detect_width}; annotated copies in {OUT}")
+    print(
+        f"model {model.model_id} ({model.precision}), detector {'YuNet' if yunet else 'Haar'} "
+        f"at width {args.detect_width}; annotated copies in {OUT}"
+    )
     print(f"{'photo':<24} {'face':>4} {'box x,y,w,h':>20}  {'expression':<16} runner-up")
     for photo in photos:
         image = cv2.imread(str(photo))

@@ -20,17 +20,17 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from fer_frames import FER, HOLDOUT, SPLITS, YUNET, balanced_sample, face_frame
 
 from edge.analyzer import FrameAnalyzer
 from edge.classifier import ExpressionModel
 from edge.faces import make_detector
 from edge.locations import default_model
 from edge.stats import StageTimer
-from fer_frames import FER, HOLDOUT, SPLITS, YUNET, balanced_sample, face_frame
 
 
 def direct_top1(model: ExpressionModel, faces: np.ndarray, labels: np.ndarray) -> float:
-    probs = np.concatenate([model.predict(list(faces[i:i + 256])) for i in range(0, len(faces), 256)])
+    probs = np.concatenate([model.predict(list(faces[i : i + 256])) for i in range(0, len(faces), 256)])
     return float((probs.argmax(1) == labels).mean())
 
 
@@ -52,8 +52,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, help="expression model (default: the shipped one)")
     parser.add_argument("--precision", default="fp32", choices=("auto", "int8", "fp32"))
-    parser.add_argument("--split", default="PublicTest", choices=SPLITS,
-                        help=f"{HOLDOUT}: the Training faces the shipped student never trained on")
+    parser.add_argument(
+        "--split",
+        default="PublicTest",
+        choices=SPLITS,
+        help=f"{HOLDOUT}: the Training faces the shipped student never trained on",
+    )
     parser.add_argument("--faces", type=int, default=700, help="faces in all, balanced over the classes")
     parser.add_argument("--margins", type=float, nargs="*", help="crop margins to try (default: the card's)")
     parser.add_argument("--seed", type=int, default=0)
@@ -65,8 +69,10 @@ def main() -> None:
     model = ExpressionModel.load(args.model or default_model(), precision=args.precision, threads=1)
     faces, labels = balanced_sample(args.split, args.faces // 7, args.seed)
     detectors = {"yunet": make_detector("yunet", YUNET, [], detect_width=640), "haar": make_detector("haar")}
-    print(f"model {model.model_id} ({model.precision}), {len(faces)} {args.split} faces, "
-          f"direct 48x48 top-1 {100 * direct_top1(model, faces, labels):.1f}%")
+    print(
+        f"model {model.model_id} ({model.precision}), {len(faces)} {args.split} faces, "
+        f"direct 48x48 top-1 {100 * direct_top1(model, faces, labels):.1f}%"
+    )
     print(f"{'detector':<8} {'margin':>7} {'found':>7} {'top-1':>7}")
     original_card = model.card
     for margin in args.margins if args.margins else [original_card.crop_margin]:

@@ -56,8 +56,9 @@ def ensemble_top1(teacher_paths: list[str], data: Path, split: str) -> float:
     probs = 0
     for path in teacher_paths:
         teacher = load_teacher(path)
-        clean, mirror = teacher_logits(teacher, file_sha256(teacher.path), faces, default_cache_dir(),
-                                       log=lambda _: None)
+        clean, mirror = teacher_logits(
+            teacher, file_sha256(teacher.path), faces, default_cache_dir(), log=lambda _: None
+        )
         probs = probs + torch.softmax(torch.from_numpy((clean + mirror) / 2), dim=1).numpy()
     return float((probs.argmax(1) == faces.labels).mean())
 
@@ -68,26 +69,46 @@ def print_table(card_path: Path, teacher_paths: list[str], data: Path) -> None:
     rows = [("model", "params", "size", "top-1", "ms/face")]
     teacher_rows = []
     for record, path in zip(card["teachers"], teacher_paths):
-        teacher_rows.append((f"teacher {record['name']} ({record.get('arch') or record['backend']})",
-                             record.get("params") or 0, parse_teacher_arg(path)[0].stat().st_size / 2**20,
-                             f"{record['accuracy'] * 100:.2f}% (flip)", teacher_ms(path)))
+        teacher_rows.append(
+            (
+                f"teacher {record['name']} ({record.get('arch') or record['backend']})",
+                record.get("params") or 0,
+                parse_teacher_arg(path)[0].stat().st_size / 2**20,
+                f"{record['accuracy'] * 100:.2f}% (flip)",
+                teacher_ms(path),
+            )
+        )
     if len(teacher_paths) > 1:
         top1 = ensemble_top1(teacher_paths, data, metrics["eval_split"])
-        teacher_rows.append(("teacher ensemble (mean probability)", sum(r[1] for r in teacher_rows),
-                             sum(r[2] for r in teacher_rows), f"{top1 * 100:.2f}% (flip)",
-                             sum(r[4] for r in teacher_rows)))
+        teacher_rows.append(
+            (
+                "teacher ensemble (mean probability)",
+                sum(r[1] for r in teacher_rows),
+                sum(r[2] for r in teacher_rows),
+                f"{top1 * 100:.2f}% (flip)",
+                sum(r[4] for r in teacher_rows),
+            )
+        )
     for name, params, mib, top1, ms in teacher_rows:
         rows.append((name, f"{params:,}" if params else "-", f"{mib:.1f} MiB", top1, f"{ms:.2f}"))
     params = f"{card['student']['params']:,}"
     views = views_label(bool(card.get("flip_average")), card.get("zoom_views", []))
     in_graph = f" ({views} in graph)" if views else ""
     for key, title in (("fp32", "FP32"), ("int8", "INT8 QDQ"), ("int8_qoperator", "INT8 QOperator")):
-        rows.append((f"student {card['student']['arch']} {title}{in_graph}", params,
-                     f"{metrics[key]['size_bytes'] / 1024:.0f} KiB", f"{metrics[key]['top1'] * 100:.2f}%",
-                     f"{lat[key]['median']:.3f}"))
+        rows.append(
+            (
+                f"student {card['student']['arch']} {title}{in_graph}",
+                params,
+                f"{metrics[key]['size_bytes'] / 1024:.0f} KiB",
+                f"{metrics[key]['top1'] * 100:.2f}%",
+                f"{lat[key]['median']:.3f}",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    print(f"\n{card['name']} on {metrics['eval_split']} ({metrics['fp32']['faces']} faces), "
-          f"batch 1, 1 thread, {lat['machine']}, onnxruntime {lat['onnxruntime']}")
+    print(
+        f"\n{card['name']} on {metrics['eval_split']} ({metrics['fp32']['faces']} faces), "
+        f"batch 1, 1 thread, {lat['machine']}, onnxruntime {lat['onnxruntime']}"
+    )
     for i, row in enumerate(rows):
         print("  ".join(cell.ljust(w) if j == 0 else cell.rjust(w) for j, (cell, w) in enumerate(zip(row, widths))))
         if i == 0:
@@ -113,9 +134,15 @@ def main() -> int:
     if not args.table_only:
         if args.threads:
             torch.set_num_threads(args.threads)
-        opts = BuildOptions(data=args.data, teachers=teachers, out=out, device=args.device,
-                            distill=DistillConfig(student=args.student, epochs=args.epochs),
-                            quantize=QuantizeOptions(), progress=sys.stderr.isatty())
+        opts = BuildOptions(
+            data=args.data,
+            teachers=teachers,
+            out=out,
+            device=args.device,
+            distill=DistillConfig(student=args.student, epochs=args.epochs),
+            quantize=QuantizeOptions(),
+            progress=sys.stderr.isatty(),
+        )
         started = time.monotonic()
         build(opts, lambda m: print(m, file=sys.stderr, flush=True))
         print(f"build took {(time.monotonic() - started) / 60:.1f} min", file=sys.stderr)

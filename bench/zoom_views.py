@@ -32,8 +32,12 @@ FER = ROOT.parent / "shared" / "data" / "fer2013" / "fer2013.csv.gz"
 def zoomed(faces: np.ndarray, zoom: float) -> np.ndarray:
     size = faces.shape[-1]
     first, side = zoom_crop(size, zoom)
-    return np.stack([cv2.resize(face[first:first + side, first:first + side], (size, size),
-                                interpolation=cv2.INTER_LINEAR) for face in faces])
+    return np.stack(
+        [
+            cv2.resize(face[first : first + side, first : first + side], (size, size), interpolation=cv2.INTER_LINEAR)
+            for face in faces
+        ]
+    )
 
 
 def log_probs(model, faces: np.ndarray, zooms: list[float]) -> dict[float, np.ndarray]:
@@ -54,8 +58,10 @@ def main() -> int:
         return 2
     card = load_card(card_path_for(args.model))
     if card.raw.get("zoom_views"):
-        print(f"{args.model} already has zoom views {card.raw['zoom_views']} in its graph; give one without",
-              file=sys.stderr)
+        print(
+            f"{args.model} already has zoom views {card.raw['zoom_views']} in its graph; give one without",
+            file=sys.stderr,
+        )
         return 2
     model = load_model(args.model, threads=2)
     _, val = stratified_split(load_dataset(args.data, "train"), args.val_fraction, args.seed)
@@ -68,8 +74,10 @@ def main() -> int:
     rows = [("face", [1.0])] + [(f"zoom {z:g}", [z]) for z in args.zooms]
     rows += [(f"face + zoom {z:g}", [1.0, z]) for z in args.zooms]
     flip = " (each view also mirrored)" if card.raw.get("flip_average") else ""
-    print(f"{card.name} ({args.model.name}){flip}: top-1 by views; validation = {args.val_fraction:g} of "
-          f"Training (seed {args.seed}, {len(val)} faces), test = {test.split} ({len(test)} faces)")
+    print(
+        f"{card.name} ({args.model.name}){flip}: top-1 by views; validation = {args.val_fraction:g} of "
+        f"Training (seed {args.seed}, {len(val)} faces), test = {test.split} ({len(test)} faces)"
+    )
     print("\n| views | validation top-1 | test top-1 |\n|---|---:|---:|")
     for title, zooms in rows:
         cells = []

@@ -53,4 +53,3 @@ def is_usable_frame(image: object) -> bool:
         and image.shape[0] >= 8
         and image.shape[1] >= 8
     )
-

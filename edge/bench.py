@@ -42,9 +42,11 @@ def run_bench(config: Config, frames: int) -> int:
     if not measured:
         print(f"no usable frames from {source.description} (need more than {WARMUP_FRAMES})")
         return 1
-    print(f"source {source.description} ({size[1]}x{size[0]}), detector {detector.name}, "
-          f"model {model.model_id} ({model.precision}, {config.model.threads} threads), "
-          f"{len(measured)} frames, {np.mean(faces[WARMUP_FRAMES:]):.1f} faces/frame")
+    print(
+        f"source {source.description} ({size[1]}x{size[0]}), detector {detector.name}, "
+        f"model {model.model_id} ({model.precision}, {config.model.threads} threads), "
+        f"{len(measured)} frames, {np.mean(faces[WARMUP_FRAMES:]):.1f} faces/frame"
+    )
     print(f"{'stage':<10} {'mean ms':>8}")
     for stage, ms in timer.stage_ms().items():
         print(f"{stage:<10} {ms:>8.2f}")

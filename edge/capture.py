@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -33,8 +33,13 @@ class Frame:
 class FrameGrabber:
     """Capture thread plus handoff slot. `get()` returns None on timeout or once `finished`."""
 
-    def __init__(self, open_fn: Callable[[], FrameSource], realtime: bool = False,
-                 reconnect_initial_s: float = 1.0, reconnect_max_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        open_fn: Callable[[], FrameSource],
+        realtime: bool = False,
+        reconnect_initial_s: float = 1.0,
+        reconnect_max_s: float = 30.0,
+    ) -> None:
         self._open_fn = open_fn
         self._realtime = realtime
         self._initial_s = reconnect_initial_s
@@ -93,8 +98,9 @@ class FrameGrabber:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(STOP_JOIN_S)
             if self._thread.is_alive():
-                logger.warning("%s did not stop within %.0f s; leaving its thread behind",
-                               self.description, STOP_JOIN_S)
+                logger.warning(
+                    "%s did not stop within %.0f s; leaving its thread behind", self.description, STOP_JOIN_S
+                )
         with self._cond:
             self._slot = None  # a stopped grabber hands out nothing more
 
@@ -144,11 +150,15 @@ class FrameGrabber:
                     image = source.read()
                 except Exception as exc:
                     if not source.live:
-                        logger.error("%s failed (%s); stopping at frame %d", source.description, exc,
-                                     self._next_index)
+                        logger.error("%s failed (%s); stopping at frame %d", source.description, exc, self._next_index)
                         break
-                    logger.warning("lost %s (%s); reconnecting with back-off %g..%g s",
-                                   source.description, exc, self._initial_s, self._max_s)
+                    logger.warning(
+                        "lost %s (%s); reconnecting with back-off %g..%g s",
+                        source.description,
+                        exc,
+                        self._initial_s,
+                        self._max_s,
+                    )
                     self._detach()
                     continue
                 if image is None:
@@ -197,8 +207,12 @@ class FrameGrabber:
             self._attach(source)
             if was_connected:
                 self.reconnects += 1
-                logger.info("reconnected to %s after %.0f s (%d attempts)", source.description,
-                            time.monotonic() - since, attempts)
+                logger.info(
+                    "reconnected to %s after %.0f s (%d attempts)",
+                    source.description,
+                    time.monotonic() - since,
+                    attempts,
+                )
             else:
                 logger.info("reading %s (available after %d attempts)", source.description, attempts)
             return True
@@ -222,4 +236,3 @@ class _Pacer:
         stopped = stop.wait(max(0.0, self._due - now))
         self._due += self._period
         return not stopped
-

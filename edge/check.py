@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from edge.config import Config
 from edge.errors import UserError
@@ -36,8 +36,10 @@ def run_check(config: Config) -> int:
     def model() -> str:
         holder["model"] = m = load_model(config)
         c = m.card
-        return (f"{m.model_id} at {m.path} ({m.precision}, {len(m.labels)} labels, "
-                f"input {c.channels}x{c.height}x{c.width} {c.color})")
+        return (
+            f"{m.model_id} at {m.path} ({m.precision}, {len(m.labels)} labels, "
+            f"input {c.channels}x{c.height}x{c.width} {c.color})"
+        )
 
     if step("model", model):
         step("detector", lambda: build_detector(config, holder["model"]).name)
@@ -60,8 +62,10 @@ def _read_one_frame(config: Config) -> str:
     source.close()
     image = got.get("image")
     if image is None:
-        raise UserError(f"{source.description} opened but gave no frame within {SOURCE_TIMEOUT_S:.0f} s; "
-                        f"check the camera cable or the stream")
+        raise UserError(
+            f"{source.description} opened but gave no frame within {SOURCE_TIMEOUT_S:.0f} s; "
+            f"check the camera cable or the stream"
+        )
     return f"{source.description}: {image.shape[1]}x{image.shape[0]} frame read"
 
 
@@ -89,8 +93,10 @@ def probe_broker(settings: MqttSettings) -> str:
     client.loop_start()
     try:
         if not connected.wait(BROKER_TIMEOUT_S):
-            raise UserError(f"broker {settings.broker} did not answer within {BROKER_TIMEOUT_S:.0f} s; "
-                            f"check mqtt.host, mqtt.port and mqtt.tls")
+            raise UserError(
+                f"broker {settings.broker} did not answer within {BROKER_TIMEOUT_S:.0f} s; "
+                f"check mqtt.host, mqtt.port and mqtt.tls"
+            )
         reason = outcome["reason"]
         if reason.is_failure:
             raise refused_error(settings, reason)

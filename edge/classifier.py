@@ -58,8 +58,7 @@ def _expected_sha256(path: Path, precision: str | None, card: ModelCard, card_pa
 class ExpressionModel:
     """Use `ExpressionModel.load(path)`; `predict(crops)` returns (N, len(labels)) float32 probabilities."""
 
-    def __init__(self, session: ort.InferenceSession, card: ModelCard, path: Path, precision: str,
-                 sha256: str) -> None:
+    def __init__(self, session: ort.InferenceSession, card: ModelCard, path: Path, precision: str, sha256: str) -> None:
         self._session = session
         self._input_name = session.get_inputs()[0].name
         self._one_at_a_time = session.get_inputs()[0].shape[0] == 1
@@ -79,8 +78,10 @@ class ExpressionModel:
             raise ModelError(f"model precision {precision!r} is unknown; use {', '.join(PRECISIONS)}")
         path = Path(path).expanduser()
         if not path.is_file():
-            raise ModelError(f"expression model {path} not found; fix the model path, or build one with "
-                             f"`quantize build` (it writes the .onnx and its .json card)")
+            raise ModelError(
+                f"expression model {path} not found; fix the model path, or build one with "
+                f"`quantize build` (it writes the .onnx and its .json card)"
+            )
         card_path = card_path_for(path)
         card = load_card(card_path)
         variants = {p: f for p, f in _variant_files(card, card_path).items() if p in ("int8", "fp32")}
@@ -90,34 +91,46 @@ class ExpressionModel:
             candidates = present if len(present) == 2 else {given or card.precision or "unknown": path}
             for p, f in variants.items():
                 if p not in present:
-                    logger.warning("model card %s lists %s variant %s but the file is missing; not timing it",
-                                   card_path, p, f)
+                    logger.warning(
+                        "model card %s lists %s variant %s but the file is missing; not timing it", card_path, p, f
+                    )
         elif precision in variants:
             candidates = {precision: variants[precision]}
             if not variants[precision].is_file():
-                raise ModelError(f"{precision} variant {variants[precision]} named by card {card_path} not "
-                                 f"found; restore it or set the model precision to auto")
+                raise ModelError(
+                    f"{precision} variant {variants[precision]} named by card {card_path} not "
+                    f"found; restore it or set the model precision to auto"
+                )
         elif given == precision:
             candidates = {precision: path}
         else:
-            raise ModelError(f"model {path} is {given or 'of unknown precision'} and its card {card_path} has "
-                             f"no {precision} variant; set the model precision to auto or build an {precision} "
-                             f"model with `quantize build`")
+            raise ModelError(
+                f"model {path} is {given or 'of unknown precision'} and its card {card_path} has "
+                f"no {precision} variant; set the model precision to auto or build an {precision} "
+                f"model with `quantize build`"
+            )
         models = [cls._open(f, p, card, card_path, threads) for p, f in candidates.items()]
         if len(models) == 1:
             chosen = models[0]
         else:
             timings = _median_run_ms(models)
             chosen = min(models, key=lambda m: timings[m.precision])
-            logger.info("model precision auto: %s -> %s",
-                        ", ".join(f"{p} {ms:.2f} ms" for p, ms in timings.items()), chosen.precision)
-        logger.info("expression model %s (%s, %s) from %s", chosen.model_id, chosen.precision,
-                    "x".join(map(str, (card.channels, card.height, card.width))), chosen.path)
+            logger.info(
+                "model precision auto: %s -> %s",
+                ", ".join(f"{p} {ms:.2f} ms" for p, ms in timings.items()),
+                chosen.precision,
+            )
+        logger.info(
+            "expression model %s (%s, %s) from %s",
+            chosen.model_id,
+            chosen.precision,
+            "x".join(map(str, (card.channels, card.height, card.width))),
+            chosen.path,
+        )
         return chosen
 
     @classmethod
-    def _open(cls, path: Path, precision: str, card: ModelCard, card_path: Path, threads: int
-              ) -> ExpressionModel:
+    def _open(cls, path: Path, precision: str, card: ModelCard, card_path: Path, threads: int) -> ExpressionModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -132,19 +145,23 @@ class ExpressionModel:
         sha256 = file_sha256(path)
         expected = _expected_sha256(path, precision, card, card_path)
         if expected and expected.lower() != sha256:
-            raise ModelError(f"{path} has sha256 {sha256[:12]}... but card {card_path} says {expected[:12]}...; "
-                             f"the file was changed or swapped - {REBUILD_HINT}")
+            raise ModelError(
+                f"{path} has sha256 {sha256[:12]}... but card {card_path} says {expected[:12]}...; "
+                f"the file was changed or swapped - {REBUILD_HINT}"
+            )
         _check_io(session, card, path, card_path)
         model = cls(session, card, path, precision, sha256)
         probe = model._run(np.zeros((1, card.channels, card.height, card.width), np.float32))
         if probe.shape != (1, len(card.labels)):
-            raise ModelError(f"{path} outputs shape {list(probe.shape)} for one face but card {card_path} has "
-                             f"{len(card.labels)} labels; {REBUILD_HINT}")
+            raise ModelError(
+                f"{path} outputs shape {list(probe.shape)} for one face but card {card_path} has "
+                f"{len(card.labels)} labels; {REBUILD_HINT}"
+            )
         return model
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         if self._one_at_a_time and len(batch) > 1:
-            return np.concatenate([self._run(batch[i:i + 1]) for i in range(len(batch))])
+            return np.concatenate([self._run(batch[i : i + 1]) for i in range(len(batch))])
         outputs = self._session.run(None, {self._input_name: batch})[0]
         return np.asarray(outputs, dtype=np.float32).reshape(len(batch), -1)
 
@@ -159,8 +176,9 @@ class ExpressionModel:
                 crop = cv2.cvtColor(crop, cv2.COLOR_GRAY2RGB)
             if crop.shape[:2] != (card.height, card.width):
                 shrinking = crop.shape[0] > card.height or crop.shape[1] > card.width
-                crop = cv2.resize(crop, (card.width, card.height),
-                                  interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+                crop = cv2.resize(
+                    crop, (card.width, card.height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+                )
             planes.append(crop.reshape(card.height, card.width, -1))
         batch = np.stack(planes).transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
         return np.ascontiguousarray((batch - self._mean) / self._std)
@@ -177,23 +195,30 @@ def _check_io(session: ort.InferenceSession, card: ModelCard, path: Path, card_p
     """The card must describe the model's real input and output."""
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1 or len(outputs) < 1:
-        raise ModelError(f"{path} has {len(inputs)} inputs and {len(outputs)} outputs; an expression model "
-                         f"takes one image batch and returns scores - {REBUILD_HINT}")
+        raise ModelError(
+            f"{path} has {len(inputs)} inputs and {len(outputs)} outputs; an expression model "
+            f"takes one image batch and returns scores - {REBUILD_HINT}"
+        )
     shape, kind = inputs[0].shape, inputs[0].type
     if kind != "tensor(float)":
-        raise ModelError(f"{path} takes {kind} but the daemon feeds float32 images; export the model with a "
-                         f"float input (int8 models quantize inside the graph)")
+        raise ModelError(
+            f"{path} takes {kind} but the daemon feeds float32 images; export the model with a "
+            f"float input (int8 models quantize inside the graph)"
+        )
     expected = [card.channels, card.height, card.width]
     if len(shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(shape[1:], expected)):
-        raise ModelError(f"{path} takes input {shape} but card {card_path} says [N, {', '.join(map(str, expected))}]"
-                         f"; use the card built with this model ({REBUILD_HINT})")
+        raise ModelError(
+            f"{path} takes input {shape} but card {card_path} says [N, {', '.join(map(str, expected))}]"
+            f"; use the card built with this model ({REBUILD_HINT})"
+        )
     if isinstance(shape[0], int) and shape[0] != 1:
-        raise ModelError(f"{path} has its batch size fixed to {shape[0]}; export it with a dynamic batch "
-                         f"or batch 1")
+        raise ModelError(f"{path} has its batch size fixed to {shape[0]}; export it with a dynamic batch or batch 1")
     out_shape = outputs[0].shape
     if out_shape and isinstance(out_shape[-1], int) and out_shape[-1] != len(card.labels):
-        raise ModelError(f"{path} outputs {out_shape[-1]} scores but card {card_path} has {len(card.labels)} "
-                         f"labels; use the card built with this model ({REBUILD_HINT})")
+        raise ModelError(
+            f"{path} outputs {out_shape[-1]} scores but card {card_path} has {len(card.labels)} "
+            f"labels; use the card built with this model ({REBUILD_HINT})"
+        )
 
 
 def _median_run_ms(models: list[ExpressionModel]) -> dict[str, float]:

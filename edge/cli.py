@@ -6,8 +6,9 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from edge import __version__
 from edge.config import Config, load_config, parse_set_option
@@ -19,10 +20,15 @@ DEFAULT_CONFIG_PATHS = (Path("/etc/edge-mood/config.toml"),)
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-c", "--config", type=Path,
-                        help="TOML config file (default: $EDGE_MOOD_CONFIG, else /etc/edge-mood/config.toml if present)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one config key; repeatable")
+    parser.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        help="TOML config file (default: $EDGE_MOOD_CONFIG, else /etc/edge-mood/config.toml if present)",
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one config key; repeatable"
+    )
     parser.add_argument("--source", help="frame source (same as --set source.uri=...)")
     parser.add_argument("--model", help="expression model .onnx (same as --set model.path=...)")
     parser.add_argument("--broker", metavar="HOST[:PORT]", help="MQTT broker (same as mqtt.host / mqtt.port)")
@@ -31,14 +37,17 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge", description="Room mood daemon: camera -> faces -> expressions -> MQTT.")
+    parser = argparse.ArgumentParser(
+        prog="edge", description="Room mood daemon: camera -> faces -> expressions -> MQTT."
+    )
     parser.add_argument("--version", action="version", version=f"edge-mood {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the daemon")
     _add_config_arguments(run)
-    run.add_argument("--once", action="store_true",
-                     help="exit when a file or folder source ends, after the broker took every event")
+    run.add_argument(
+        "--once", action="store_true", help="exit when a file or folder source ends, after the broker took every event"
+    )
 
     check = commands.add_parser("check", help="validate config, model, source and broker, then print a report")
     _add_config_arguments(check)

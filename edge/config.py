@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from edge.errors import ConfigError
 
@@ -55,7 +56,11 @@ def _port(x: int) -> bool:
 
 SCHEMA: dict[str, dict[str, Key]] = {
     "source": {
-        "uri": Key(str, "picamera", "picamera, a camera index or /dev/videoN, a video file, rtsp:// or http:// URL, an image folder or glob"),
+        "uri": Key(
+            str,
+            "picamera",
+            "picamera, a camera index or /dev/videoN, a video file, rtsp:// or http:// URL, an image folder or glob",
+        ),
         "width": Key(int, 640, "a positive number of pixels", _positive),
         "height": Key(int, 480, "a positive number of pixels", _positive),
         "fps": Key(float, 15.0, "a positive number", _positive),
@@ -88,9 +93,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "host": Key(str, "localhost", "a host name or address"),
         "port": Key(int, 1883, "a port number 1-65535", _port),
         "protocol": Key(str, "5", choices=("5", "3.1.1")),
-        "prefix": Key(str, "edge-mood", "a topic prefix without wildcards", lambda s: bool(s) and not set("+#") & set(s)),
-        "device_id": Key(str, "", "letters, digits, - and _ (empty: the host name)",
-                         lambda s: all(c.isalnum() or c in "-_" for c in s)),
+        "prefix": Key(
+            str, "edge-mood", "a topic prefix without wildcards", lambda s: bool(s) and not set("+#") & set(s)
+        ),
+        "device_id": Key(
+            str,
+            "",
+            "letters, digits, - and _ (empty: the host name)",
+            lambda s: all(c.isalnum() or c in "-_" for c in s),
+        ),
         "username": Key(str, ""),
         "password_file": Key(str, "", "a path to a file holding only the password"),
         "tls": Key(bool, False, "true or false"),
@@ -171,8 +182,10 @@ class Config:
             try:
                 return path.read_text(encoding="utf-8").strip()
             except OSError as exc:
-                raise ConfigError(f"mqtt.password_file = {str(path)!r} cannot be read ({exc.strerror}); "
-                                  f"point it at a readable file holding only the password") from None
+                raise ConfigError(
+                    f"mqtt.password_file = {str(path)!r} cannot be read ({exc.strerror}); "
+                    f"point it at a readable file holding only the password"
+                ) from None
         return self._environ.get(PASSWORD_ENV) or None
 
 
@@ -217,7 +230,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found; copy edge/config.example.toml there or pass --config") from None
+        raise ConfigError(
+            f"config file {path} not found; copy edge/config.example.toml there or pass --config"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"config file {path} cannot be read ({exc.strerror}); check its permissions") from None
     except tomllib.TOMLDecodeError as exc:
@@ -236,15 +251,16 @@ def load_config(
         data = _read_toml(path)
         for section, table in data.items():
             if section not in SCHEMA:
-                raise ConfigError(f"config section [{section}] in {path} is unknown; "
-                                  f"known sections: {', '.join(SCHEMA)}")
+                raise ConfigError(
+                    f"config section [{section}] in {path} is unknown; known sections: {', '.join(SCHEMA)}"
+                )
             if not isinstance(table, dict):
                 raise ConfigError(f"config [{section}] in {path} must be a table of keys")
             layers += [(section, key, value) for key, value in table.items()]
     env = os.environ if environ is None else environ
     for name, value in env.items():
         if name.startswith(ENV_PREFIX) and name != PASSWORD_ENV:
-            layers.append(_env_key(name[len(ENV_PREFIX):], value))
+            layers.append(_env_key(name[len(ENV_PREFIX) :], value))
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
         layers.append((section, key, value))
@@ -252,8 +268,9 @@ def load_config(
         if section not in SCHEMA:
             raise ConfigError(f"config section {section!r} is unknown; known sections: {', '.join(SCHEMA)}")
         if key not in SCHEMA[section]:
-            raise ConfigError(f"config key {section}.{key} is unknown; "
-                              f"keys of [{section}]: {', '.join(SCHEMA[section])}")
+            raise ConfigError(
+                f"config key {section}.{key} is unknown; keys of [{section}]: {', '.join(SCHEMA[section])}"
+            )
         values[section][key] = _coerce(section, key, SCHEMA[section][key], value)
     if values["mqtt"]["password_file"] and env.get(PASSWORD_ENV):
         raise ConfigError(f"both mqtt.password_file and ${PASSWORD_ENV} are set; keep one of them")

@@ -60,8 +60,7 @@ def crop_face(image: np.ndarray, face: Face, card: ModelCard) -> np.ndarray:
     # Pixel indices sit half a pixel from continuous coordinates on both sides of the map.
     offset = offset + linear @ np.array([0.5, 0.5]) - 0.5
     matrix = np.hstack([linear, offset[:, None]])
-    crop = cv2.warpAffine(region, matrix, (out_w, out_h), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_REPLICATE)
+    crop = cv2.warpAffine(region, matrix, (out_w, out_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return _to_card_color(crop, card.color)
 
 

@@ -23,8 +23,9 @@ def ha_slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "edge_mood"
 
 
-def discovery_messages(topics: Topics, *, discovery_prefix: str = "homeassistant",
-                       labels: Sequence[str] = (), model: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+def discovery_messages(
+    topics: Topics, *, discovery_prefix: str = "homeassistant", labels: Sequence[str] = (), model: str | None = None
+) -> list[tuple[str, dict[str, Any]]]:
     """(topic, config) pairs to publish retained on every connect.
 
     `labels` (the model's expressions) turns the mood sensor into an enum sensor, so automations can
@@ -58,7 +59,7 @@ def discovery_messages(topics: Topics, *, discovery_prefix: str = "homeassistant
         "icon": "mdi:emoticon-outline",
         "value_template": f"{{{{ value_json.mood if value_json.mood else '{NO_MOOD}' }}}}",
         "json_attributes_template": "{{ {'mood_confidence': value_json.mood_confidence, "
-                                    "'counts': value_json.counts, 'face_count': value_json.face_count} | tojson }}",
+        "'counts': value_json.counts, 'face_count': value_json.face_count} | tojson }}",
     }
     if labels:
         mood["device_class"] = "enum"

@@ -52,8 +52,9 @@ def _downscale(image: np.ndarray, detect_width: int) -> tuple[np.ndarray, float]
     return cv2.resize(image, (detect_width, height), interpolation=cv2.INTER_AREA), scale
 
 
-def _clipped_box(x: float, y: float, w: float, h: float, frame_w: int, frame_h: int
-                 ) -> tuple[float, float, float, float]:
+def _clipped_box(
+    x: float, y: float, w: float, h: float, frame_w: int, frame_h: int
+) -> tuple[float, float, float, float]:
     x0, y0 = min(max(x, 0.0), frame_w), min(max(y, 0.0), frame_h)
     x1, y1 = min(max(x + w, 0.0), frame_w), min(max(y + h, 0.0), frame_h)
     return x0, y0, x1 - x0, y1 - y0
@@ -62,14 +63,18 @@ def _clipped_box(x: float, y: float, w: float, h: float, frame_w: int, frame_h: 
 class YuNetDetector:
     name = "yunet"
 
-    def __init__(self, model_path: Path, detect_width: int = 320, score_threshold: float = 0.7,
-                 min_face_px: int = 24) -> None:
+    def __init__(
+        self, model_path: Path, detect_width: int = 320, score_threshold: float = 0.7, min_face_px: int = 24
+    ) -> None:
         try:
-            self._net = cv2.FaceDetectorYN.create(str(model_path), "", (detect_width, detect_width),
-                                                  score_threshold, YUNET_NMS_THRESHOLD, YUNET_TOP_K)
+            self._net = cv2.FaceDetectorYN.create(
+                str(model_path), "", (detect_width, detect_width), score_threshold, YUNET_NMS_THRESHOLD, YUNET_TOP_K
+            )
         except cv2.error:
-            raise ModelError(f"YuNet model {model_path} is not a valid ONNX model (corrupt or truncated "
-                             f"download); delete it and re-run the installer, which fetches it again") from None
+            raise ModelError(
+                f"YuNet model {model_path} is not a valid ONNX model (corrupt or truncated "
+                f"download); delete it and re-run the installer, which fetches it again"
+            ) from None
         self._input_size = (detect_width, detect_width)
         self.model_path = model_path
         self.detect_width = detect_width
@@ -92,8 +97,13 @@ class YuNetDetector:
             x, y, w, h = (float(v) / scale for v in row[:4])
             if max(w, h) < self.min_face_px:
                 continue
-            faces.append(Face(box=_clipped_box(x, y, w, h, frame_w, frame_h), score=float(row[14]),
-                              landmarks=(row[4:14] / np.float32(scale)).reshape(5, 2)))
+            faces.append(
+                Face(
+                    box=_clipped_box(x, y, w, h, frame_w, frame_h),
+                    score=float(row[14]),
+                    landmarks=(row[4:14] / np.float32(scale)).reshape(5, 2),
+                )
+            )
         return faces
 
 
@@ -105,8 +115,10 @@ class HaarDetector:
     def __init__(self, detect_width: int = 320, min_face_px: int = 24) -> None:
         self._cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / HAAR_FILE))
         if self._cascade.empty():
-            raise ModelError(f"Haar cascade {HAAR_FILE} is missing from this OpenCV install; "
-                             f"reinstall opencv-python-headless (version 4.x) or use the YuNet detector")
+            raise ModelError(
+                f"Haar cascade {HAAR_FILE} is missing from this OpenCV install; "
+                f"reinstall opencv-python-headless (version 4.x) or use the YuNet detector"
+            )
         self.detect_width = detect_width
         self.min_face_px = min_face_px
 
@@ -115,11 +127,13 @@ class HaarDetector:
         grey = small if small.ndim == 2 else cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
         grey = cv2.equalizeHist(grey)  # the cascade is sensitive to contrast; this is its usual companion
         min_side = max(HAAR_WINDOW_PX, round(self.min_face_px * scale))
-        rects = self._cascade.detectMultiScale(grey, HAAR_SCALE_FACTOR, HAAR_MIN_NEIGHBORS,
-                                               minSize=(min_side, min_side))
+        rects = self._cascade.detectMultiScale(
+            grey, HAAR_SCALE_FACTOR, HAAR_MIN_NEIGHBORS, minSize=(min_side, min_side)
+        )
         frame_h, frame_w = image.shape[:2]
-        return [Face(box=_clipped_box(*(float(v) / scale for v in rect), frame_w, frame_h), score=1.0)
-                for rect in rects]
+        return [
+            Face(box=_clipped_box(*(float(v) / scale for v in rect), frame_w, frame_h), score=1.0) for rect in rects
+        ]
 
 
 def find_yunet(search_dirs: list[Path]) -> Path | None:
@@ -131,8 +145,14 @@ def find_yunet(search_dirs: list[Path]) -> Path | None:
     return None
 
 
-def make_detector(kind: str = "auto", yunet_path: Path | None = None, search_dirs: list[Path] | None = None,
-                  detect_width: int = 320, score_threshold: float = 0.7, min_face_px: int = 24) -> Detector:
+def make_detector(
+    kind: str = "auto",
+    yunet_path: Path | None = None,
+    search_dirs: list[Path] | None = None,
+    detect_width: int = 320,
+    score_threshold: float = 0.7,
+    min_face_px: int = 24,
+) -> Detector:
     """YuNet if kind is "yunet", or "auto" and a model is given or found in search_dirs; Haar otherwise."""
     if kind not in ("auto", "yunet", "haar"):
         raise ConfigError(f"detector kind {kind!r} is unknown; use auto, yunet or haar")
@@ -144,19 +164,26 @@ def make_detector(kind: str = "auto", yunet_path: Path | None = None, search_dir
         if yunet_path is not None:
             path = Path(yunet_path).expanduser()
             if not path.is_file():
-                raise ModelError(f"YuNet model {path} not found; fix the path or re-run the installer, "
-                                 f"which fetches face_detection_yunet_2023mar.onnx")
+                raise ModelError(
+                    f"YuNet model {path} not found; fix the path or re-run the installer, "
+                    f"which fetches face_detection_yunet_2023mar.onnx"
+                )
         else:
             path = find_yunet(search_dirs)
             if path is None and kind == "yunet":
                 where = ", ".join(str(d) for d in search_dirs) or "no folders given"
-                raise ModelError(f"no YuNet model ({YUNET_GLOB}) found in {where}; give its path or re-run "
-                                 f"the installer, which fetches face_detection_yunet_2023mar.onnx")
+                raise ModelError(
+                    f"no YuNet model ({YUNET_GLOB}) found in {where}; give its path or re-run "
+                    f"the installer, which fetches face_detection_yunet_2023mar.onnx"
+                )
     if path is not None:
         detector: Detector = YuNetDetector(path, detect_width, score_threshold, min_face_px)
         logger.info("face detector: YuNet %s at %d px width", path, detect_width)
     else:
         detector = HaarDetector(detect_width, min_face_px)
-        logger.info("face detector: Haar cascade at %d px width (no YuNet model found%s)", detect_width,
-                    f" in {', '.join(map(str, search_dirs))}" if search_dirs else "")
+        logger.info(
+            "face detector: Haar cascade at %d px width (no YuNet model found%s)",
+            detect_width,
+            f" in {', '.join(map(str, search_dirs))}" if search_dirs else "",
+        )
     return detector

@@ -30,5 +30,6 @@ def default_model() -> Path:
             if candidate.with_suffix(".json").exists():
                 return candidate
     searched = ", ".join(str(d) for d in (_CHECKOUT_MODELS, _INSTALLED_MODELS, _SYSTEM_MODELS))
-    raise ModelError(f"no expression model found (searched {searched}); "
-                     f"set model.path in the config to a .onnx with its .json card")
+    raise ModelError(
+        f"no expression model found (searched {searched}); set model.path in the config to a .onnx with its .json card"
+    )

@@ -71,8 +71,11 @@ def parse_card(data: dict[str, Any], path: Path) -> ModelCard:
         raise _fail(path, f"`input.color` {color!r} does not fit {channels} input channels")
     mean, std = inp.get("mean", [0.0] * channels), inp.get("std", [1.0] * channels)
     for key, values in (("mean", mean), ("std", std)):
-        if not (isinstance(values, list) and len(values) in (1, channels)
-                and all(isinstance(v, (int, float)) for v in values)):
+        if not (
+            isinstance(values, list)
+            and len(values) in (1, channels)
+            and all(isinstance(v, (int, float)) for v in values)
+        ):
             raise _fail(path, f"`input.{key}` must be a list of 1 or {channels} numbers, got {values!r}")
     if any(v == 0 for v in std):
         raise _fail(path, "`input.std` must not contain 0")
@@ -105,8 +108,10 @@ def load_card(path: Path) -> ModelCard:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ModelError(f"model card {path} not found; every model needs its card beside it "
-                         f"(<model>.json, written by `quantize build`)") from None
+        raise ModelError(
+            f"model card {path} not found; every model needs its card beside it "
+            f"(<model>.json, written by `quantize build`)"
+        ) from None
     except OSError as exc:
         raise ModelError(f"model card {path} cannot be read ({exc.strerror}); check its permissions") from None
     try:

@@ -48,14 +48,17 @@ class MqttSettings:
     def __post_init__(self) -> None:
         protocol = PROTOCOL_ALIASES.get(str(self.protocol).lower(), str(self.protocol))
         if protocol not in PROTOCOLS:
-            raise ConfigError(f"mqtt.protocol = {self.protocol!r} is not supported; use \"5\" or \"3.1.1\"")
+            raise ConfigError(f'mqtt.protocol = {self.protocol!r} is not supported; use "5" or "3.1.1"')
         object.__setattr__(self, "protocol", protocol)
         if not self.device_id or set("/+#") & set(self.device_id):
-            raise ConfigError(f"mqtt.device_id = {self.device_id!r} cannot be used in a topic; "
-                              f"use letters, digits, - and _")
+            raise ConfigError(
+                f"mqtt.device_id = {self.device_id!r} cannot be used in a topic; use letters, digits, - and _"
+            )
         if not self.prefix or set("+#") & set(self.prefix) or self.prefix.startswith("/") or self.prefix.endswith("/"):
-            raise ConfigError(f"mqtt.prefix = {self.prefix!r} is not a topic prefix; use e.g. \"edge-mood\" "
-                              f"(no wildcards, no leading or trailing /)")
+            raise ConfigError(
+                f'mqtt.prefix = {self.prefix!r} is not a topic prefix; use e.g. "edge-mood" '
+                f"(no wildcards, no leading or trailing /)"
+            )
         if not 0 < self.port < 65536:
             raise ConfigError(f"mqtt.port = {self.port!r} is not a port number; use 1-65535 (1883, 8883 for TLS)")
         if self.qos not in (0, 1, 2):
@@ -130,8 +133,9 @@ def _configure_tls(client: mqtt.Client, settings: MqttSettings) -> None:
     for key in ("tls_ca", "tls_cert", "tls_key"):
         path = getattr(settings, key)
         if path and not Path(path).expanduser().is_file():
-            raise ConfigError(f"mqtt.{key} = {str(path)!r} is not a readable file; point it at the PEM file "
-                              f"or leave it empty")
+            raise ConfigError(
+                f"mqtt.{key} = {str(path)!r} is not a readable file; point it at the PEM file or leave it empty"
+            )
     try:
         client.tls_set(
             ca_certs=_expanded(settings.tls_ca),
@@ -141,8 +145,10 @@ def _configure_tls(client: mqtt.Client, settings: MqttSettings) -> None:
             tls_version=ssl.PROTOCOL_TLS_CLIENT,
         )
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"mqtt TLS files cannot be loaded ({exc}); check that mqtt.tls_ca, tls_cert and "
-                          f"tls_key are PEM files and that the key belongs to the certificate") from None
+        raise ConfigError(
+            f"mqtt TLS files cannot be loaded ({exc}); check that mqtt.tls_ca, tls_cert and "
+            f"tls_key are PEM files and that the key belongs to the certificate"
+        ) from None
     if settings.tls_insecure:
         client.tls_insecure_set(True)
 
@@ -161,10 +167,14 @@ def connect_or_raise(client: mqtt.Client, settings: MqttSettings) -> None:
         client.connect(settings.host, settings.port, settings.keepalive)
     except OSError as exc:
         why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        raise BrokerError(f"broker {settings.broker} unreachable ({why}); check mqtt.host / mqtt.port "
-                          f"(or --broker) and that the broker is running") from None
+        raise BrokerError(
+            f"broker {settings.broker} unreachable ({why}); check mqtt.host / mqtt.port "
+            f"(or --broker) and that the broker is running"
+        ) from None
 
 
 def refused_error(settings: MqttSettings, reason: object) -> BrokerError:
-    return BrokerError(f"broker {settings.broker} refused the connection ({reason}); check mqtt.username "
-                       f"and the password (mqtt.password_file or $EDGE_MOOD_MQTT_PASSWORD)")
+    return BrokerError(
+        f"broker {settings.broker} refused the connection ({reason}); check mqtt.username "
+        f"and the password (mqtt.password_file or $EDGE_MOOD_MQTT_PASSWORD)"
+    )

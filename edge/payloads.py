@@ -16,8 +16,21 @@ SCHEMA_VERSION = 1
 EVENT_TYPES = ("face_enter", "expression", "face_leave")
 SCORE_DECIMALS = 4
 
-_EVENT_KEYS = ("schema", "device", "seq", "ts", "ts_unix", "frame", "type", "track_id", "expression",
-               "confidence", "scores", "bbox", "model")
+_EVENT_KEYS = (
+    "schema",
+    "device",
+    "seq",
+    "ts",
+    "ts_unix",
+    "frame",
+    "type",
+    "track_id",
+    "expression",
+    "confidence",
+    "scores",
+    "bbox",
+    "model",
+)
 
 
 def iso_utc(ts: float) -> str:
@@ -26,10 +39,20 @@ def iso_utc(ts: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def event_payload(*, device: str, type: str, frame: int, ts: float, track_id: int,
-                  expression: str | None, confidence: float | None, scores: Mapping[str, float],
-                  bbox_norm: Sequence[float] | Mapping[str, float], model: str,
-                  extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def event_payload(
+    *,
+    device: str,
+    type: str,
+    frame: int,
+    ts: float,
+    track_id: int,
+    expression: str | None,
+    confidence: float | None,
+    scores: Mapping[str, float],
+    bbox_norm: Sequence[float] | Mapping[str, float],
+    model: str,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """One face event. `expression`/`confidence` are None on a face_enter (nothing settled yet) and on a
     face_leave of a face whose expression never settled. `extra` holds the type's own fields
     (expression: "previous"; face_leave: "duration_s")."""
@@ -68,12 +91,14 @@ def state_payload(*, device: str, ts: float, faces: Sequence[Mapping[str, Any]],
     for face in faces:
         expression = face.get("expression")
         confidence = face.get("confidence")
-        listed.append({
-            "track_id": int(face["track_id"]),
-            "expression": expression,
-            "confidence": _score(confidence) if expression is not None and confidence is not None else None,
-            "bbox": _bbox(face["bbox"]),
-        })
+        listed.append(
+            {
+                "track_id": int(face["track_id"]),
+                "expression": expression,
+                "confidence": _score(confidence) if expression is not None and confidence is not None else None,
+                "bbox": _bbox(face["bbox"]),
+            }
+        )
     weight: dict[str, float] = {}
     counts: dict[str, int] = {}
     for face in listed:

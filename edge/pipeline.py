@@ -21,8 +21,8 @@ from edge.classifier import ExpressionModel
 from edge.config import Config
 from edge.faces import make_detector
 from edge.locations import default_model, model_dirs
-from edge.payloads import event_payload, state_payload, stats_payload
 from edge.mqtt_client import MqttSettings
+from edge.payloads import event_payload, state_payload, stats_payload
 from edge.publisher import Publisher
 from edge.sdnotify import SystemdNotifier
 from edge.sources import open_source
@@ -110,8 +110,9 @@ class Daemon:
             reconnect_max_s=config.source.reconnect_max_s,
         )
         self.spool = open_spool(config)
-        self.publisher = Publisher(mqtt_settings(config), self.spool, labels=self.model.labels,
-                                   model=self.model.model_id)
+        self.publisher = Publisher(
+            mqtt_settings(config), self.spool, labels=self.model.labels, model=self.model.model_id
+        )
 
         self.faces_now = 0
         self.bad_frames = 0
@@ -133,9 +134,15 @@ class Daemon:
     def run(self) -> int:
         self.publisher.start()
         self.grabber.start()
-        log.info("device %s: source %s, detector %s, model %s (%s), spool %s",
-                 self.device, self.grabber.description, self.detector.name, self.model.model_id,
-                 self.model.precision, self.config.state_dir / SPOOL_FILE)
+        log.info(
+            "device %s: source %s, detector %s, model %s (%s), spool %s",
+            self.device,
+            self.grabber.description,
+            self.detector.name,
+            self.model.model_id,
+            self.model.precision,
+            self.config.state_dir / SPOOL_FILE,
+        )
         try:
             self._loop()
         finally:
@@ -255,8 +262,9 @@ class Daemon:
             }
             for t in self.tracker.visible
         ]
-        self.publisher.publish_state(state_payload(device=self.device, ts=time.time(), faces=faces,
-                                                   model=self.model.model_id))
+        self.publisher.publish_state(
+            state_payload(device=self.device, ts=time.time(), faces=faces, model=self.model.model_id)
+        )
         self._last_state_at = time.monotonic()
 
     # -- health and stats ------------------------------------------------------------------------
@@ -266,8 +274,11 @@ class Daemon:
         healthy = now - self._last_frame_at < self.config.service.stall_timeout_s
         if not healthy and not self._stalled:
             self._stalled = True
-            log.warning("no frame for %.0f s from %s; the watchdog is no longer fed",
-                        now - self._last_frame_at, self.grabber.description)
+            log.warning(
+                "no frame for %.0f s from %s; the watchdog is no longer fed",
+                now - self._last_frame_at,
+                self.grabber.description,
+            )
         interval = self.notifier.watchdog_interval_s or 5.0
         if healthy and self._ready and now - self._last_watchdog_at >= interval / 2:
             self.notifier.watchdog()

@@ -47,13 +47,15 @@ class Publisher:
     `labels` and `model` only enrich the Home Assistant discovery configs.
     """
 
-    def __init__(self, settings: MqttSettings, spool: Spool, *, labels: Sequence[str] = (),
-                 model: str | None = None):
+    def __init__(self, settings: MqttSettings, spool: Spool, *, labels: Sequence[str] = (), model: str | None = None):
         self.settings = settings
         self.spool = spool
         self.topics: Topics = settings.topics
-        self._discovery = discovery_messages(self.topics, discovery_prefix=settings.discovery_prefix,
-                                             labels=labels, model=model) if settings.discovery else []
+        self._discovery = (
+            discovery_messages(self.topics, discovery_prefix=settings.discovery_prefix, labels=labels, model=model)
+            if settings.discovery
+            else []
+        )
         self._client = make_client(settings, settings.daemon_client_id)
         self._client.will_set(self.topics.status, OFFLINE, qos=1, retain=True)
         self._client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)
@@ -98,9 +100,14 @@ class Publisher:
         keeps retrying with back-off while events go on being spooled)."""
         if self._thread is not None:
             raise RuntimeError("Publisher.start() called twice")
-        log.info("MQTT: broker %s, topics %s/%s/..., client id %s%s", self.settings.description,
-                 self.settings.prefix, self.settings.device_id, self.settings.daemon_client_id,
-                 "" if self.settings.discovery else ", Home Assistant discovery off")
+        log.info(
+            "MQTT: broker %s, topics %s/%s/..., client id %s%s",
+            self.settings.description,
+            self.settings.prefix,
+            self.settings.device_id,
+            self.settings.daemon_client_id,
+            "" if self.settings.discovery else ", Home Assistant discovery off",
+        )
         self._outage_since = time.monotonic()
         self._announce_backlog = self.spool.depth > 0
         self._thread = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
@@ -226,9 +233,14 @@ class Publisher:
             if reason is not None and reason.is_failure:
                 # Kept in the spool; sent again after a restart. Logged once: the cause is the broker's setup.
                 if not self._refusal_logged:
-                    log.error("broker %s refused event seq %d on %s (%s); it stays in the spool; allow this "
-                              "client to publish there (broker ACL)", self.settings.broker, seq,
-                              self.topics.events, reason)
+                    log.error(
+                        "broker %s refused event seq %d on %s (%s); it stays in the spool; allow this "
+                        "client to publish there (broker ACL)",
+                        self.settings.broker,
+                        seq,
+                        self.topics.events,
+                        reason,
+                    )
                     self._refusal_logged = True
                 continue
             acked.append(seq)
@@ -278,9 +290,13 @@ class Publisher:
     def _warn_about_drops(self) -> None:
         dropped = self.spool.dropped
         if dropped > self._dropped_seen and not self._drop_warned:
-            log.warning("spool full (at most %d events, none older than %.1f days): dropping the oldest "
-                        "events; %d dropped so far (stats: spool_dropped)", self.spool.max_events,
-                        self.spool.max_age_s / 86400, dropped)
+            log.warning(
+                "spool full (at most %d events, none older than %.1f days): dropping the oldest "
+                "events; %d dropped so far (stats: spool_dropped)",
+                self.spool.max_events,
+                self.spool.max_age_s / 86400,
+                dropped,
+            )
             self._drop_warned = True
         self._dropped_seen = dropped
 
@@ -288,16 +304,23 @@ class Publisher:
 
     def _on_connect(self, client: mqtt.Client, _userdata, _flags, reason: mqtt.ReasonCode, _props) -> None:
         if reason.is_failure:
-            self._log_outage(f"broker {self.settings.broker} refused the connection ({reason}); check "
-                             f"mqtt.username, the password and the broker's ACL; retrying", level=logging.ERROR)
+            self._log_outage(
+                f"broker {self.settings.broker} refused the connection ({reason}); check "
+                f"mqtt.username, the password and the broker's ACL; retrying",
+                level=logging.ERROR,
+            )
             return
         with self._conn_lock:
             self._generation += 1
             generation = self._generation
             self._up = True
         if self._outage_logged and self._outage_since is not None:
-            log.info("MQTT: connected to broker %s again after %.0f s; %d events spooled meanwhile",
-                     self.settings.broker, time.monotonic() - self._outage_since, self.spool.depth)
+            log.info(
+                "MQTT: connected to broker %s again after %.0f s; %d events spooled meanwhile",
+                self.settings.broker,
+                time.monotonic() - self._outage_since,
+                self.spool.depth,
+            )
         else:
             log.info("MQTT: connected to broker %s", self.settings.description)
         self._outage_since, self._outage_logged = None, False
@@ -320,11 +343,9 @@ class Publisher:
             return
         self._outage_since = time.monotonic()
         why = "connection closed" if reason.value == 0x80 else str(reason)  # 0x80: paho's code for a socket error
-        self._log_outage(f"lost connection to broker {self.settings.broker} ({why}); "
-                         f"spooling events and retrying")
+        self._log_outage(f"lost connection to broker {self.settings.broker} ({why}); spooling events and retrying")
 
-    def _on_publish(self, _client: mqtt.Client, _userdata, mid: int, reason: mqtt.ReasonCode | None,
-                    _props) -> None:
+    def _on_publish(self, _client: mqtt.Client, _userdata, mid: int, reason: mqtt.ReasonCode | None, _props) -> None:
         self._acks.put((mid, reason))
         self.wake()
 

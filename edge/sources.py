@@ -26,8 +26,10 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 # FFmpeg would otherwise wait ~30 s on a dead stream before the grabber can start its back-off.
 STREAM_TIMEOUT_MS = 10_000
-SOURCE_HELP = ("give `picamera`, a camera index or /dev/videoN, an rtsp:// or http:// URL, "
-               "a video file, or an image folder or glob")
+SOURCE_HELP = (
+    "give `picamera`, a camera index or /dev/videoN, an rtsp:// or http:// URL, "
+    "a video file, or an image folder or glob"
+)
 
 
 class SourceLost(Exception):
@@ -79,24 +81,27 @@ class PiCameraSource:
         except ImportError:
             raise SourceError(
                 "Pi camera support needs picamera2: run `sudo apt install python3-picamera2` and create the "
-                "venv with `python3 -m venv --system-site-packages`") from None
+                "venv with `python3 -m venv --system-site-packages`"
+            ) from None
         cameras = Picamera2.global_camera_info()
         if index >= len(cameras):
             raise SourceUnavailable(
                 f"Pi camera {index} not found ({len(cameras)} camera(s) detected); check the ribbon cable "
-                f"and `rpicam-hello --list-cameras`")
+                f"and `rpicam-hello --list-cameras`"
+            )
         try:
             self._camera = Picamera2(camera_num=index)
             # queue=False: every capture waits for a fresh frame instead of returning a buffered old one.
             config = self._camera.create_video_configuration(
-                main={"size": (width, height), "format": "YUV420"},
-                controls={"FrameRate": fps}, queue=False)
+                main={"size": (width, height), "format": "YUV420"}, controls={"FrameRate": fps}, queue=False
+            )
             self._camera.align_configuration(config)
             self._camera.configure(config)
             self._camera.start()
         except Exception as exc:  # libcamera raises various types for a busy or failing camera
-            raise SourceUnavailable(f"Pi camera {index} cannot be started ({exc}); "
-                                    f"stop other programs using it") from None
+            raise SourceUnavailable(
+                f"Pi camera {index} cannot be started ({exc}); stop other programs using it"
+            ) from None
         self._width, self._height = config["main"]["size"]
         self.fps = fps
         self.description = f"Pi camera {index} ({self._width}x{self._height} grey)"
@@ -187,12 +192,16 @@ def _open_v4l2(device: str, width: int, height: int, fps: float) -> OpenCVSource
     target: int | str = int(device) if device.isdigit() else device
     path = f"/dev/video{device}" if isinstance(target, int) else device
     if os.path.isdir("/dev") and not os.path.exists(path):
-        raise SourceUnavailable(f"camera {path} not found; plug it in, list cameras with "
-                                f"`v4l2-ctl --list-devices`, or pick another --source")
+        raise SourceUnavailable(
+            f"camera {path} not found; plug it in, list cameras with "
+            f"`v4l2-ctl --list-devices`, or pick another --source"
+        )
     capture = cv2.VideoCapture(target, getattr(cv2, "CAP_V4L2", cv2.CAP_ANY))
     if not capture.isOpened():
-        raise SourceUnavailable(f"camera {path} cannot be opened; close other programs using it and make sure "
-                                f"this user is in the `video` group")
+        raise SourceUnavailable(
+            f"camera {path} cannot be opened; close other programs using it and make sure "
+            f"this user is in the `video` group"
+        )
     capture.set(cv2.CAP_PROP_FRAME_WIDTH, width)
     capture.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
     capture.set(cv2.CAP_PROP_FPS, fps)
@@ -206,8 +215,10 @@ def _open_stream(url: str, fps: float) -> OpenCVSource:
     params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
     capture = cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
     if not capture.isOpened():
-        raise SourceUnavailable(f"stream {shown} cannot be opened; check the URL, credentials and that the "
-                                f"camera is reachable (try `ffprobe '{shown}'`)")
+        raise SourceUnavailable(
+            f"stream {shown} cannot be opened; check the URL, credentials and that the "
+            f"camera is reachable (try `ffprobe '{shown}'`)"
+        )
     capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)
     return OpenCVSource(capture, True, f"stream {shown}", _positive_fps(capture.get(cv2.CAP_PROP_FPS)) or fps)
 
@@ -215,15 +226,18 @@ def _open_stream(url: str, fps: float) -> OpenCVSource:
 def _open_video_file(path: str, fps: float) -> OpenCVSource:
     capture = cv2.VideoCapture(path)
     if not capture.isOpened():
-        raise SourceError(f"video file {path} cannot be decoded; convert it, e.g. "
-                          f"`ffmpeg -i '{path}' -c:v libx264 out.mp4`, or check it is not truncated")
+        raise SourceError(
+            f"video file {path} cannot be decoded; convert it, e.g. "
+            f"`ffmpeg -i '{path}' -c:v libx264 out.mp4`, or check it is not truncated"
+        )
     file_fps = _positive_fps(capture.get(cv2.CAP_PROP_FPS))
     return OpenCVSource(capture, False, f"video file {path}", file_fps or fps)
 
 
 def _image_paths(candidates: list[str]) -> list[str]:
-    return sorted((p for p in candidates if Path(p).suffix.lower() in IMAGE_SUFFIXES and os.path.isfile(p)),
-                  key=_natural_key)
+    return sorted(
+        (p for p in candidates if Path(p).suffix.lower() in IMAGE_SUFFIXES and os.path.isfile(p)), key=_natural_key
+    )
 
 
 def open_source(spec: str, width: int = 640, height: int = 480, fps: float = 15.0) -> FrameSource:
@@ -244,15 +258,18 @@ def open_source(spec: str, width: int = 640, height: int = 480, fps: float = 15.
     if any(char in spec for char in "*?["):  # glob syntax
         paths = _image_paths(glob.glob(os.path.expanduser(spec)))
         if not paths:
-            raise SourceError(f"no image files match {spec!r}; check the pattern (quote it so the shell "
-                              f"does not expand it) or {SOURCE_HELP}")
+            raise SourceError(
+                f"no image files match {spec!r}; check the pattern (quote it so the shell "
+                f"does not expand it) or {SOURCE_HELP}"
+            )
         return ImageFilesSource(paths, f"{len(paths)} images matching {spec!r}", fps)
     path = Path(spec).expanduser()
     if path.is_dir():
         paths = _image_paths([str(p) for p in path.iterdir()])
         if not paths:
-            raise SourceError(f"folder {path} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}); "
-                              f"{SOURCE_HELP}")
+            raise SourceError(
+                f"folder {path} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}); {SOURCE_HELP}"
+            )
         return ImageFilesSource(paths, f"{len(paths)} images in {path}", fps)
     if path.is_file():
         if path.suffix.lower() in IMAGE_SUFFIXES:

@@ -68,11 +68,20 @@ class Spool:
             if self._depth:
                 self._transaction(self._enforce_bounds, time.time())
         if self._dropped > dropped_before:
-            log.warning("spool %s: dropped %d events older than %.1f days or beyond %d events",
-                        self.path, self._dropped - dropped_before, max_age_s / 86400, max_events)
+            log.warning(
+                "spool %s: dropped %d events older than %.1f days or beyond %d events",
+                self.path,
+                self._dropped - dropped_before,
+                max_age_s / 86400,
+                max_events,
+            )
         if self._depth:
-            log.info("spool %s holds %d unsent events (seq %d and earlier); they are sent first",
-                     self.path, self._depth, self._last_seq)
+            log.info(
+                "spool %s holds %d unsent events (seq %d and earlier); they are sent first",
+                self.path,
+                self._depth,
+                self._last_seq,
+            )
 
     # -- public ----------------------------------------------------------------------------------
 
@@ -137,8 +146,9 @@ class Spool:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             why = "a file is in the way" if isinstance(exc, (FileExistsError, NotADirectoryError)) else exc.strerror
-            raise SpoolError(f"spool folder {self.path.parent} cannot be created ({why}); "
-                             f"set [spool] dir to a writable folder") from None
+            raise SpoolError(
+                f"spool folder {self.path.parent} cannot be created ({why}); set [spool] dir to a writable folder"
+            ) from None
         try:
             # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT) below.
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
@@ -148,8 +158,10 @@ class Spool:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SPOOL_FORMAT:
                 db.close()
-                raise SpoolError(f"spool {self.path} was written by a newer edge-mood (format {version}); "
-                                 f"upgrade edge-mood or move the file aside")
+                raise SpoolError(
+                    f"spool {self.path} was written by a newer edge-mood (format {version}); "
+                    f"upgrade edge-mood or move the file aside"
+                )
             if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
                 raise sqlite3.OperationalError("the file system does not support WAL mode")
             db.execute("PRAGMA synchronous=FULL")
@@ -166,12 +178,17 @@ class Spool:
     def _unusable(self, exc: sqlite3.Error) -> SpoolError:
         text = str(exc)
         if isinstance(exc, sqlite3.OperationalError) and any(
-                s in text for s in ("unable to open", "readonly", "read-only", "disk I/O", "full")):
-            return SpoolError(f"spool {self.path} cannot be opened for writing ({text}); make its folder "
-                              f"writable by this user and check free space, or set [spool] dir")
+            s in text for s in ("unable to open", "readonly", "read-only", "disk I/O", "full")
+        ):
+            return SpoolError(
+                f"spool {self.path} cannot be opened for writing ({text}); make its folder "
+                f"writable by this user and check free space, or set [spool] dir"
+            )
         aside = self.path.parent / "broken-spool"
-        return SpoolError(f"spool {self.path} is corrupt ({text}); move it and its -wal/-shm files aside "
-                          f"(mkdir {aside} && mv {self.path}* {aside}/) and start again; unsent events in it are lost")
+        return SpoolError(
+            f"spool {self.path} is corrupt ({text}); move it and its -wal/-shm files aside "
+            f"(mkdir {aside} && mv {self.path}* {aside}/) and start again; unsent events in it are lost"
+        )
 
     @contextmanager
     def _failures(self, doing: str) -> Iterator[None]:
@@ -179,8 +196,10 @@ class Spool:
         try:
             yield
         except sqlite3.Error as exc:
-            raise SpoolError(f"cannot {doing} spool {self.path} ({exc}); check free space and that the file "
-                             f"is writable; move it aside if it is corrupt") from None
+            raise SpoolError(
+                f"cannot {doing} spool {self.path} ({exc}); check free space and that the file "
+                f"is writable; move it aside if it is corrupt"
+            ) from None
 
     def _meta(self, key: str) -> int:
         return int(self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])

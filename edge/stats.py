@@ -36,9 +36,7 @@ class StageTimer:
     def stage_ms(self) -> dict[str, float]:
         """Mean milliseconds per stage over the window."""
         return {
-            stage: round(1000 * sum(values) / len(values), 2)
-            for stage, values in self._durations.items()
-            if values
+            stage: round(1000 * sum(values) / len(values), 2) for stage, values in self._durations.items() if values
         }
 
     def cpu_percent(self) -> float:

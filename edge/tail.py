@@ -18,8 +18,15 @@ from edge.topics import parse, subscription
 DEFAULT_KINDS = ("events", "state", "status")
 
 
-def run_tail(settings: MqttSettings, *, all_devices: bool = False, raw: bool = False,
-             kinds: Sequence[str] = DEFAULT_KINDS, count: int | None = None, out: TextIO | None = None) -> int:
+def run_tail(
+    settings: MqttSettings,
+    *,
+    all_devices: bool = False,
+    raw: bool = False,
+    kinds: Sequence[str] = DEFAULT_KINDS,
+    count: int | None = None,
+    out: TextIO | None = None,
+) -> int:
     """Print messages of this device (or of every device under the prefix) until Ctrl-C, or until
     `count` messages were printed. Returns the exit status; raises BrokerError when the broker cannot
     be reached or refuses the credentials."""
@@ -131,13 +138,17 @@ def _state(body: dict[str, Any]) -> str:
     if not body.get("mood"):
         return f"state {faces}, no mood"
     counts = ", ".join(f"{name} {n}" for name, n in (body.get("counts") or {}).items())
-    return f"state {faces}, mood {body['mood']}{_confidence(body.get('mood_confidence'))}" + \
-        (f" ({counts})" if counts else "")
+    return f"state {faces}, mood {body['mood']}{_confidence(body.get('mood_confidence'))}" + (
+        f" ({counts})" if counts else ""
+    )
 
 
 def _stats(body: dict[str, Any]) -> str:
-    parts = [f"{body.get('fps', 0):.1f} fps", f"{body.get('faces', 0)} faces",
-             f"spool {body.get('spool_depth', 0)} (dropped {body.get('spool_dropped', 0)})"]
+    parts = [
+        f"{body.get('fps', 0):.1f} fps",
+        f"{body.get('faces', 0)} faces",
+        f"spool {body.get('spool_depth', 0)} (dropped {body.get('spool_dropped', 0)})",
+    ]
     if isinstance(body.get("cpu_percent"), (int, float)):
         parts.append(f"cpu {body['cpu_percent']:.0f}%")
     return "stats " + ", ".join(parts)

@@ -46,7 +46,7 @@ def parse(prefix: str, topic: str) -> tuple[str, str] | None:
     """'edge-mood/kitchen/events' -> ('kitchen', 'events'); None for a topic outside the layout."""
     if not topic.startswith(prefix + "/"):
         return None
-    parts = topic[len(prefix) + 1:].split("/")
+    parts = topic[len(prefix) + 1 :].split("/")
     if len(parts) != 2 or parts[1] not in KINDS:
         return None
     return parts[0], parts[1]

@@ -41,10 +41,13 @@ class Augmentation:
         mirror = torch.where(uniform(0.0, 1.0) < 0.5, -1.0, 1.0) if self.flip else torch.ones(b, device=device)
         cos, sin = angle.cos(), angle.sin()
         sx, sy = side * ratio * mirror, side / ratio
-        theta = torch.stack([
-            torch.stack([cos * sx, -sin * sy, uniform(-2 * self.shift, 2 * self.shift)], 1),
-            torch.stack([sin * sx, cos * sy, uniform(-2 * self.shift, 2 * self.shift)], 1),
-        ], 1)
+        theta = torch.stack(
+            [
+                torch.stack([cos * sx, -sin * sy, uniform(-2 * self.shift, 2 * self.shift)], 1),
+                torch.stack([sin * sx, cos * sy, uniform(-2 * self.shift, 2 * self.shift)], 1),
+            ],
+            1,
+        )
         grid = F.affine_grid(theta, [b, 1, *size], align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
@@ -66,7 +69,12 @@ class Augmentation:
         chosen = rand[:, 4] < self.erase_p
         ys = torch.arange(h, device=x.device).view(1, h, 1)
         xs = torch.arange(w, device=x.device).view(1, 1, w)
-        box = ((ys >= y0.view(b, 1, 1)) & (ys < (y0 + eh).view(b, 1, 1))
-               & (xs >= x0.view(b, 1, 1)) & (xs < (x0 + ew).view(b, 1, 1)) & chosen.view(b, 1, 1))
+        box = (
+            (ys >= y0.view(b, 1, 1))
+            & (ys < (y0 + eh).view(b, 1, 1))
+            & (xs >= x0.view(b, 1, 1))
+            & (xs < (x0 + ew).view(b, 1, 1))
+            & chosen.view(b, 1, 1)
+        )
         noise = torch.rand(x.shape, generator=generator).to(x.device)
         return torch.where(box.unsqueeze(1), noise, x)

@@ -8,8 +8,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from edge.model_card import CARD_SCHEMA_VERSION, ModelCard, parse_card
 from edge.errors import ModelError
+from edge.model_card import CARD_SCHEMA_VERSION, ModelCard, parse_card
 from quantize.errors import QuantizeError
 
 
@@ -20,17 +20,33 @@ def tool_version() -> str:
         return "unknown"
 
 
-def make_card(*, name: str, labels: list[str], channels: int, height: int, width: int, mean: list[float],
-              std: list[float], crop_margin: float, precision: str, variants: dict[str, str],
-              variant_sha256: dict[str, str], **details: Any) -> dict[str, Any]:
+def make_card(
+    *,
+    name: str,
+    labels: list[str],
+    channels: int,
+    height: int,
+    width: int,
+    mean: list[float],
+    std: list[float],
+    crop_margin: float,
+    precision: str,
+    variants: dict[str, str],
+    variant_sha256: dict[str, str],
+    **details: Any,
+) -> dict[str, Any]:
     """A card dict; `details` (metrics, student, teachers, dataset, distillation, quantization) are recorded
     as given for people and passed through by the daemon."""
     card: dict[str, Any] = {
         "schema": CARD_SCHEMA_VERSION,
         "name": name,
         "labels": list(labels),
-        "input": {"shape": [1, channels, height, width], "color": "gray" if channels == 1 else "rgb",
-                  "mean": [float(v) for v in mean], "std": [float(v) for v in std]},
+        "input": {
+            "shape": [1, channels, height, width],
+            "color": "gray" if channels == 1 else "rgb",
+            "mean": [float(v) for v in mean],
+            "std": [float(v) for v in std],
+        },
         "crop": {"margin": crop_margin},
         "output": "logits",
         "precision": precision,

@@ -100,6 +100,7 @@ def stratified_split(faces: FaceSet, val_fraction: float, seed: int = 0) -> tupl
 
 # ---------------------------------------------------------------- image folders
 
+
 def _load_folder(root: Path, split: str, skip_corrupt: bool) -> FaceSet:
     names = FOLDER_SPLITS.get(split.lower(), (split,))
     split_dir = next((root / n for n in names if (root / n).is_dir()), None)
@@ -148,12 +149,15 @@ def _read_grey(file: Path) -> np.ndarray | None:
 
 # ---------------------------------------------------------------- FER2013 CSV
 
+
 def _load_csv_split(path: Path, split: str, cache: bool) -> FaceSet:
     images, labels, usage, usage_names = _parsed_csv(path, cache)
     if not usage_names:  # no Usage column: the whole file is one split
         if split.lower() not in ("train", "all"):
-            raise QuantizeError(f"{path} has no Usage column, so it holds only one split; ask for split 'train' "
-                                "or give a file with Usage")
+            raise QuantizeError(
+                f"{path} has no Usage column, so it holds only one split; ask for split 'train' "
+                "or give a file with Usage"
+            )
         return FaceSet(images, labels, str(path), split)
     wanted = CSV_SPLITS.get(split.lower(), split)
     match = next((i for i, u in enumerate(usage_names) if u.lower() == wanted.lower()), None)
@@ -187,11 +191,16 @@ def _parsed_csv(path: Path, cache: bool) -> tuple[np.ndarray, np.ndarray, np.nda
     return parsed
 
 
-def _write_cache(cache_file: Path, images: np.ndarray, labels: np.ndarray, usage: np.ndarray,
-                 usage_names: list[str]) -> None:
+def _write_cache(
+    cache_file: Path, images: np.ndarray, labels: np.ndarray, usage: np.ndarray, usage_names: list[str]
+) -> None:
     try:
-        write_atomically(cache_file, lambda f: np.savez(f, images=images, labels=labels, usage=usage,
-                                                        usage_names=np.asarray(usage_names, dtype=str)))
+        write_atomically(
+            cache_file,
+            lambda f: np.savez(
+                f, images=images, labels=labels, usage=usage, usage_names=np.asarray(usage_names, dtype=str)
+            ),
+        )
     except OSError:
         pass  # a read-only home only costs the next run the parse time
 
@@ -214,8 +223,9 @@ def _parse_csv(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str
         col_label = next(header.index(n) for n in ("emotion", "label", "labels") if n in header)
         col_pixels = header.index("pixels")
     except (StopIteration, ValueError):
-        raise QuantizeError(f"{path} is not a FER2013-style CSV: header is {lines[0][:80]!r}, expected "
-                            "emotion,pixels,Usage") from None
+        raise QuantizeError(
+            f"{path} is not a FER2013-style CSV: header is {lines[0][:80]!r}, expected emotion,pixels,Usage"
+        ) from None
     col_usage = header.index("usage") if "usage" in header else None
     n_cols = len(header)
     n_pixels = SIZE * SIZE
@@ -247,8 +257,9 @@ def _parse_csv(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str
         if pixels.size != n_pixels:
             raise QuantizeError(f"{where}: {pixels.size} pixel values, expected {n_pixels} (48x48)")
         if pixels.min() < 0 or pixels.max() > 255:
-            raise QuantizeError(f"{where}: pixel value {int(pixels.max() if pixels.max() > 255 else pixels.min())} "
-                                "outside 0..255")
+            raise QuantizeError(
+                f"{where}: pixel value {int(pixels.max() if pixels.max() > 255 else pixels.min())} outside 0..255"
+            )
         images[n] = pixels.reshape(SIZE, SIZE)
         labels[n] = label
         if col_usage is not None:

@@ -26,9 +26,10 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -88,11 +89,15 @@ class DistillConfig:
             (self.temperature > 0, "temperature must be positive"),
             (0.0 <= self.alpha <= 1.0, f"alpha {self.alpha} must lie between 0 and 1"),
             (0.0 <= self.label_smoothing < 1.0, "label smoothing must lie in [0, 1)"),
-            (self.class_balance in CLASS_BALANCE, f"class balance {self.class_balance!r} unknown; use "
-                                                  f"{', '.join(CLASS_BALANCE)}"),
+            (
+                self.class_balance in CLASS_BALANCE,
+                f"class balance {self.class_balance!r} unknown; use {', '.join(CLASS_BALANCE)}",
+            ),
             (0.0 <= self.val_fraction < 0.5, f"validation fraction {self.val_fraction} must lie in [0, 0.5)"),
-            (self.patience == 0 or self.val_fraction > 0, "patience needs validation faces; set --val-fraction "
-                                                          "above 0 or --patience 0"),
+            (
+                self.patience == 0 or self.val_fraction > 0,
+                "patience needs validation faces; set --val-fraction above 0 or --patience 0",
+            ),
             (self.precision in PRECISIONS, f"precision {self.precision!r} unknown; use {', '.join(PRECISIONS)}"),
             (self.std > 0, "std must be positive"),
         ]
@@ -104,8 +109,9 @@ class DistillConfig:
         """Settings with the optimizer defaults filled in (what the card records)."""
         out = asdict(self)
         out["lr"] = self.lr if self.lr is not None else (3e-3 if self.optimizer == "adamw" else 0.05)
-        out["weight_decay"] = self.weight_decay if self.weight_decay is not None else (
-            0.05 if self.optimizer == "adamw" else 5e-4)
+        out["weight_decay"] = (
+            self.weight_decay if self.weight_decay is not None else (0.05 if self.optimizer == "adamw" else 5e-4)
+        )
         return out
 
 
@@ -140,18 +146,40 @@ class _Targets:
 
 # ---------------------------------------------------------------- teacher outputs
 
+
 def teacher_record(teacher: Teacher, sha256: str) -> dict[str, Any]:
     """How a teacher is listed in the student checkpoint, card and report."""
-    return {"name": teacher.name, "file": teacher.path.name, "sha256": sha256, "arch": teacher.arch,
-            "backend": teacher.backend, "params": teacher.num_params, "labels": list(teacher.labels),
-            "input": teacher.preprocessing.to_dict()}
+    return {
+        "name": teacher.name,
+        "file": teacher.path.name,
+        "sha256": sha256,
+        "arch": teacher.arch,
+        "backend": teacher.backend,
+        "params": teacher.num_params,
+        "labels": list(teacher.labels),
+        "input": teacher.preprocessing.to_dict(),
+    }
 
 
-def teacher_logits(teacher: Teacher, sha256: str, faces: FaceSet, cache_dir: Path | None,
-                   batch_size: int = 256, log: Callable[[str], None] = print) -> tuple[np.ndarray, np.ndarray]:
+def teacher_logits(
+    teacher: Teacher,
+    sha256: str,
+    faces: FaceSet,
+    cache_dir: Path | None,
+    batch_size: int = 256,
+    log: Callable[[str], None] = print,
+) -> tuple[np.ndarray, np.ndarray]:
     """(clean, mirror) logits of `teacher` on `faces` and on their mirror images, cached on disk."""
-    key_text = json.dumps([CACHE_VERSION, sha256, teacher.labels, teacher.preprocessing.to_dict(),
-                           teacher.backend, faces_fingerprint(faces.images, faces.labels)])
+    key_text = json.dumps(
+        [
+            CACHE_VERSION,
+            sha256,
+            teacher.labels,
+            teacher.preprocessing.to_dict(),
+            teacher.backend,
+            faces_fingerprint(faces.images, faces.labels),
+        ]
+    )
     key = hashlib.sha256(key_text.encode()).hexdigest()[:24]
     cache_file = cache_dir / f"{teacher.path.stem}-{key}.npz" if cache_dir else None
     if cache_file is not None and cache_file.is_file():
@@ -176,8 +204,12 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     write_atomically(path, lambda f: np.savez(f, **arrays))
 
 
-def _soft_targets(teachers: list[Teacher], logits: list[tuple[np.ndarray, np.ndarray]] | None,
-                  temperature: float, flip_average: bool = False) -> list[_Targets]:
+def _soft_targets(
+    teachers: list[Teacher],
+    logits: list[tuple[np.ndarray, np.ndarray]] | None,
+    temperature: float,
+    flip_average: bool = False,
+) -> list[_Targets]:
     """Teachers grouped by class set, with each group's averaged (clean, mirror) probabilities when cached."""
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, teacher in enumerate(teachers):
@@ -187,9 +219,11 @@ def _soft_targets(teachers: list[Teacher], logits: list[tuple[np.ndarray, np.nda
         group = _Targets(list(classes), len(members) / len(teachers), [teachers[i] for i in members])
         if logits is not None:
             group.clean, group.mirror = (
-                torch.stack([torch.softmax(torch.from_numpy(logits[i][which]).float() / temperature, dim=1)
-                             for i in members]).mean(0)
-                for which in (0, 1))
+                torch.stack(
+                    [torch.softmax(torch.from_numpy(logits[i][which]).float() / temperature, dim=1) for i in members]
+                ).mean(0)
+                for which in (0, 1)
+            )
             if flip_average:
                 group.clean = group.mirror = (group.clean + group.mirror) / 2
         targets.append(group)
@@ -201,11 +235,12 @@ def kd_loss(student_logits: Tensor, targets: list[tuple[list[int], float, Tensor
     total = student_logits.new_zeros(())
     for classes, weight, probs in targets:
         log_q = F.log_softmax(student_logits[:, classes] / temperature, dim=1)
-        total = total + weight * F.kl_div(log_q, probs, reduction="batchmean") * temperature ** 2
+        total = total + weight * F.kl_div(log_q, probs, reduction="batchmean") * temperature**2
     return total
 
 
 # ---------------------------------------------------------------- data and augmentation
+
 
 def resize_faces(images: np.ndarray, size: int) -> np.ndarray:
     """Faces at the student's size, resized as the daemon does (INTER_AREA shrinking, INTER_LINEAR enlarging)."""
@@ -229,6 +264,7 @@ def class_weights(labels: np.ndarray, mode: str) -> Tensor | None:
 
 # ---------------------------------------------------------------- training
 
+
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "fp32":
         return None
@@ -241,8 +277,11 @@ def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def _fingerprint(settings: dict[str, Any], teachers: list[dict[str, Any]], faces: FaceSet) -> str:
-    text = json.dumps([settings, [t["sha256"] for t in teachers], faces_fingerprint(faces.images, faces.labels)],
-                      sort_keys=True, default=str)
+    text = json.dumps(
+        [settings, [t["sha256"] for t in teachers], faces_fingerprint(faces.images, faces.labels)],
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -250,20 +289,29 @@ def _save_atomic(obj: Any, path: Path) -> None:
     write_atomically(path, lambda f: torch.save(obj, f))
 
 
-def _evaluate(model: nn.Module, images: Tensor, labels: Tensor, cfg: DistillConfig, device: torch.device,
-              dtype: torch.dtype | None) -> dict[str, Any]:
+def _evaluate(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    cfg: DistillConfig,
+    device: torch.device,
+    dtype: torch.dtype | None,
+) -> dict[str, Any]:
     model.eval()
     predictions, losses = [], []
     with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         for i in range(0, len(images), 512):
-            x = _normalise(images[i:i + 512].float() / 255, cfg)
+            x = _normalise(images[i : i + 512].float() / 255, cfg)
             logits = model(x).float()
-            losses.append(F.cross_entropy(logits, labels[i:i + 512], reduction="sum").item())
+            losses.append(F.cross_entropy(logits, labels[i : i + 512], reduction="sum").item())
             predictions.append(logits.argmax(1))
     pred = torch.cat(predictions).cpu().numpy()
     truth = labels.cpu().numpy()
-    recall = {CANONICAL_LABELS[c]: round(float((pred[truth == c] == c).mean()), 4)
-              for c in range(len(CANONICAL_LABELS)) if (truth == c).any()}
+    recall = {
+        CANONICAL_LABELS[c]: round(float((pred[truth == c] == c).mean()), 4)
+        for c in range(len(CANONICAL_LABELS))
+        if (truth == c).any()
+    }
     return {"val_loss": sum(losses) / len(truth), "val_top1": float((pred == truth).mean()), "val_recall": recall}
 
 
@@ -271,9 +319,17 @@ def _normalise(x: Tensor, cfg: DistillConfig) -> Tensor:
     return ((x - cfg.mean) / cfg.std).contiguous(memory_format=torch.channels_last)
 
 
-def distill(train_faces: FaceSet, teachers: list[tuple[Teacher, str]], cfg: DistillConfig, *,
-            work_dir: Path | None = None, cache_dir: Path | None = None, device: str = "cpu",
-            progress: bool = True, log: Callable[[str], None] = print) -> DistillResult:
+def distill(
+    train_faces: FaceSet,
+    teachers: list[tuple[Teacher, str]],
+    cfg: DistillConfig,
+    *,
+    work_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> DistillResult:
     """Train a student on `train_faces` (cfg.val_fraction is split off) from `teachers` [(teacher, sha256)].
 
     Without teachers this is plain supervised training (alpha treated as 1), a baseline for the report.
@@ -289,8 +345,9 @@ def distill(train_faces: FaceSet, teachers: list[tuple[Teacher, str]], cfg: Dist
         fit, val = train_faces, None
     targets: list[_Targets] = []
     if teachers:
-        logits = None if cfg.online_teacher else [teacher_logits(t, sha, fit, cache_dir, log=log)
-                                                  for t, sha in teachers]
+        logits = (
+            None if cfg.online_teacher else [teacher_logits(t, sha, fit, cache_dir, log=log) for t, sha in teachers]
+        )
         targets = _soft_targets([t for t, _ in teachers], logits, cfg.temperature, cfg.teacher_flip_average)
     alpha = cfg.alpha if teachers else 1.0
 
@@ -298,8 +355,7 @@ def distill(train_faces: FaceSet, teachers: list[tuple[Teacher, str]], cfg: Dist
     model = build_student(cfg.student).to(dev).to(memory_format=torch.channels_last)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": settings["weight_decay"]},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": settings["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "adamw":
         optimizer: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=settings["lr"])
     else:
@@ -307,8 +363,10 @@ def distill(train_faces: FaceSet, teachers: list[tuple[Teacher, str]], cfg: Dist
     steps_per_epoch = max(len(fit) // cfg.batch_size, 1)
     total_steps = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(warmup, 1)) * 0.5 * (
-        1 + math.cos(math.pi * min(s / total_steps, 1.0))))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(1.0, (s + 1) / max(warmup, 1)) * 0.5 * (1 + math.cos(math.pi * min(s / total_steps, 1.0))),
+    )
     scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
 
     # Augmentation resizes inside its warp; without it, faces are resized once like the daemon does.
@@ -345,11 +403,11 @@ def distill(train_faces: FaceSet, teachers: list[tuple[Teacher, str]], cfg: Dist
         started = time.monotonic()
         model.train()
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        order = torch.randperm(len(fit), generator=gen)[:steps_per_epoch * cfg.batch_size].to(dev)
+        order = torch.randperm(len(fit), generator=gen)[: steps_per_epoch * cfg.batch_size].to(dev)
         sums = {"loss": 0.0, "hard": 0.0, "soft": 0.0, "correct": 0, "seen": 0}
         bar = _progress(steps_per_epoch, f"epoch {epoch}/{cfg.epochs}", progress)
         for step in range(steps_per_epoch):
-            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             y = fit_labels[idx]
             if cfg.augment:
                 flip = (torch.rand(len(idx), generator=gen) < FLIP_P).to(dev)
@@ -376,20 +434,30 @@ def distill(train_faces: FaceSet, teachers: list[tuple[Teacher, str]], cfg: Dist
             sums["seen"] += len(idx)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.3f}",
-                                acc=f"{sums['correct'] / sums['seen']:.3f}", refresh=False)
+                bar.set_postfix(
+                    loss=f"{sums['loss'] / sums['seen']:.3f}",
+                    acc=f"{sums['correct'] / sums['seen']:.3f}",
+                    refresh=False,
+                )
         if bar is not None:
             bar.close()
         seen = sums["seen"]
-        entry = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "loss": sums["loss"] / seen,
-                 "hard_loss": sums["hard"] / seen, "soft_loss": sums["soft"] / seen,
-                 "train_top1": sums["correct"] / seen}
+        entry = {
+            "epoch": epoch,
+            "lr": optimizer.param_groups[0]["lr"],
+            "loss": sums["loss"] / seen,
+            "hard_loss": sums["hard"] / seen,
+            "soft_loss": sums["soft"] / seen,
+            "train_top1": sums["correct"] / seen,
+        }
         if val is not None:
             entry.update(_evaluate(model, val_images, val_labels, cfg, dev, dtype))
         entry["seconds"] = round(time.monotonic() - started, 1)
         history.append(entry)
-        line = (f"epoch {epoch}/{cfg.epochs} {entry['seconds']:.0f}s loss {entry['loss']:.3f} "
-                f"train {entry['train_top1']:.3f}")
+        line = (
+            f"epoch {epoch}/{cfg.epochs} {entry['seconds']:.0f}s loss {entry['loss']:.3f} "
+            f"train {entry['train_top1']:.3f}"
+        )
         if val is None:
             best_epoch = epoch  # the final state is kept, as the loop ends
         else:
@@ -397,34 +465,62 @@ def distill(train_faces: FaceSet, teachers: list[tuple[Teacher, str]], cfg: Dist
                 best_top1, best_epoch = entry["val_top1"], epoch
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             recall = entry["val_recall"]
-            line += (f" val {entry['val_top1']:.4f} (recall disgust {recall.get('disgust', 0):.2f}, "
-                     f"fear {recall.get('fear', 0):.2f}){' best' if best_epoch == epoch else ''}")
+            line += (
+                f" val {entry['val_top1']:.4f} (recall disgust {recall.get('disgust', 0):.2f}, "
+                f"fear {recall.get('fear', 0):.2f}){' best' if best_epoch == epoch else ''}"
+            )
         log(line)
         finished = epoch == cfg.epochs or (cfg.patience > 0 and epoch - best_epoch >= cfg.patience)
         if ckpt_path is not None:
-            _save_atomic({"fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),
-                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                          "scaler": scaler.state_dict(), "history": history, "best_state": best_state,
-                          "best_epoch": best_epoch, "best_top1": best_top1, "finished": finished}, ckpt_path)
+            _save_atomic(
+                {
+                    "fingerprint": fingerprint,
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "history": history,
+                    "best_state": best_state,
+                    "best_epoch": best_epoch,
+                    "best_top1": best_top1,
+                    "finished": finished,
+                },
+                ckpt_path,
+            )
         if finished:
             break
 
     best = build_student(cfg.student)
     best.load_state_dict(best_state if best_state is not None else model.state_dict())
     best.eval()
-    return DistillResult(best, history, best_epoch, best_top1 if val is not None else None, settings, records,
-                         len(fit), len(val) if val is not None else 0)
+    return DistillResult(
+        best,
+        history,
+        best_epoch,
+        best_top1 if val is not None else None,
+        settings,
+        records,
+        len(fit),
+        len(val) if val is not None else 0,
+    )
 
 
-def _batch_targets(targets: list[_Targets], idx: Tensor, flip: Tensor, x: Tensor, cfg: DistillConfig
-                   ) -> list[tuple[list[int], float, Tensor]]:
+def _batch_targets(
+    targets: list[_Targets], idx: Tensor, flip: Tensor, x: Tensor, cfg: DistillConfig
+) -> list[tuple[list[int], float, Tensor]]:
     out = []
     faces = (x.squeeze(1) * 255).round().to(torch.uint8).cpu().numpy() if cfg.online_teacher else None
     for group in targets:
         if faces is not None:
             views = [faces, np.ascontiguousarray(faces[:, :, ::-1])] if cfg.teacher_flip_average else [faces]
-            probs = torch.stack([torch.softmax(torch.from_numpy(t.logits(view)) / cfg.temperature, 1)
-                                 for t in group.teachers for view in views]).mean(0)
+            probs = torch.stack(
+                [
+                    torch.softmax(torch.from_numpy(t.logits(view)) / cfg.temperature, 1)
+                    for t in group.teachers
+                    for view in views
+                ]
+            ).mean(0)
         else:
             cpu_idx, cpu_flip = idx.cpu(), flip.cpu().view(-1, 1)
             probs = torch.where(cpu_flip, group.mirror[cpu_idx], group.clean[cpu_idx])
@@ -449,22 +545,39 @@ def _load_checkpoint(path: Path) -> dict[str, Any] | None:
 
 # ---------------------------------------------------------------- student files
 
+
 def student_meta(result: DistillResult) -> dict[str, Any]:
     """What export and the card need to know about a distilled student."""
     settings = result.settings
-    return {"arch": settings["student"], "labels": list(CANONICAL_LABELS), "input_size": settings["input_size"],
-            "channels": 1, "mean": [settings["mean"]], "std": [settings["std"]],
-            "params": count_parameters(result.model)}
+    return {
+        "arch": settings["student"],
+        "labels": list(CANONICAL_LABELS),
+        "input_size": settings["input_size"],
+        "channels": 1,
+        "mean": [settings["mean"]],
+        "std": [settings["std"]],
+        "params": count_parameters(result.model),
+    }
 
 
 def save_student(path: Path, result: DistillResult, dataset: dict[str, Any]) -> None:
     """The trained student with everything export and the card need (written atomically)."""
-    _save_atomic({
-        "format": STUDENT_FORMAT, **student_meta(result), "state_dict": result.model.state_dict(),
-        "history": result.history, "best_epoch": result.best_epoch, "best_val_top1": result.best_val_top1,
-        "settings": result.settings, "teachers": result.teachers, "dataset": dataset,
-        "train_faces": result.train_faces, "val_faces": result.val_faces,
-    }, path)
+    _save_atomic(
+        {
+            "format": STUDENT_FORMAT,
+            **student_meta(result),
+            "state_dict": result.model.state_dict(),
+            "history": result.history,
+            "best_epoch": result.best_epoch,
+            "best_val_top1": result.best_val_top1,
+            "settings": result.settings,
+            "teachers": result.teachers,
+            "dataset": dataset,
+            "train_faces": result.train_faces,
+            "val_faces": result.val_faces,
+        },
+        path,
+    )
 
 
 def load_student(path: Path) -> tuple[Student, dict[str, Any]]:
@@ -474,8 +587,9 @@ def load_student(path: Path) -> tuple[Student, dict[str, Any]]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
-        raise QuantizeError(f"student checkpoint {path} is unreadable ({str(exc).splitlines()[0][:120]}); "
-                            "distill it again") from None
+        raise QuantizeError(
+            f"student checkpoint {path} is unreadable ({str(exc).splitlines()[0][:120]}); distill it again"
+        ) from None
     if not isinstance(data, dict) or data.get("format") != STUDENT_FORMAT:
         raise QuantizeError(f"{path} is not a student checkpoint written by `quantize distill`")
     model = build_student(data["arch"], len(data["labels"]), data["channels"])

@@ -35,7 +35,7 @@ def load_model(path: Path, threads: int = 2) -> ExpressionModel:
 
 def predict(model: ExpressionModel, images: np.ndarray) -> np.ndarray:
     """Probabilities (N, L) for uint8 grey faces (N, h, w), in chunks to bound memory."""
-    parts = [model.predict(list(images[i:i + PREDICT_CHUNK])) for i in range(0, len(images), PREDICT_CHUNK)]
+    parts = [model.predict(list(images[i : i + PREDICT_CHUNK])) for i in range(0, len(images), PREDICT_CHUNK)]
     return np.concatenate(parts) if parts else np.zeros((0, len(model.labels)), np.float32)
 
 
@@ -72,8 +72,7 @@ class Evaluation:
     @property
     def recall(self) -> dict[str, float]:
         support = self.confusion.sum(axis=1)
-        return {name: float(self.confusion[i, i] / support[i])
-                for i, name in enumerate(self.labels) if support[i] > 0}
+        return {name: float(self.confusion[i, i] / support[i]) for i, name in enumerate(self.labels) if support[i] > 0}
 
     @property
     def macro_f1(self) -> float:
@@ -114,14 +113,15 @@ def evaluate(model_path: Path, faces: FaceSet, *, latency_runs: int = 200, threa
     confusion = np.zeros((len(model.labels), len(model.labels)), dtype=np.int64)
     np.add.at(confusion, (truth[known], probs.argmax(axis=1)), 1)
     latency = measure_latency(model_path, faces.images[0], runs=latency_runs) if latency_runs > 0 else None
-    return Evaluation(list(model.labels), confusion, probs, int((~known).sum()), Path(model_path).stat().st_size,
-                      latency)
+    return Evaluation(
+        list(model.labels), confusion, probs, int((~known).sum()), Path(model_path).stat().st_size, latency
+    )
 
 
 def confusion_table(ev: Evaluation) -> str:
     """The confusion matrix as aligned text, rows true, columns predicted, with per-class recall."""
     width = max(7, *(len(n) for n in ev.labels)) + 1
-    lines = ["true \\ pred".ljust(width) + "".join(n[:width - 1].rjust(width) for n in ev.labels) + "  recall"]
+    lines = ["true \\ pred".ljust(width) + "".join(n[: width - 1].rjust(width) for n in ev.labels) + "  recall"]
     recall = ev.recall
     for i, name in enumerate(ev.labels):
         row = "".join(str(v).rjust(width) for v in ev.confusion[i])
@@ -149,8 +149,15 @@ def save_confusion_png(ev: Evaluation, path: Path, title: str) -> None:
     ax.set_title(title)
     for i in ticks:
         for j in ticks:
-            ax.text(j, i, str(ev.confusion[i, j]), ha="center", va="center", fontsize=8,
-                    color="white" if share[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                str(ev.confusion[i, j]),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if share[i, j] > 0.5 else "black",
+            )
     fig.tight_layout()
     fig.savefig(path, format="png")
     plt.close(fig)

@@ -39,13 +39,29 @@ def _export(model: torch.nn.Module, example: torch.Tensor, path: Path, exporter:
         if exporter == "dynamo":
             # Its registry warns once per missing torchvision op; irrelevant to a plain CNN.
             logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-            torch.onnx.export(model, (example,), str(path), dynamo=True, verbose=False, opset_version=OPSET,
-                              input_names=["input"], output_names=["logits"],
-                              dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False)
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                dynamo=True,
+                verbose=False,
+                opset_version=OPSET,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                external_data=False,
+            )
         else:
-            torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=OPSET,
-                              input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            )
 
 
 def parity(path: Path, model: torch.nn.Module, sample: np.ndarray) -> float:
@@ -60,8 +76,14 @@ def parity(path: Path, model: torch.nn.Module, sample: np.ndarray) -> float:
     return worst
 
 
-def export_student(model: Student, path: Path, sample: np.ndarray, exporter: str = "auto",
-                   flip_average: bool = False, zooms: tuple[float, ...] = ()) -> ExportReport:
+def export_student(
+    model: Student,
+    path: Path,
+    sample: np.ndarray,
+    exporter: str = "auto",
+    flip_average: bool = False,
+    zooms: tuple[float, ...] = (),
+) -> ExportReport:
     """Write `model` as ONNX to `path`; `sample` is a float32 (N, C, H, W) batch of real inputs.
 
     exporter "auto" tries dynamo then legacy and keeps the first that passes parity. With `flip_average` and/or

@@ -54,7 +54,7 @@ class FaceBatches(CalibrationDataReader):
     percentile) stack per-run outputs and fail on a ragged last batch."""
 
     def __init__(self, inputs: np.ndarray, input_name: str = "input") -> None:
-        self._batches = iter([inputs[i:i + 1] for i in range(len(inputs))])
+        self._batches = iter([inputs[i : i + 1] for i in range(len(inputs))])
         self._name = input_name
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -69,11 +69,22 @@ def calibration_faces(train: FaceSet, count: int = 300, seed: int = 0) -> FaceSe
     return stratified_split(train, count / len(train), seed)[1]
 
 
-def quantize_onnx(fp32_path: Path, out_path: Path, calibration_inputs: np.ndarray, *, method: str = "minmax",
-                  fmt: str = "qdq", activations: str = "int8", per_channel: bool = True) -> None:
+def quantize_onnx(
+    fp32_path: Path,
+    out_path: Path,
+    calibration_inputs: np.ndarray,
+    *,
+    method: str = "minmax",
+    fmt: str = "qdq",
+    activations: str = "int8",
+    per_channel: bool = True,
+) -> None:
     """Write the INT8 version of `fp32_path` to `out_path`; `calibration_inputs` are prepared model inputs."""
-    for value, allowed, what in ((method, CALIBRATION_METHODS, "calibration method"), (fmt, FORMATS, "format"),
-                                 (activations, ACTIVATION_TYPES, "activation type")):
+    for value, allowed, what in (
+        (method, CALIBRATION_METHODS, "calibration method"),
+        (fmt, FORMATS, "format"),
+        (activations, ACTIVATION_TYPES, "activation type"),
+    ):
         if value not in allowed:
             raise QuantizeError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
     # The calibrators print progress notes to stdout, which belongs to the command's result.
@@ -84,7 +95,9 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calibration_inputs: np.ndarra
             prepared = Path(tmp) / "prepared.onnx"
             quant_pre_process(str(fp32_path), str(prepared))
             quantize_static(
-                str(prepared), str(out_path), FaceBatches(calibration_inputs),
+                str(prepared),
+                str(out_path),
+                FaceBatches(calibration_inputs),
                 quant_format=FORMATS[fmt],
                 per_channel=per_channel,
                 activation_type=ACTIVATION_TYPES[activations],
@@ -101,5 +114,6 @@ def check_accuracy_drop(fp32_top1: float, int8_top1: float, max_drop: float, all
     if drop > max_drop and not allow:
         raise QuantizeError(
             f"INT8 top-1 {int8_top1 * 100:.2f}% is {drop:.2f} points below FP32 {fp32_top1 * 100:.2f}% "
-            f"(limit {max_drop:g}); try --calibration entropy or percentile, or pass --allow-drop to keep it")
+            f"(limit {max_drop:g}); try --calibration entropy or percentile, or pass --allow-drop to keep it"
+        )
     return drop

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 from quantize.errors import QuantizeError
 
@@ -41,8 +42,9 @@ def check_output_folder(folder: Path) -> None:
     if not existing.is_dir():
         raise QuantizeError(f"cannot write into {folder}: {existing} is a file, not a folder; choose another --out")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise QuantizeError(f"cannot write into {folder}: {existing} is not writable; choose another --out "
-                            "or fix its permissions")
+        raise QuantizeError(
+            f"cannot write into {folder}: {existing} is not writable; choose another --out or fix its permissions"
+        )
 
 
 class StagedOutputs:
@@ -94,8 +96,9 @@ class StagedOutputs:
     def __enter__(self) -> StagedOutputs:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is None:
             self.commit()
         else:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,8 +69,14 @@ class Preprocessing:
 
     def to_dict(self) -> dict[str, Any]:
         """The "input" section of a teacher spec."""
-        return {"channels": self.channels, "size": list(self.size), "mean": self.mean, "std": self.std,
-                "resize": self.resize, "scale": "pixel/255" if self.scale == 1.0 / 255.0 else "pixel"}
+        return {
+            "channels": self.channels,
+            "size": list(self.size),
+            "mean": self.mean,
+            "std": self.std,
+            "resize": self.resize,
+            "scale": "pixel/255" if self.scale == 1.0 / 255.0 else "pixel",
+        }
 
 
 def _per_channel(values: Any, channels: int, what: str) -> list[float]:
@@ -94,8 +101,9 @@ def parse_normalisation(value: Any, which: int) -> list[float]:
         try:
             return [float(v) for v in name.replace("/", " ").replace(",", " ").split()]
         except ValueError:
-            raise QuantizeError(f"normalisation {value!r} is neither a number list nor one of "
-                                f"{', '.join(NORMALISATIONS)}") from None
+            raise QuantizeError(
+                f"normalisation {value!r} is neither a number list nor one of {', '.join(NORMALISATIONS)}"
+            ) from None
     if isinstance(value, (int, float)):
         return [float(value)]
     return [float(v) for v in value]

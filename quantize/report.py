@@ -45,20 +45,23 @@ def _views_sentence(card: dict[str, Any]) -> str:
     views = ["the face"] + [f"a {z:g}x centre zoom (--zoom-view {z:g})" for z in zooms]
     count = len(views) * (2 if flip else 1)
     if flip:
-        views.append("its mirror image (--flip-average)" if not zooms else
-                     "the mirror image of each (--flip-average)")
+        views.append("its mirror image (--flip-average)" if not zooms else "the mirror image of each (--flip-average)")
     listed = " and ".join(views) if len(views) == 2 else ", ".join(views[:-1]) + " and " + views[-1]
     return f" The graph averages the logits of {count} views of each face: {listed}; all figures below include it."
 
 
 def _training_summary(student: dict[str, Any], distill: dict[str, Any], epochs_run: int) -> str:
     if not student["val_faces"]:
-        return (f"Trained on all {student['train_faces']} training faces (no validation hold-out); the last of "
-                f"{epochs_run} epochs run ({distill['epochs']} planned) is kept.")
-    return (f"Best validation top-1 {_pct(student['val_top1'])} at epoch {student['best_epoch']} of "
-            f"{epochs_run} run ({distill['epochs']} planned); validation is a stratified "
-            f"{distill['val_fraction'] * 100:g}% of the training split ({student['val_faces']} faces), "
-            f"training used {student['train_faces']}.")
+        return (
+            f"Trained on all {student['train_faces']} training faces (no validation hold-out); the last of "
+            f"{epochs_run} epochs run ({distill['epochs']} planned) is kept."
+        )
+    return (
+        f"Best validation top-1 {_pct(student['val_top1'])} at epoch {student['best_epoch']} of "
+        f"{epochs_run} run ({distill['epochs']} planned); validation is a stratified "
+        f"{distill['val_fraction'] * 100:g}% of the training split ({student['val_faces']} faces), "
+        f"training used {student['train_faces']}."
+    )
 
 
 def _pct(value: float | None) -> str:
@@ -87,8 +90,7 @@ def render_report(card: dict[str, Any], history: list[dict[str, Any]], images: d
         f"Built {card['created']} by quantize {card['tool']['version']}: student `{student['arch']}` "
         f"({student['params']:,} parameters, input {'x'.join(map(str, card['input']['shape'][1:]))} "
         f"{card['input']['color']}) distilled from {len(card['teachers'])} teacher(s) on "
-        f"`{dataset['name']}` (sha256 {dataset['sha256'][:12]}...)."
-        + _views_sentence(card),
+        f"`{dataset['name']}` (sha256 {dataset['sha256'][:12]}...)." + _views_sentence(card),
         "",
         f"## Summary ({split} split, {metrics['fp32']['faces']} faces)",
         "",
@@ -130,8 +132,10 @@ def render_report(card: dict[str, Any], history: list[dict[str, Any]], images: d
     ]
     counts = dataset["counts"]["eval"]
     for label in card["labels"]:
-        lines.append(f"| {label} | {counts.get(label, 0)} | {_pct(metrics['fp32']['recall'].get(label))} | "
-                     f"{_pct(metrics['int8']['recall'].get(label))} |")
+        lines.append(
+            f"| {label} | {counts.get(label, 0)} | {_pct(metrics['fp32']['recall'].get(label))} | "
+            f"{_pct(metrics['int8']['recall'].get(label))} |"
+        )
     lines += [
         "",
         "## Confusion matrices (rows: true class, columns: predicted)",
@@ -147,8 +151,21 @@ def render_report(card: dict[str, Any], history: list[dict[str, Any]], images: d
         "| setting | value |",
         "|---|---|",
     ]
-    for key in ("temperature", "alpha", "label_smoothing", "class_balance", "optimizer", "lr", "weight_decay",
-                "batch_size", "epochs", "augment", "online_teacher", "precision", "seed"):
+    for key in (
+        "temperature",
+        "alpha",
+        "label_smoothing",
+        "class_balance",
+        "optimizer",
+        "lr",
+        "weight_decay",
+        "batch_size",
+        "epochs",
+        "augment",
+        "online_teacher",
+        "precision",
+        "seed",
+    ):
         lines.append(f"| {key} | {distill[key]} |")
     lines += [
         "",
@@ -159,8 +176,10 @@ def render_report(card: dict[str, Any], history: list[dict[str, Any]], images: d
     ]
     for t in card["teachers"]:
         params = f"{t['params']:,}" if t.get("params") else "-"
-        lines.append(f"| {t['name']} | {t.get('arch') or t.get('backend')} | {params} | {len(t['labels'])} | "
-                     f"{_pct(t.get('accuracy'))} | `{t['sha256'][:12]}` |")
+        lines.append(
+            f"| {t['name']} | {t.get('arch') or t.get('backend')} | {params} | {len(t['labels'])} | "
+            f"{_pct(t.get('accuracy'))} | `{t['sha256'][:12]}` |"
+        )
     if not card["teachers"]:
         lines.append("| (none: trained on the labels alone) | | | | | |")
     rarest = min(counts, key=lambda k: counts[k] if counts[k] else 1 << 30)

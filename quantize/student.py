@@ -112,9 +112,10 @@ class ViewAveraged(nn.Module):
         n = x.shape[0]
         views = [x]
         for start, side in self.crops:
-            patch = x[:, :, start:start + side, start:start + side]
-            views.append(nn.functional.interpolate(patch, size=(self.size, self.size), mode="bilinear",
-                                                   align_corners=False))
+            patch = x[:, :, start : start + side, start : start + side]
+            views.append(
+                nn.functional.interpolate(patch, size=(self.size, self.size), mode="bilinear", align_corners=False)
+            )
         if self.flip:
             views += [v.flip(-1) for v in views]
         logits = self.net(torch.cat(views))

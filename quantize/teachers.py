@@ -17,9 +17,10 @@ import pickle
 import sys
 import warnings
 import zipfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,11 +64,11 @@ class Teacher:
         step = min(batch_size, self.max_batch or batch_size)
         out = np.empty((len(images_u8), len(self.labels)), dtype=np.float32)
         for start in range(0, len(images_u8), step):
-            batch = images_u8[start:start + step]
+            batch = images_u8[start : start + step]
             scores = self._forward(batch)
             if flip_tta:
                 scores = (scores + self._forward(batch[:, :, ::-1])) / 2.0
-            out[start:start + step] = scores
+            out[start : start + step] = scores
         return out
 
     def describe(self) -> str:
@@ -81,19 +82,20 @@ def parse_teacher_arg(text: str) -> tuple[Path, dict[str, Any]]:
     """(path, spec overrides) from `PATH` or `PATH:key=value,key=value` (lists inside a value joined by "/")."""
     split_at = None
     for i, ch in enumerate(text):
-        if ch == ":" and (Path(text[:i]).is_file() or "=" in text[i + 1:].split(",")[0]):
+        if ch == ":" and (Path(text[:i]).is_file() or "=" in text[i + 1 :].split(",")[0]):
             split_at = i
             break
     if split_at is None:
         return Path(text), {}
-    path, options = Path(text[:split_at]), text[split_at + 1:]
+    path, options = Path(text[:split_at]), text[split_at + 1 :]
     spec: dict[str, Any] = {}
     for item in filter(None, options.split(",")):
         key, sep, value = item.partition("=")
         key = key.strip().lower()
         if not sep or key not in INPUT_KEYS + TOP_KEYS:
-            raise QuantizeError(f"teacher option {item!r} in {text!r}: use key=value with keys "
-                                f"{', '.join(INPUT_KEYS + TOP_KEYS)}")
+            raise QuantizeError(
+                f"teacher option {item!r} in {text!r}: use key=value with keys {', '.join(INPUT_KEYS + TOP_KEYS)}"
+            )
         if key in INPUT_KEYS:
             spec.setdefault("input", {})[key] = value
         elif key == "head":
@@ -105,9 +107,12 @@ def parse_teacher_arg(text: str) -> tuple[Path, dict[str, Any]]:
 
 def find_spec_file(model_path: Path) -> Path | None:
     """The spec beside a teacher: `<stem>.json`, `<stem>.toml`, `<file>.json` or `<file>.toml`."""
-    for candidate in (model_path.with_suffix(".json"), model_path.with_suffix(".toml"),
-                      model_path.with_name(model_path.name + ".json"),
-                      model_path.with_name(model_path.name + ".toml")):
+    for candidate in (
+        model_path.with_suffix(".json"),
+        model_path.with_suffix(".toml"),
+        model_path.with_name(model_path.name + ".json"),
+        model_path.with_name(model_path.name + ".toml"),
+    ):
         if candidate != model_path and candidate.is_file():
             return candidate
     return None
@@ -147,8 +152,14 @@ def parse_labels(value: Any, where: str) -> list[str]:
     return [str(v).strip() for v in value]
 
 
-def load_teacher(path: Path | str, spec: Mapping[str, Any] | Path | None = None, device: str = "cpu", *,
-                 precision: str = "fp32", trust_pickle: bool = False) -> Teacher:
+def load_teacher(
+    path: Path | str,
+    spec: Mapping[str, Any] | Path | None = None,
+    device: str = "cpu",
+    *,
+    precision: str = "fp32",
+    trust_pickle: bool = False,
+) -> Teacher:
     """Load an ONNX, TorchScript or PyTorch-checkpoint teacher with its spec.
 
     `path` may carry command-line options (`model.pt:size=96`). `spec` is a spec file or a dict of overrides on
@@ -187,12 +198,20 @@ def _resolve_device(device: str) -> str:
 def _require_size(spec: Mapping[str, Any], where: str, path: Path) -> None:
     section = spec.get("input") or {}
     if "size" not in section and "shape" not in section:
-        raise QuantizeError(f"{where}: input size unknown; write {path.with_suffix('.json').name} beside it "
-                            f"(see README) or pass --teacher '{path}:size=96,mean=imagenet'")
+        raise QuantizeError(
+            f"{where}: input size unknown; write {path.with_suffix('.json').name} beside it "
+            f"(see README) or pass --teacher '{path}:size=96,mean=imagenet'"
+        )
 
 
-def _finish(path: Path, spec: Mapping[str, Any], where: str, preprocessing: Preprocessing,
-            forward: Callable[[np.ndarray], np.ndarray], **fields: Any) -> Teacher:
+def _finish(
+    path: Path,
+    spec: Mapping[str, Any],
+    where: str,
+    preprocessing: Preprocessing,
+    forward: Callable[[np.ndarray], np.ndarray],
+    **fields: Any,
+) -> Teacher:
     """Check the output width against the labels and build the Teacher."""
     output = str(spec.get("output", "logits")).lower()
     if output not in ("logits", "probabilities"):
@@ -205,9 +224,11 @@ def _finish(path: Path, spec: Mapping[str, Any], where: str, preprocessing: Prep
     except QuantizeError:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure of a foreign model on a valid input is the user's model
-        raise QuantizeError(f"{where}: a forward pass on one {preprocessing.channels}x{preprocessing.size[0]}x"
-                            f"{preprocessing.size[1]} input failed ({str(exc).splitlines()[0][:160]}); "
-                            "check the input size/channels in the spec") from None
+        raise QuantizeError(
+            f"{where}: a forward pass on one {preprocessing.channels}x{preprocessing.size[0]}x"
+            f"{preprocessing.size[1]} input failed ({str(exc).splitlines()[0][:160]}); "
+            "check the input size/channels in the spec"
+        ) from None
     if probe.ndim != 2 or probe.shape[0] != 1:
         raise QuantizeError(f"{where}: output shape {list(probe.shape)} is not (batch, classes)")
     width = probe.shape[1]
@@ -216,42 +237,56 @@ def _finish(path: Path, spec: Mapping[str, Any], where: str, preprocessing: Prep
     elif width == len(CANONICAL_LABELS):
         labels = list(CANONICAL_LABELS)
     else:
-        raise QuantizeError(f"{where}: model has {width} outputs but no labels; add \"labels\" to its spec "
-                            f"or pass --teacher '{path}:labels=angry/fear/...'")
+        raise QuantizeError(
+            f'{where}: model has {width} outputs but no labels; add "labels" to its spec '
+            f"or pass --teacher '{path}:labels=angry/fear/...'"
+        )
     if width != len(labels):
-        raise QuantizeError(f"{where}: model has {width} outputs but its spec lists {len(labels)} labels "
-                            f"({', '.join(labels)}); fix the labels in the spec")
+        raise QuantizeError(
+            f"{where}: model has {width} outputs but its spec lists {len(labels)} labels "
+            f"({', '.join(labels)}); fix the labels in the spec"
+        )
     try:
         label_index = map_label_names(labels)
     except QuantizeError as exc:
         raise QuantizeError(f"{where}: {exc}") from None
-    return Teacher(name=str(spec.get("name") or path.stem), path=path, labels=labels, label_index=label_index,
-                   preprocessing=preprocessing, _forward=forward, **fields)
+    return Teacher(
+        name=str(spec.get("name") or path.stem),
+        path=path,
+        labels=labels,
+        label_index=label_index,
+        preprocessing=preprocessing,
+        _forward=forward,
+        **fields,
+    )
 
 
 # ---------------------------------------------------------------- ONNX
 
+
 def _load_onnx(path: Path, spec: dict[str, Any], where: str, device: str) -> Teacher:
     import onnxruntime as ort
 
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else [
-        "CPUExecutionProvider"]
+    providers = (
+        ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
+    )
     try:
         session = ort.InferenceSession(str(path), providers=providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types for a bad file
         raise QuantizeError(f"{where}: onnxruntime cannot load it ({str(exc).splitlines()[0][:160]})") from None
     inputs = session.get_inputs()
     if len(inputs) != 1 or len(inputs[0].shape) != 4:
-        raise QuantizeError(f"{where}: expected one NCHW image input, found "
-                            f"{[(i.name, i.shape) for i in inputs]}")
+        raise QuantizeError(f"{where}: expected one NCHW image input, found {[(i.name, i.shape) for i in inputs]}")
     batch_dim, channels, height, width = inputs[0].shape
     static = all(isinstance(d, int) for d in (channels, height, width))
     section = dict(spec.get("input") or {})
     if static:
         stated = preprocessing_from_spec(section, channels) if section else None
         if stated is not None and ("size" in section or "shape" in section) and stated.size != (height, width):
-            raise QuantizeError(f"{where}: spec says input {stated.size[0]}x{stated.size[1]} but the ONNX model "
-                                f"takes {height}x{width}; fix the spec")
+            raise QuantizeError(
+                f"{where}: spec says input {stated.size[0]}x{stated.size[1]} but the ONNX model "
+                f"takes {height}x{width}; fix the spec"
+            )
         if stated is not None and "channels" in section and stated.channels != channels:
             raise QuantizeError(f"{where}: spec says {stated.channels} channels but the ONNX model takes {channels}")
         section.setdefault("size", [height, width])
@@ -264,11 +299,22 @@ def _load_onnx(path: Path, spec: dict[str, Any], where: str, device: str) -> Tea
     def forward(batch: np.ndarray) -> np.ndarray:
         return np.asarray(session.run(None, {name: preprocessing.apply_numpy(batch)})[0], dtype=np.float32)
 
-    return _finish(path, spec, where, preprocessing, forward, num_params=None, arch=spec.get("arch"),
-                   backend="onnx", device=device, max_batch=batch_dim if batch_dim == 1 else None)
+    return _finish(
+        path,
+        spec,
+        where,
+        preprocessing,
+        forward,
+        num_params=None,
+        arch=spec.get("arch"),
+        backend="onnx",
+        device=device,
+        max_batch=batch_dim if batch_dim == 1 else None,
+    )
 
 
 # ---------------------------------------------------------------- PyTorch
+
 
 def _is_torchscript(path: Path) -> bool:
     if not zipfile.is_zipfile(path):
@@ -277,8 +323,9 @@ def _is_torchscript(path: Path) -> bool:
         return any(n.endswith(TORCHSCRIPT_MARKERS) or "/code/" in n for n in z.namelist())
 
 
-def _load_torch(path: Path, spec: dict[str, Any], where: str, device: str, precision: str,
-                trust_pickle: bool) -> Teacher:
+def _load_torch(
+    path: Path, spec: dict[str, Any], where: str, device: str, precision: str, trust_pickle: bool
+) -> Teacher:
     arch: str | None = None
     if _is_torchscript(path):
         try:
@@ -305,8 +352,9 @@ def _load_torch(path: Path, spec: dict[str, Any], where: str, device: str, preci
     section = dict(spec.get("input") or {})
     if channels is not None:
         if "channels" in section and int(section["channels"]) != channels:
-            raise QuantizeError(f"{where}: spec says {section['channels']} channels but the first conv takes "
-                                f"{channels}; fix the spec")
+            raise QuantizeError(
+                f"{where}: spec says {section['channels']} channels but the first conv takes {channels}; fix the spec"
+            )
         section["channels"] = channels
     preprocessing = preprocessing_from_spec(section, channels or 3)
     model.eval().to(device)
@@ -325,8 +373,9 @@ def _load_torch(path: Path, spec: dict[str, Any], where: str, device: str, preci
         return out.float().cpu().numpy()
 
     num_params = sum(p.numel() for p in model.parameters())
-    return _finish(path, spec, where, preprocessing, forward, num_params=num_params, arch=arch, backend=backend,
-                   device=device)
+    return _finish(
+        path, spec, where, preprocessing, forward, num_params=num_params, arch=arch, backend=backend, device=device
+    )
 
 
 def _torch_load(path: Path, where: str, trust_pickle: bool) -> Any:
@@ -334,12 +383,23 @@ def _torch_load(path: Path, where: str, trust_pickle: bool) -> Any:
         return torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as exc:
         if "Unsupported global" not in str(exc):  # garbage bytes fail in the same unpickler
-            raise QuantizeError(f"{where}: not a readable PyTorch checkpoint (unpickling failed); check the file")\
-                from None
-        raise QuantizeError(f"{where}: the file pickles Python objects, not just weights; re-save it with "
-                            "torch.save(model.state_dict(), ...), or pass --trust-pickle if you trust its "
-                            "source") from None
-    except (RuntimeError, OSError, EOFError, ValueError, AttributeError, ModuleNotFoundError, KeyError,
-            IndexError, TypeError) as exc:  # a damaged file fails in many ways inside torch.load
-        raise QuantizeError(f"{where}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0][:160]})") \
-            from None
+            raise QuantizeError(
+                f"{where}: not a readable PyTorch checkpoint (unpickling failed); check the file"
+            ) from None
+        raise QuantizeError(
+            f"{where}: the file pickles Python objects, not just weights; re-save it with "
+            "torch.save(model.state_dict(), ...), or pass --trust-pickle if you trust its "
+            "source"
+        ) from None
+    except (
+        RuntimeError,
+        OSError,
+        EOFError,
+        ValueError,
+        AttributeError,
+        ModuleNotFoundError,
+        KeyError,
+        IndexError,
+        TypeError,
+    ) as exc:  # a damaged file fails in many ways inside torch.load
+        raise QuantizeError(f"{where}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0][:160]})") from None

@@ -32,8 +32,24 @@ from quantize.preprocess import Preprocessing, parse_normalisation
 
 STATE_VERSION = 1
 # Settings that shape the run; resuming with any of them changed would silently train something else.
-RESUME_KEYS = ("arch", "head", "size", "channels", "mean", "std", "epochs", "batch_size", "lr", "optimizer",
-               "weight_decay", "warmup_epochs", "label_smoothing", "seed", "limit", "val_fraction")
+RESUME_KEYS = (
+    "arch",
+    "head",
+    "size",
+    "channels",
+    "mean",
+    "std",
+    "epochs",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "weight_decay",
+    "warmup_epochs",
+    "label_smoothing",
+    "seed",
+    "limit",
+    "val_fraction",
+)
 
 
 @dataclass
@@ -104,12 +120,35 @@ class TrainResult:
     wall_s: float
 
 
-def train_teacher(arch: str, data_path: Path | str, out_path: Path | str, *, epochs: int = 30,
-                  batch_size: int = 64, lr: float | None = None, size: int = 96, channels: int = 3,
-                  seed: int = 0, device: str = "auto", resume: bool = True, **options: Any) -> TrainResult:
+def train_teacher(
+    arch: str,
+    data_path: Path | str,
+    out_path: Path | str,
+    *,
+    epochs: int = 30,
+    batch_size: int = 64,
+    lr: float | None = None,
+    size: int = 96,
+    channels: int = 3,
+    seed: int = 0,
+    device: str = "auto",
+    resume: bool = True,
+    **options: Any,
+) -> TrainResult:
     """Train (or resume) a teacher; `options` are the other TrainConfig fields (optimizer, head, precision, ...)."""
-    config = TrainConfig(arch=arch, data=str(data_path), out=str(out_path), epochs=epochs, batch_size=batch_size,
-                         lr=lr, size=size, channels=channels, seed=seed, device=device, **options)
+    config = TrainConfig(
+        arch=arch,
+        data=str(data_path),
+        out=str(out_path),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        size=size,
+        channels=channels,
+        seed=seed,
+        device=device,
+        **options,
+    )
     return train_config(config, resume=resume)
 
 
@@ -141,8 +180,10 @@ def train_config(config: TrainConfig, resume: bool = True) -> TrainResult:
             scaler.load_state_dict(state["scaler"])
         start_epoch, best_acc, best_epoch = state["epoch"], state["best_acc"], state["best_epoch"]
         history, wall_before = state["history"], state["wall_s"]
-        print(f"resuming {paths['resume'].name} after epoch {start_epoch}/{cfg.epochs} "
-              f"(best {best_acc:.4f} at epoch {best_epoch})")
+        print(
+            f"resuming {paths['resume'].name} after epoch {start_epoch}/{cfg.epochs} "
+            f"(best {best_acc:.4f} at epoch {best_epoch})"
+        )
         if paths["log"].exists():  # drop lines of an epoch that was cut short after logging
             kept = paths["log"].read_text(encoding="utf-8").splitlines()[:start_epoch]
             paths["log"].write_text("".join(line + "\n" for line in kept), encoding="utf-8")
@@ -153,8 +194,9 @@ def train_config(config: TrainConfig, resume: bool = True) -> TrainResult:
     labels = torch.from_numpy(train_set.labels).to(device)
     steps = len(train_set) // cfg.batch_size
     if steps == 0:
-        raise QuantizeError(f"{len(train_set)} training faces is less than one batch of {cfg.batch_size}; "
-                            "lower --batch-size")
+        raise QuantizeError(
+            f"{len(train_set)} training faces is less than one batch of {cfg.batch_size}; lower --batch-size"
+        )
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     augment = Augmentation()
     autocast = make_autocast(cfg)
@@ -171,12 +213,19 @@ def train_config(config: TrainConfig, resume: bool = True) -> TrainResult:
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         # Progress bar on a terminal only; a redirected log gets the one line per epoch.
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
-                   dynamic_ncols=True, disable=None, mininterval=2.0)
+        bar = tqdm(
+            range(steps),
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            unit="batch",
+            leave=False,
+            dynamic_ncols=True,
+            disable=None,
+            mininterval=2.0,
+        )
         for step in bar:
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(cfg, epoch * steps + step, steps)
-            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             x = pre.normalise(augment(images[idx], size, gen)).contiguous(memory_format=torch.channels_last)
             loss, logits = train_step(model, x, labels[idx], optimizer, scaler, criterion, autocast)
             loss_sum += loss
@@ -186,12 +235,19 @@ def train_config(config: TrainConfig, resume: bool = True) -> TrainResult:
         bar.close()
         val_acc = evaluate(model, val_set, pre, device, autocast=make_autocast(cfg, for_eval=True))
         seconds = time.monotonic() - started
-        entry = {"epoch": epoch + 1, "seconds": round(seconds, 1), "loss": round(loss_sum.item() / steps, 4),
-                 "train_acc": round(correct.item() / (steps * cfg.batch_size), 4), "val_acc": round(val_acc, 4),
-                 "lr": round(_lr_at(cfg, (epoch + 1) * steps - 1, steps), 6)}
+        entry = {
+            "epoch": epoch + 1,
+            "seconds": round(seconds, 1),
+            "loss": round(loss_sum.item() / steps, 4),
+            "train_acc": round(correct.item() / (steps * cfg.batch_size), 4),
+            "val_acc": round(val_acc, 4),
+            "lr": round(_lr_at(cfg, (epoch + 1) * steps - 1, steps), 6),
+        }
         history.append(entry)
-        line = (f"epoch {epoch + 1}/{cfg.epochs} {seconds:.0f}s loss {entry['loss']:.3f} "
-                f"train {entry['train_acc']:.4f} {_val_name(cfg, val_set)}(flip-TTA) {val_acc:.4f}")
+        line = (
+            f"epoch {epoch + 1}/{cfg.epochs} {seconds:.0f}s loss {entry['loss']:.3f} "
+            f"train {entry['train_acc']:.4f} {_val_name(cfg, val_set)}(flip-TTA) {val_acc:.4f}"
+        )
         if val_acc > best_acc:
             best_acc, best_epoch = val_acc, epoch + 1
             _atomic_save(_bare_state_dict(model), paths["weights"])
@@ -200,11 +256,21 @@ def train_config(config: TrainConfig, resume: bool = True) -> TrainResult:
         with paths["log"].open("a", encoding="utf-8") as log:
             log.write(line + "\n")
         wall, done = wall_before + time.monotonic() - run_started, epoch + 1
-        _atomic_save({"version": STATE_VERSION, "config": _resume_config(cfg), "epoch": epoch + 1,
-                      "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                      **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {}),
-                      "best_acc": best_acc, "best_epoch": best_epoch, "history": history, "wall_s": wall},
-                     paths["resume"])
+        _atomic_save(
+            {
+                "version": STATE_VERSION,
+                "config": _resume_config(cfg),
+                "epoch": epoch + 1,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {}),
+                "best_acc": best_acc,
+                "best_epoch": best_epoch,
+                "history": history,
+                "wall_s": wall,
+            },
+            paths["resume"],
+        )
         _write_spec(paths["spec"], cfg, train_set, val_set, best_acc, best_epoch, done, wall)
         if done < cfg.epochs and _should_stop(cfg, done - start_epoch, time.monotonic() - run_started, seconds):
             print(f"stopping after epoch {done}/{cfg.epochs} as asked; rerun the same command to resume", flush=True)
@@ -213,8 +279,15 @@ def train_config(config: TrainConfig, resume: bool = True) -> TrainResult:
     return TrainResult(paths["weights"], paths["spec"], paths["log"], best_acc, best_epoch, done, wall)
 
 
-def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler, criterion: nn.Module, autocast: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    criterion: nn.Module,
+    autocast: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on a prepared batch; returns (loss, logits), both detached."""
     with autocast:
         logits = model(x)
@@ -226,25 +299,34 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: to
     return loss.detach(), logits.detach()
 
 
-def evaluate(model: nn.Module, faces: FaceSet, pre: Preprocessing, device: torch.device, *,
-             autocast: Any = None, batch_size: int = 256, flip_tta: bool = True) -> float:
+def evaluate(
+    model: nn.Module,
+    faces: FaceSet,
+    pre: Preprocessing,
+    device: torch.device,
+    *,
+    autocast: Any = None,
+    batch_size: int = 256,
+    flip_tta: bool = True,
+) -> float:
     """Top-1 accuracy of `model` on `faces` (eval mode, optionally averaging each face with its mirror)."""
     model.eval()
     correct = 0
     context = autocast if autocast is not None else torch.autocast(device.type, enabled=False)
     with torch.inference_mode():
         for start in range(0, len(faces), batch_size):
-            batch = faces.images[start:start + batch_size]
+            batch = faces.images[start : start + batch_size]
             x = pre.apply(batch, device).contiguous(memory_format=torch.channels_last)
             with context:
                 scores = model(x).float()
                 if flip_tta:
                     scores = scores + model(x.flip(3)).float()
-            correct += int((scores.argmax(1).cpu().numpy() == faces.labels[start:start + batch_size]).sum())
+            correct += int((scores.argmax(1).cpu().numpy() == faces.labels[start : start + batch_size]).sum())
     return correct / len(faces)
 
 
 # ---------------------------------------------------------------- pieces
+
 
 def _should_stop(cfg: TrainConfig, epochs_this_run: int, elapsed_s: float, last_epoch_s: float) -> bool:
     if cfg.stop_after_epochs is not None and epochs_this_run >= cfg.stop_after_epochs:
@@ -253,8 +335,12 @@ def _should_stop(cfg: TrainConfig, epochs_this_run: int, elapsed_s: float, last_
 
 
 def _paths(out: Path) -> dict[str, Path]:
-    return {"weights": out, "spec": out.with_suffix(".json"), "log": out.with_suffix(".log"),
-            "resume": out.with_name(out.stem + ".resume.pt")}
+    return {
+        "weights": out,
+        "spec": out.with_suffix(".json"),
+        "log": out.with_suffix(".log"),
+        "resume": out.with_name(out.stem + ".resume.pt"),
+    }
 
 
 def _load_data(cfg: TrainConfig) -> tuple[FaceSet, FaceSet]:
@@ -266,8 +352,9 @@ def _load_data(cfg: TrainConfig) -> tuple[FaceSet, FaceSet]:
         try:
             val = load_dataset(data, cfg.val_split, skip_corrupt=cfg.skip_corrupt)
         except QuantizeError as exc:
-            raise QuantizeError(f"{exc} (for validation; or pass --val-fraction 0.1 to hold out part of train)") \
-                from None
+            raise QuantizeError(
+                f"{exc} (for validation; or pass --val-fraction 0.1 to hold out part of train)"
+            ) from None
     if cfg.limit and cfg.limit < len(train):
         full, split = len(train), train.split
         train, _ = stratified_split(train, 1.0 - cfg.limit / len(train), cfg.seed)
@@ -328,20 +415,31 @@ def _resume_state(path: Path, cfg: TrainConfig) -> dict[str, Any] | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: say so instead of a traceback
-        raise QuantizeError(f"cannot resume from {path} ({str(exc).splitlines()[0][:120]}); delete it or pass "
-                            "--no-resume") from None
+        raise QuantizeError(
+            f"cannot resume from {path} ({str(exc).splitlines()[0][:120]}); delete it or pass --no-resume"
+        ) from None
     if state.get("version") != STATE_VERSION:
         raise QuantizeError(f"{path} is from another version of the tool; delete it or pass --no-resume")
     saved, now = state["config"], _resume_config(cfg)
     changed = [f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in RESUME_KEYS if saved.get(k) != now[k]]
     if changed:
-        raise QuantizeError(f"{path.name} was started with other settings ({'; '.join(changed[:4])}); rerun with "
-                            "the same options, pass --no-resume to start over, or use another --out")
+        raise QuantizeError(
+            f"{path.name} was started with other settings ({'; '.join(changed[:4])}); rerun with "
+            "the same options, pass --no-resume to start over, or use another --out"
+        )
     return state
 
 
-def _write_spec(path: Path, cfg: TrainConfig, train: FaceSet, val: FaceSet, best_acc: float, best_epoch: int,
-                epochs_done: int, wall_s: float) -> None:
+def _write_spec(
+    path: Path,
+    cfg: TrainConfig,
+    train: FaceSet,
+    val: FaceSet,
+    best_acc: float,
+    best_epoch: int,
+    epochs_done: int,
+    wall_s: float,
+) -> None:
     pre = cfg.preprocessing()
     spec = {
         "arch": cfg.arch,
@@ -357,9 +455,16 @@ def _write_spec(path: Path, cfg: TrainConfig, train: FaceSet, val: FaceSet, best
         "epochs_done": epochs_done,
         "epochs_planned": cfg.epochs,
         "wall_minutes": round(wall_s / 60.0, 1),
-        "train": {"optimizer": cfg.optimizer, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
-                  "batch_size": cfg.batch_size, "label_smoothing": cfg.label_smoothing, "seed": cfg.seed,
-                  "precision": cfg.precision, "device": cfg.device},
+        "train": {
+            "optimizer": cfg.optimizer,
+            "lr": cfg.lr,
+            "weight_decay": cfg.weight_decay,
+            "batch_size": cfg.batch_size,
+            "label_smoothing": cfg.label_smoothing,
+            "seed": cfg.seed,
+            "precision": cfg.precision,
+            "device": cfg.device,
+        },
     }
     if _val_name(cfg, val) == "PublicTest":
         spec["publictest_top1_fliptta"] = spec["val_top1_fliptta"]
@@ -367,6 +472,7 @@ def _write_spec(path: Path, cfg: TrainConfig, train: FaceSet, val: FaceSet, best
 
 
 # ---------------------------------------------------------------- command line
+
 
 def add_train_teacher_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `quantize train-teacher`."""
@@ -376,50 +482,93 @@ def add_train_teacher_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", default=d.arch, choices=ARCH_NAMES, help="network (default %(default)s)")
     parser.add_argument("--epochs", type=int, default=d.epochs, help="default %(default)s")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="default %(default)s")
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.1*batch/256 for "
-                                                               "sgd, 1e-3 for adamw)")
+    parser.add_argument(
+        "--lr", type=float, default=None, help="peak learning rate (default 0.1*batch/256 for sgd, 1e-3 for adamw)"
+    )
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default=d.optimizer, help="default %(default)s")
     parser.add_argument("--weight-decay", type=float, default=None, help="default 5e-4 (sgd) or 0.05 (adamw)")
     parser.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, help="default %(default)s")
     parser.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="default %(default)s")
-    parser.add_argument("--size", type=int, default=d.size, help="input side in pixels, faces are resized from 48 "
-                                                                 "(default %(default)s)")
-    parser.add_argument("--channels", type=int, choices=(1, 3), default=d.channels,
-                        help="3 = grey replicated, torchvision convention (default %(default)s)")
+    parser.add_argument(
+        "--size", type=int, default=d.size, help="input side in pixels, faces are resized from 48 (default %(default)s)"
+    )
+    parser.add_argument(
+        "--channels",
+        type=int,
+        choices=(1, 3),
+        default=d.channels,
+        help="3 = grey replicated, torchvision convention (default %(default)s)",
+    )
     parser.add_argument("--mean", default="imagenet", help="imagenet, half, none or numbers a/b/c")
     parser.add_argument("--std", default=None, help="like --mean (default: the --mean preset's std)")
     parser.add_argument("--head", default=d.head, help="classifier head, e.g. linear or dropout:0.3,linear")
-    parser.add_argument("--val-split", default=d.val_split, help="split used to pick the best epoch "
-                                                                 "(default %(default)s = PublicTest for FER2013)")
-    parser.add_argument("--val-fraction", type=float, default=None,
-                        help="hold out this fraction of train for validation instead")
+    parser.add_argument(
+        "--val-split",
+        default=d.val_split,
+        help="split used to pick the best epoch (default %(default)s = PublicTest for FER2013)",
+    )
+    parser.add_argument(
+        "--val-fraction", type=float, default=None, help="hold out this fraction of train for validation instead"
+    )
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--device", default=d.device, help="auto, cpu or cuda (default %(default)s)")
-    parser.add_argument("--precision", default=d.precision, choices=("auto", "bf16", "fp16", "fp32"),
-                        help="autocast precision (default: bf16, fp16 on GPUs without bf16)")
+    parser.add_argument(
+        "--precision",
+        default=d.precision,
+        choices=("auto", "bf16", "fp16", "fp32"),
+        help="autocast precision (default: bf16, fp16 on GPUs without bf16)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     parser.add_argument("--limit", type=int, default=None, help="train on this many faces only (smoke runs)")
     parser.add_argument("--skip-corrupt", action="store_true", help="leave out unreadable images instead of failing")
-    parser.add_argument("--stop-after-epochs", type=int, default=None,
-                        help="end this run after N epochs; rerun the same command to continue")
-    parser.add_argument("--time-budget-min", type=float, default=None,
-                        help="end this run before an epoch that would overrun this many minutes; rerun to continue")
-    parser.add_argument("--no-resume", action="store_true",
-                        help="start over even if <out>.resume.pt exists from an earlier run")
+    parser.add_argument(
+        "--stop-after-epochs",
+        type=int,
+        default=None,
+        help="end this run after N epochs; rerun the same command to continue",
+    )
+    parser.add_argument(
+        "--time-budget-min",
+        type=float,
+        default=None,
+        help="end this run before an epoch that would overrun this many minutes; rerun to continue",
+    )
+    parser.add_argument(
+        "--no-resume", action="store_true", help="start over even if <out>.resume.pt exists from an earlier run"
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    std_source = args.std if args.std is not None else (args.mean if args.mean in ("imagenet", "half", "none")
-                                                        else "none")
-    cfg = TrainConfig(arch=args.arch, data=str(args.data), out=str(args.out), epochs=args.epochs,
-                      batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-                      weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-                      label_smoothing=args.label_smoothing, size=args.size, channels=args.channels,
-                      mean=parse_normalisation(args.mean, 0), std=parse_normalisation(std_source, 1),
-                      head=args.head, val_split=args.val_split, val_fraction=args.val_fraction, seed=args.seed,
-                      device=args.device, precision=args.precision, threads=args.threads, limit=args.limit,
-                      skip_corrupt=args.skip_corrupt, stop_after_epochs=args.stop_after_epochs,
-                      time_budget_min=args.time_budget_min)
+    std_source = (
+        args.std if args.std is not None else (args.mean if args.mean in ("imagenet", "half", "none") else "none")
+    )
+    cfg = TrainConfig(
+        arch=args.arch,
+        data=str(args.data),
+        out=str(args.out),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        warmup_epochs=args.warmup_epochs,
+        label_smoothing=args.label_smoothing,
+        size=args.size,
+        channels=args.channels,
+        mean=parse_normalisation(args.mean, 0),
+        std=parse_normalisation(std_source, 1),
+        head=args.head,
+        val_split=args.val_split,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        device=args.device,
+        precision=args.precision,
+        threads=args.threads,
+        limit=args.limit,
+        skip_corrupt=args.skip_corrupt,
+        stop_after_epochs=args.stop_after_epochs,
+        time_budget_min=args.time_budget_min,
+    )
     return cfg
 
 
@@ -427,6 +576,8 @@ def run_train_teacher(args: argparse.Namespace) -> int:
     """Entry point of the subcommand; returns the exit status."""
     cfg = config_from_args(args)
     result = train_config(cfg, resume=not args.no_resume)
-    print(f"best {result.best_accuracy:.4f} at epoch {result.best_epoch} of {result.epochs_done} done "
-          f"({result.wall_s / 60:.1f} min): {result.weights} + {result.spec.name}")
+    print(
+        f"best {result.best_accuracy:.4f} at epoch {result.best_epoch} of {result.epochs_done} done "
+        f"({result.wall_s / 60:.1f} min): {result.weights} + {result.spec.name}"
+    )
     return 0

@@ -65,8 +65,15 @@ class Broker:
 
     host = "127.0.0.1"
 
-    def __init__(self, workdir: Path, kind: str, *, users: dict[str, str] | None = None,
-                 persistent: bool = False, extra_config: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        workdir: Path,
+        kind: str,
+        *,
+        users: dict[str, str] | None = None,
+        persistent: bool = False,
+        extra_config: tuple[str, ...] = (),
+    ):
         self.kind = kind
         self.workdir = workdir
         self.users = dict(users or {})
@@ -91,8 +98,9 @@ class Broker:
             return
         command = self._mosquitto_command() if self.kind == "mosquitto" else self._amqtt_command()
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True
+        )
         log.close()
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -121,8 +129,15 @@ class Broker:
             return "(no log)"
 
     def _mosquitto_command(self) -> list[str]:
-        config = [f"listener {self.port} {self.host}", "set_tcp_nodelay true", "max_queued_messages 100000",
-                  "log_dest stdout", "log_type error", "log_type warning", "log_type notice"]
+        config = [
+            f"listener {self.port} {self.host}",
+            "set_tcp_nodelay true",
+            "max_queued_messages 100000",
+            "log_dest stdout",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+        ]
         if os.geteuid() == 0:
             config.append("user root")  # else it drops to user mosquitto, who cannot write in our tmp folder
         if self.users:
@@ -130,15 +145,20 @@ class Broker:
             passwd.unlink(missing_ok=True)
             for user, password in self.users.items():
                 flags = ["-b"] if passwd.exists() else ["-c", "-b"]
-                subprocess.run(["mosquitto_passwd", *flags, str(passwd), user, password], check=True,
-                               capture_output=True)
+                subprocess.run(
+                    ["mosquitto_passwd", *flags, str(passwd), user, password], check=True, capture_output=True
+                )
             config += ["allow_anonymous false", f"password_file {passwd}"]
         else:
             config.append("allow_anonymous true")
         if self.persistent:
             # Save after every change, so a SIGKILL keeps sessions and queued messages.
-            config += ["persistence true", f"persistence_location {self.workdir}/",
-                       "autosave_on_changes true", "autosave_interval 1"]
+            config += [
+                "persistence true",
+                f"persistence_location {self.workdir}/",
+                "autosave_on_changes true",
+                "autosave_interval 1",
+            ]
         else:
             config.append("persistence false")
         path = self.workdir / "mosquitto.conf"
@@ -179,16 +199,16 @@ def broker_factory(tmp_path_factory) -> Iterator[Callable[..., Broker]]:
     made: list[Broker] = []
     kind = _broker_kind()
 
-    def make(*, users: dict[str, str] | None = None, persistent: bool = False,
-             extra_config: tuple[str, ...] = ()) -> Broker:
+    def make(
+        *, users: dict[str, str] | None = None, persistent: bool = False, extra_config: tuple[str, ...] = ()
+    ) -> Broker:
         if kind is None:
             pytest.skip("no MQTT broker: install mosquitto (apt install mosquitto) or `pip install amqtt`")
         if kind != "mosquitto" and (users or persistent or extra_config):
             pytest.skip("needs mosquitto (password file / persistence / extra config); only amqtt is installed")
         if users and not shutil.which("mosquitto_passwd"):
             pytest.skip("mosquitto_passwd not found (apt install mosquitto)")
-        b = Broker(tmp_path_factory.mktemp(kind), kind, users=users, persistent=persistent,
-                   extra_config=extra_config)
+        b = Broker(tmp_path_factory.mktemp(kind), kind, users=users, persistent=persistent, extra_config=extra_config)
         made.append(b)
         b.start()
         return b
@@ -228,9 +248,17 @@ class Subscriber:
     reconnects is missed.
     """
 
-    def __init__(self, broker: Broker, *topics: str, qos: int = 1, protocol: str | None = None,
-                 username: str | None = None, password: str | None = None, persistent: bool = False,
-                 client_id: str | None = None):
+    def __init__(
+        self,
+        broker: Broker,
+        *topics: str,
+        qos: int = 1,
+        protocol: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        persistent: bool = False,
+        client_id: str | None = None,
+    ):
         self.topics = topics
         self.qos = qos
         self.messages: list[Message] = []
@@ -273,8 +301,9 @@ class Subscriber:
         with self._cond:
             return [m for m in self.messages if topic is None or mqtt.topic_matches_sub(topic, m.topic)]
 
-    def wait_until(self, predicate: Callable[[list[Message]], bool], timeout: float = WAIT_TIMEOUT_S,
-                   topic: str | None = None) -> list[Message]:
+    def wait_until(
+        self, predicate: Callable[[list[Message]], bool], timeout: float = WAIT_TIMEOUT_S, topic: str | None = None
+    ) -> list[Message]:
         """Wait until predicate(messages so far) holds; fail the test (naming what arrived) otherwise."""
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -285,8 +314,9 @@ class Subscriber:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     shown = [(m.topic, m.payload[:80]) for m in got[-5:]]
-                    pytest.fail(f"timed out after {timeout} s waiting on {self.topics}: {len(got)} messages, "
-                                f"last {shown}")
+                    pytest.fail(
+                        f"timed out after {timeout} s waiting on {self.topics}: {len(got)} messages, last {shown}"
+                    )
                 self._cond.wait(left)
 
     def wait_for(self, count: int, timeout: float = WAIT_TIMEOUT_S, topic: str | None = None) -> list[Message]:

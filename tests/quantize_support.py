@@ -33,7 +33,7 @@ def synthetic_faces(per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     labels = np.repeat(np.arange(7), per_class)
     rng.shuffle(labels)
     y = np.arange(48, dtype=np.float32)[None, :, None]
-    freq = (1.5 * 1.45 ** labels)[:, None, None]
+    freq = (1.5 * 1.45**labels)[:, None, None]
     phase = rng.uniform(0, 2 * np.pi, (len(labels), 1, 1))
     stripes = 128 + 55 * np.cos(2 * np.pi * freq * y / 48 + phase)
     images = stripes + rng.normal(0, 12, (len(labels), 48, 48))
@@ -64,8 +64,14 @@ def train_tiny_teacher(images: np.ndarray, labels: np.ndarray, steps: int = 60, 
     """A small CNN (1x48x48 grey, mean/std 0.5) trained briefly on the faces: a real, if weak, teacher."""
     torch.manual_seed(seed)
     model = nn.Sequential(
-        nn.Conv2d(1, 16, 5, 2, 2), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 7))
+        nn.Conv2d(1, 16, 5, 2, 2),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, 2, 1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 7),
+    )
     x = (torch.from_numpy(images).float().unsqueeze(1) / 255 - 0.5) / 0.5
     y = torch.from_numpy(labels)
     optimizer = torch.optim.Adam(model.parameters(), 1e-2)
@@ -91,8 +97,16 @@ def save_teachers(folder: Path, tiny: nn.Module) -> dict[str, Path]:
         torch.jit.trace(tiny, torch.zeros(1, 1, 48, 48)).save(str(paths["torchscript"]))
         keep = [LABELS.index(name) for name in SIX_LABELS]
         six = nn.Sequential(tiny, Columns(keep)).eval()
-        torch.onnx.export(six, (torch.zeros(1, 1, 48, 48),), str(paths["onnx"]), dynamo=False, input_names=["x"],
-                          output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=17)
+        torch.onnx.export(
+            six,
+            (torch.zeros(1, 1, 48, 48),),
+            str(paths["onnx"]),
+            dynamo=False,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+            opset_version=17,
+        )
     _spec(paths["torchscript"], {"labels": "fer2013", "input": grey_half})
     _spec(paths["onnx"], {"labels": SIX_LABELS, "input": {"mean": "half", "std": "half"}})
 

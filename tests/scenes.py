@@ -36,7 +36,7 @@ def real_face() -> np.ndarray:
     x, y, w, h = max(faces[:, :4].tolist(), key=lambda b: b[2] * b[3])
     side = int(max(w, h) * 1.6)
     cx, cy = int(x + w / 2), int(y + h / 2)
-    patch = image[max(0, cy - side // 2): cy + side // 2, max(0, cx - side // 2): cx + side // 2]
+    patch = image[max(0, cy - side // 2) : cy + side // 2, max(0, cx - side // 2) : cx + side // 2]
     return cv2.resize(patch, (FACE_SIDE, FACE_SIDE), interpolation=cv2.INTER_CUBIC)
 
 
@@ -48,7 +48,7 @@ def render(segment_brightness: float | None, frame_number: int) -> np.ndarray:
     if segment_brightness is not None:
         face = np.clip(real_face().astype(np.float32) * segment_brightness, 0, 255).astype(np.uint8)
         x, y = 200 + (frame_number % 40), 140
-        frame[y:y + FACE_SIDE, x:x + FACE_SIDE] = face
+        frame[y : y + FACE_SIDE, x : x + FACE_SIDE] = face
     return frame
 
 

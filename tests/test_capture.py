@@ -18,7 +18,6 @@ import pytest
 from edge.capture import FrameGrabber
 from edge.errors import SourceError
 from edge.sources import FrameSource, SourceLost, SourceUnavailable, open_source
-
 from tests.test_sources import frame_number, numbered_frame, write_images
 
 

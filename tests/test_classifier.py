@@ -13,7 +13,6 @@ import pytest
 
 from edge.classifier import ExpressionModel
 from edge.errors import ModelError
-
 from tests.tiny_model import FER_LABELS, write_tiny_model
 
 
@@ -120,11 +119,14 @@ def test_changed_file_fails_the_sha256_check(tmp_path: Path) -> None:
     assert "sha256" in one_line_error(path)
 
 
-@pytest.mark.parametrize("card_changes, expected", [
-    ({"input": {"shape": [1, 1, 64, 64], "color": "gray"}}, "[N, 1, 64, 64]"),
-    ({"input": {"shape": [1, 3, 48, 48], "color": "rgb"}}, "[N, 3, 48, 48]"),
-    ({"labels": ["happy", "sad", "angry", "neutral", "fear"]}, "5 labels"),
-])
+@pytest.mark.parametrize(
+    "card_changes, expected",
+    [
+        ({"input": {"shape": [1, 1, 64, 64], "color": "gray"}}, "[N, 1, 64, 64]"),
+        ({"input": {"shape": [1, 3, 48, 48], "color": "rgb"}}, "[N, 3, 48, 48]"),
+        ({"labels": ["happy", "sad", "angry", "neutral", "fear"]}, "5 labels"),
+    ],
+)
 def test_card_that_disagrees_with_the_model(tmp_path: Path, card_changes: dict, expected: str) -> None:
     path = write_tiny_model(tmp_path)
     edit_card(path, **card_changes)

@@ -35,8 +35,13 @@ SCRIPT = [
     Segment(10, None),
 ]
 EXPECTED = [
-    ("face_enter", None), ("expression", "happy"), ("expression", "sad"), ("face_leave", "sad"),
-    ("face_enter", None), ("expression", "happy"), ("face_leave", "happy"),
+    ("face_enter", None),
+    ("expression", "happy"),
+    ("expression", "sad"),
+    ("face_leave", "sad"),
+    ("face_enter", None),
+    ("expression", "happy"),
+    ("face_leave", "happy"),
 ]
 
 
@@ -67,8 +72,9 @@ def edge(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 def start_edge(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "edge", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def events_of(messages) -> list[dict]:
@@ -137,8 +143,9 @@ def test_broker_outage_loses_nothing(tmp_path, broker_factory, subscriber):
     folder = tmp_path / "frames"
     cycles = [Segment(12, BRIGHT), Segment(12, None)] * 6
     write_images(folder, cycles)
-    config = write_config(tmp_path, broker, folder, source={"realtime": True, "fps": 20.0},
-                          tracking={"leave_after_s": 0.2})
+    config = write_config(
+        tmp_path, broker, folder, source={"realtime": True, "fps": 20.0}, tracking={"leave_after_s": 0.2}
+    )
     sub = subscriber(broker, "edge-mood/room1/events", persistent=True)
     daemon = start_edge("run", "--once", "--config", str(config))
     sub.wait_for(2, timeout=30)
@@ -148,8 +155,9 @@ def test_broker_outage_loses_nothing(tmp_path, broker_factory, subscriber):
     output, _ = daemon.communicate(timeout=120)
     assert daemon.returncode == 0, output[-2000:]
     expected_count = 6 * 3  # enter, happy, leave per cycle
-    events = deduplicated(events_of(sub.wait_until(
-        lambda ms: len({m.json()["seq"] for m in ms}) >= expected_count, timeout=30)))
+    events = deduplicated(
+        events_of(sub.wait_until(lambda ms: len({m.json()["seq"] for m in ms}) >= expected_count, timeout=30))
+    )
     assert len(events) == expected_count
     seqs = [e["seq"] for e in events]
     assert seqs == list(range(seqs[0], seqs[0] + expected_count))
@@ -215,10 +223,13 @@ def test_corrupt_and_faceless_frames_are_skipped(tmp_path, broker, subscriber):
     assert [e["expression"] for e in events_of(sub.wait_for(3))] == [None, "happy", "happy"]
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("missing", "not found"),
-    ("corrupt", "not a valid ONNX model"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("missing", "not found"),
+        ("corrupt", "not a valid ONNX model"),
+    ],
+)
 def test_missing_or_corrupt_model_is_one_clear_line(tmp_path, broker, damage, message):
     folder = tmp_path / "frames"
     write_images(folder, [Segment(2, BRIGHT)])

@@ -15,10 +15,18 @@ LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 
 
 def run_publisher(broker, tmp_path, device: str, **changes) -> Publisher:
-    settings = MqttSettings(host=broker.host, port=broker.port, protocol=broker.protocol, device_id=device,
-                            reconnect_min_s=0.05, reconnect_max_s=0.5, **changes)
-    publisher = Publisher(settings, Spool(tmp_path / f"{device}.sqlite3"), labels=LABELS,
-                          model="student_s@0123456789ab")
+    settings = MqttSettings(
+        host=broker.host,
+        port=broker.port,
+        protocol=broker.protocol,
+        device_id=device,
+        reconnect_min_s=0.05,
+        reconnect_max_s=0.5,
+        **changes,
+    )
+    publisher = Publisher(
+        settings, Spool(tmp_path / f"{device}.sqlite3"), labels=LABELS, model="student_s@0123456789ab"
+    )
     publisher.start()
     # The state goes out after the discovery configs on the same connection: once it is retained,
     # the configs are too.

@@ -20,14 +20,21 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 PHOTO = SHARED / "data" / "photos" / "12_angry_men.jpg"
 YUNET = SHARED / "models" / "face_detection_yunet_2026may.onnx"
 
-needs_shared = pytest.mark.skipif(not (PHOTO.is_file() and YUNET.is_file()),
-                                  reason=f"needs the shared photos and YuNet model under {SHARED}")
+needs_shared = pytest.mark.skipif(
+    not (PHOTO.is_file() and YUNET.is_file()), reason=f"needs the shared photos and YuNet model under {SHARED}"
+)
 
 
 def card(size: int = 48, color: str = "gray", margin: float = 0.1) -> ModelCard:
     channels = 1 if color == "gray" else 3
-    return parse_card({"labels": ["happy", "sad"], "crop": {"margin": margin},
-                       "input": {"shape": [1, channels, size, size], "color": color}}, Path("test-card.json"))
+    return parse_card(
+        {
+            "labels": ["happy", "sad"],
+            "crop": {"margin": margin},
+            "input": {"shape": [1, channels, size, size], "color": color},
+        },
+        Path("test-card.json"),
+    )
 
 
 def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
@@ -77,7 +84,7 @@ def test_boxes_map_back_to_full_frame_pixels(photo: np.ndarray) -> None:
 def test_small_frames_are_not_upscaled(photo: np.ndarray) -> None:
     face = make_detector("yunet", yunet_path=YUNET).detect(photo)[0]
     cx, cy = (round(face.box[0] + face.box[2] / 2), round(face.box[1] + face.box[3] / 2))
-    region = photo[max(0, cy - 150): cy + 150, max(0, cx - 150): cx + 150]
+    region = photo[max(0, cy - 150) : cy + 150, max(0, cx - 150) : cx + 150]
     assert region.shape[1] <= 300
     at_320 = make_detector("yunet", yunet_path=YUNET, detect_width=320).detect(region)
     at_960 = make_detector("yunet", yunet_path=YUNET, detect_width=960).detect(region)
@@ -181,7 +188,7 @@ def test_crop_size_colour_and_margin_follow_the_card(photo: np.ndarray) -> None:
     wide = crop_face(photo, face, card(96, "gray", margin=0.6))
     tight = crop_face(photo, face, card(96, "gray", margin=0.1))
     inner = round(96 * 1.2 / 2.2)
-    middle = wide[48 - inner // 2: 48 - inner // 2 + inner, 48 - inner // 2: 48 - inner // 2 + inner]
+    middle = wide[48 - inner // 2 : 48 - inner // 2 + inner, 48 - inner // 2 : 48 - inner // 2 + inner]
     assert mse(cv2.resize(tight, (inner, inner), interpolation=cv2.INTER_AREA), middle) < 150
     assert mse(cv2.resize(tight, (inner, inner), interpolation=cv2.INTER_AREA), wide[:inner, :inner]) > 300
 

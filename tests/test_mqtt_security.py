@@ -20,8 +20,18 @@ PASSWORD = "correct horse battery"
 
 
 def make_event(i: int) -> dict:
-    return event_payload(device="cam1", type="face_enter", frame=i, ts=time.time(), track_id=i, expression=None,
-                         confidence=None, scores={"happy": 0.5, "sad": 0.5}, bbox_norm=(0, 0, 0.1, 0.1), model="m@1")
+    return event_payload(
+        device="cam1",
+        type="face_enter",
+        frame=i,
+        ts=time.time(),
+        track_id=i,
+        expression=None,
+        confidence=None,
+        scores={"happy": 0.5, "sad": 0.5},
+        bbox_norm=(0, 0, 0.1, 0.1),
+        model="m@1",
+    )
 
 
 @pytest.fixture
@@ -29,8 +39,15 @@ def run(tmp_path):
     made: list[Publisher] = []
 
     def start(broker, **changes) -> Publisher:
-        values = dict(host=broker.host, port=broker.port, protocol=broker.protocol, device_id="cam1",
-                      reconnect_min_s=0.05, reconnect_max_s=0.3, discovery=False)
+        values = dict(
+            host=broker.host,
+            port=broker.port,
+            protocol=broker.protocol,
+            device_id="cam1",
+            reconnect_min_s=0.05,
+            reconnect_max_s=0.3,
+            discovery=False,
+        )
         values.update(changes)
         publisher = Publisher(MqttSettings(**values), Spool(tmp_path / f"spool{len(made)}.sqlite3"))
         made.append(publisher)
@@ -82,14 +99,42 @@ def openssl(*args: str, cwd: Path) -> None:
 
 def issue(cwd: Path, name: str, subject_alt_name: str | None) -> None:
     """<name>.key/.crt signed by the test CA in cwd."""
-    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", f"{name}.key",
-            "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=cwd)
+    openssl(
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        "-subj",
+        f"/CN={name}",
+        cwd=cwd,
+    )
     extra = []
     if subject_alt_name:
         (cwd / f"{name}.ext").write_text(f"subjectAltName={subject_alt_name}\n")
         extra = ["-extfile", f"{name}.ext"]
-    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", f"{name}.crt", "-days", "2", *extra, cwd=cwd)
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        f"{name}.crt",
+        "-days",
+        "2",
+        *extra,
+        cwd=cwd,
+    )
 
 
 @pytest.fixture
@@ -99,8 +144,24 @@ def pki(tmp_path) -> Path:
     cwd = tmp_path / "pki"
     cwd.mkdir()
     for ca in ("ca", "other-ca"):
-        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                "-keyout", f"{ca}.key", "-out", f"{ca}.crt", "-days", "2", "-subj", f"/CN={ca}", cwd=cwd)
+        openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            f"{ca}.key",
+            "-out",
+            f"{ca}.crt",
+            "-days",
+            "2",
+            "-subj",
+            f"/CN={ca}",
+            cwd=cwd,
+        )
     issue(cwd, "server", "IP:127.0.0.1,DNS:localhost")
     issue(cwd, "wrong-name", "DNS:elsewhere.invalid")
     issue(cwd, "client", None)
@@ -108,8 +169,14 @@ def pki(tmp_path) -> Path:
 
 
 def tls_broker(broker_factory, pki: Path, server: str = "server"):
-    return broker_factory(extra_config=(f"cafile {pki / 'ca.crt'}", f"certfile {pki / f'{server}.crt'}",
-                                        f"keyfile {pki / f'{server}.key'}", "require_certificate true"))
+    return broker_factory(
+        extra_config=(
+            f"cafile {pki / 'ca.crt'}",
+            f"certfile {pki / f'{server}.crt'}",
+            f"keyfile {pki / f'{server}.key'}",
+            "require_certificate true",
+        )
+    )
 
 
 def test_tls_with_a_client_certificate(broker_factory, pki, run):
@@ -154,13 +221,16 @@ def test_missing_tls_file_is_a_config_error(tmp_path):
         spool.close()
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"protocol": "4"}, "mqtt.protocol"),
-    ({"device_id": "a/b"}, "mqtt.device_id"),
-    ({"prefix": "x/#"}, "mqtt.prefix"),
-    ({"qos": 3}, "mqtt.qos"),
-    ({"port": 0}, "mqtt.port"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"protocol": "4"}, "mqtt.protocol"),
+        ({"device_id": "a/b"}, "mqtt.device_id"),
+        ({"prefix": "x/#"}, "mqtt.prefix"),
+        ({"qos": 3}, "mqtt.qos"),
+        ({"port": 0}, "mqtt.port"),
+    ],
+)
 def test_bad_settings_name_the_key(changes, message):
     with pytest.raises(ConfigError, match=message):
         MqttSettings(**{"device_id": "cam1", **changes})

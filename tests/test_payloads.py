@@ -29,9 +29,19 @@ def scores(top: str, p: float) -> dict[str, float]:
 
 
 def make_event(kind: str = "expression", **changes) -> dict:
-    args = dict(device="cam1", type=kind, frame=120, ts=1_790_000_000.1234, track_id=3, expression="happy",
-                confidence=0.912345, scores=scores("happy", 0.912345), bbox_norm=(0.25, 0.1, 0.2, 0.3),
-                model="student_s@0123456789ab", extra={"previous": "neutral"})
+    args = dict(
+        device="cam1",
+        type=kind,
+        frame=120,
+        ts=1_790_000_000.1234,
+        track_id=3,
+        expression="happy",
+        confidence=0.912345,
+        scores=scores("happy", 0.912345),
+        bbox_norm=(0.25, 0.1, 0.2, 0.3),
+        model="student_s@0123456789ab",
+        extra={"previous": "neutral"},
+    )
     args.update(changes)
     return event_payload(**args)
 
@@ -59,12 +69,15 @@ def test_event_bbox_is_clipped_to_the_frame():
     assert event["bbox"] == {"x": 0.5, "y": 0.5, "w": 0.1, "h": 0.1}
 
 
-@pytest.mark.parametrize("kind, extra, expression", [
-    ("face_enter", {}, None),
-    ("expression", {"previous": None}, "sad"),
-    ("face_leave", {"duration_s": 12.3456}, "sad"),
-    ("face_leave", {"duration_s": 0.5}, None),
-])
+@pytest.mark.parametrize(
+    "kind, extra, expression",
+    [
+        ("face_enter", {}, None),
+        ("expression", {"previous": None}, "sad"),
+        ("face_leave", {"duration_s": 12.3456}, "sad"),
+        ("face_leave", {"duration_s": 0.5}, None),
+    ],
+)
 def test_every_event_type_fits_the_schema(kind, extra, expression):
     event = make_event(kind, extra=extra, expression=expression, confidence=0.8 if expression else None)
     validator("event").validate({**event, "seq": 7})
@@ -92,14 +105,21 @@ def test_event_payload_refuses_bad_input():
 
 
 def face(track_id: int, expression: str | None, confidence: float | None) -> dict:
-    return {"track_id": track_id, "expression": expression, "confidence": confidence,
-            "bbox": {"x": 0.1 * track_id, "y": 0.1, "w": 0.1, "h": 0.2}}
+    return {
+        "track_id": track_id,
+        "expression": expression,
+        "confidence": confidence,
+        "bbox": {"x": 0.1 * track_id, "y": 0.1, "w": 0.1, "h": 0.2},
+    }
 
 
 def test_state_mood_is_the_expression_with_the_most_confidence():
-    state = state_payload(device="cam1", ts=time.time(), model="m@1",
-                          faces=[face(1, "happy", 0.6), face(2, "happy", 0.5), face(3, "sad", 0.9),
-                                 face(4, None, None)])
+    state = state_payload(
+        device="cam1",
+        ts=time.time(),
+        model="m@1",
+        faces=[face(1, "happy", 0.6), face(2, "happy", 0.5), face(3, "sad", 0.9), face(4, None, None)],
+    )
     assert state["face_count"] == 4
     assert state["mood"] == "happy"  # 1.1 summed beats 0.9
     assert state["mood_confidence"] == round(1.1 / 3, 4)  # 3 settled faces
@@ -122,17 +142,31 @@ def test_one_face_gives_the_room_its_own_mood_and_confidence():
 
 
 def test_state_ties_go_to_more_faces_then_to_the_name():
-    state = state_payload(device="cam1", ts=0.0, model="m", faces=[face(1, "sad", 0.8), face(2, "happy", 0.4),
-                                                                  face(3, "happy", 0.4)])
+    state = state_payload(
+        device="cam1", ts=0.0, model="m", faces=[face(1, "sad", 0.8), face(2, "happy", 0.4), face(3, "happy", 0.4)]
+    )
     assert state["mood"] == "happy"
     state = state_payload(device="cam1", ts=0.0, model="m", faces=[face(1, "sad", 0.5), face(2, "happy", 0.5)])
     assert state["mood"] == "sad"
 
 
 def test_stats_payload_rounds_and_keeps_any_field():
-    stats = stats_payload(device="cam1", ts=time.time(), fps=14.87654, stage_ms={"detect": 12.34567, "classify": 3.1},
-                          faces=2, frames=1000, frames_dropped=3, frames_corrupt=0, spool_depth=0, spool_dropped=0,
-                          cpu_percent=41.23456, rss_mb=88.8, uptime_s=3600.0, custom_counter=7)
+    stats = stats_payload(
+        device="cam1",
+        ts=time.time(),
+        fps=14.87654,
+        stage_ms={"detect": 12.34567, "classify": 3.1},
+        faces=2,
+        frames=1000,
+        frames_dropped=3,
+        frames_corrupt=0,
+        spool_depth=0,
+        spool_dropped=0,
+        cpu_percent=41.23456,
+        rss_mb=88.8,
+        uptime_s=3600.0,
+        custom_counter=7,
+    )
     assert stats["fps"] == 14.877 and stats["stage_ms"] == {"detect": 12.346, "classify": 3.1}
     assert stats["custom_counter"] == 7
     validator("stats").validate(stats)
@@ -144,8 +178,11 @@ def test_payloads_captured_from_a_real_broker_fit_the_schemas(broker, subscriber
     """Everything the publisher puts on the wire, as a subscriber receives it."""
     sub = subscriber(broker, "edge-mood/#")
     spool = Spool(tmp_path / "spool.sqlite3")
-    publisher = Publisher(MqttSettings(host=broker.host, port=broker.port, protocol=broker.protocol,
-                                       device_id="cam1", discovery=False), spool, labels=LABELS)
+    publisher = Publisher(
+        MqttSettings(host=broker.host, port=broker.port, protocol=broker.protocol, device_id="cam1", discovery=False),
+        spool,
+        labels=LABELS,
+    )
     publisher.start()
     try:
         now = time.time()

@@ -23,14 +23,31 @@ STATE = f"edge-mood/{DEVICE}/state"
 
 
 def make_event(i: int) -> dict:
-    return event_payload(device=DEVICE, type="expression", frame=i, ts=time.time(), track_id=i % 3,
-                         expression="happy", confidence=0.9, scores={"happy": 0.9, "neutral": 0.1},
-                         bbox_norm=(0.1, 0.1, 0.2, 0.2), model="m@0123456789ab", extra={"previous": None})
+    return event_payload(
+        device=DEVICE,
+        type="expression",
+        frame=i,
+        ts=time.time(),
+        track_id=i % 3,
+        expression="happy",
+        confidence=0.9,
+        scores={"happy": 0.9, "neutral": 0.1},
+        bbox_norm=(0.1, 0.1, 0.2, 0.2),
+        model="m@0123456789ab",
+        extra={"previous": None},
+    )
 
 
 def settings_for(broker, **changes) -> MqttSettings:
-    values = dict(host=broker.host, port=broker.port, protocol=broker.protocol, device_id=DEVICE,
-                  reconnect_min_s=0.05, reconnect_max_s=0.5, discovery=False)
+    values = dict(
+        host=broker.host,
+        port=broker.port,
+        protocol=broker.protocol,
+        device_id=DEVICE,
+        reconnect_min_s=0.05,
+        reconnect_max_s=0.5,
+        discovery=False,
+    )
     values.update(changes)
     return MqttSettings(**values)
 
@@ -91,8 +108,9 @@ def test_events_arrive_once_in_order_with_qos1(broker, subscriber, make_publishe
     assert len(sub.received()) == 40
 
 
-def test_broker_killed_mid_stream_every_event_arrives_once_after_dedup_in_order(broker_factory, subscriber,
-                                                                                 make_publisher):
+def test_broker_killed_mid_stream_every_event_arrives_once_after_dedup_in_order(
+    broker_factory, subscriber, make_publisher
+):
     # A persistent broker and session, so the subscriber misses nothing while both reconnect. The broker is
     # stopped with SIGTERM: the publisher still loses its connection with events in flight, and the broker
     # keeps what it acknowledged. (After a SIGKILL, mosquitto loses messages it acknowledged but had not yet
@@ -150,8 +168,9 @@ def test_unreachable_broker_at_start_does_not_raise_and_spools(broker_factory, s
     wait_until(lambda: retries() >= 3, what="three failed connection attempts")
     assert publisher.spool.depth == 5 and not publisher.connected
     unreachable = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
-    assert unreachable == [f"broker {broker.host}:{broker.port} unreachable (Connection refused); "
-                           f"spooling events and retrying"]
+    assert unreachable == [
+        f"broker {broker.host}:{broker.port} unreachable (Connection refused); spooling events and retrying"
+    ]
     broker.start()
     assert seqs(sub.wait_for(5)) == [1, 2, 3, 4, 5]
     assert publisher.wait_drained(20)
@@ -159,8 +178,9 @@ def test_unreachable_broker_at_start_does_not_raise_and_spools(broker_factory, s
     assert len(again) == 1 and "again after" in again[0]
 
 
-def test_spool_bound_during_an_outage_drops_the_oldest_counts_and_warns_once(broker_factory, subscriber,
-                                                                             make_publisher, tmp_path, caplog):
+def test_spool_bound_during_an_outage_drops_the_oldest_counts_and_warns_once(
+    broker_factory, subscriber, make_publisher, tmp_path, caplog
+):
     broker = broker_factory(persistent=True)
     sub = subscriber(broker, EVENTS, persistent=True)
     broker.stop(crash=False)  # a clean stop saves the new session; a SIGKILL can beat mosquitto's autosave
@@ -184,8 +204,9 @@ def test_latest_state_is_retained_once_connected_and_older_ones_are_not_sent(bro
     broker.stop()
     publisher = make_publisher(broker)
     for count in (1, 2, 3):
-        faces = [{"track_id": i, "expression": "sad", "confidence": 0.7, "bbox": (0.1, 0.1, 0.1, 0.1)}
-                 for i in range(count)]
+        faces = [
+            {"track_id": i, "expression": "sad", "confidence": 0.7, "bbox": (0.1, 0.1, 0.1, 0.1)} for i in range(count)
+        ]
         publisher.publish_state(state_payload(device=DEVICE, ts=time.time(), faces=faces, model="m"))
     assert not publisher.publish_stats({"schema": 1})  # stats of an outage are not kept
     broker.start()
@@ -240,8 +261,19 @@ time.sleep(120)
 def run_publisher_process(tmp_path, broker, mode: str, count: int) -> subprocess.Popen:
     script = tmp_path / "publisher_process.py"
     script.write_text(PUBLISHER_PROCESS)
-    return subprocess.Popen([sys.executable, str(script), str(broker.port), str(tmp_path / "spool.sqlite3"),
-                             broker.protocol, mode, str(count)], stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(script),
+            str(broker.port),
+            str(tmp_path / "spool.sqlite3"),
+            broker.protocol,
+            mode,
+            str(count),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
 
 def sigkill(proc: subprocess.Popen) -> None:

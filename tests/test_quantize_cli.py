@@ -51,9 +51,18 @@ def _teacher(folder: Path) -> Path:
     return write_tiny_model(folder / "teachers")
 
 
-@pytest.mark.parametrize("case", [
-    "no data", "no teacher", "corrupt teacher", "bad student", "bad alpha", "unreadable out", "bad zoom view",
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "no data",
+        "no teacher",
+        "corrupt teacher",
+        "bad student",
+        "bad alpha",
+        "unreadable out",
+        "bad zoom view",
+    ],
+)
 def test_build_errors_are_one_line_and_write_nothing(case, data, tmp_path, capsys):
     teacher = _teacher(tmp_path)
     out = tmp_path / "models" / "m"
@@ -80,9 +89,15 @@ def test_build_errors_are_one_line_and_write_nothing(case, data, tmp_path, capsy
     argv = ["build", "--epochs", "1", *extra, *(x for k, v in args.items() for x in (f"--{k}", v))]
     assert main(argv) == 2
     line = _one_error_line(capsys)
-    expected = {"no data": "missing.csv", "no teacher": "nowhere.pt", "corrupt teacher": "broken.pt",
-                "bad student": "xxl", "bad alpha": "alpha", "unreadable out": "models",
-                "bad zoom view": "zoom view 0.8"}[case]
+    expected = {
+        "no data": "missing.csv",
+        "no teacher": "nowhere.pt",
+        "corrupt teacher": "broken.pt",
+        "bad student": "xxl",
+        "bad alpha": "alpha",
+        "unreadable out": "models",
+        "bad zoom view": "zoom view 0.8",
+    }[case]
     assert expected in line
     assert _files(tmp_path) == before
 
@@ -118,15 +133,30 @@ def test_eval_errors_are_one_line(case, data, tmp_path, capsys):
     png = tmp_path / "cm.png"
     assert main(["eval", "--model", str(model), "--data", str(source), "--png", str(png)]) == 2
     line = _one_error_line(capsys)
-    assert {"no model": "absent.onnx", "no card": "tiny.json", "wrong sha256": "sha256",
-            "no data": "absent.csv"}[case] in line
+    assert {"no model": "absent.onnx", "no card": "tiny.json", "wrong sha256": "sha256", "no data": "absent.csv"}[
+        case
+    ] in line
     assert not png.exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_without_a_gpu_is_a_user_error(data, tmp_path, capsys):
-    assert main(["distill", "--data", str(data), "--teacher", str(_teacher(tmp_path)), "--device", "cuda",
-                 "--out", str(tmp_path / "s.pt")]) == 2
+    assert (
+        main(
+            [
+                "distill",
+                "--data",
+                str(data),
+                "--teacher",
+                str(_teacher(tmp_path)),
+                "--device",
+                "cuda",
+                "--out",
+                str(tmp_path / "s.pt"),
+            ]
+        )
+        == 2
+    )
     assert "--device cpu" in _one_error_line(capsys)
     assert not (tmp_path / "s.pt").exists()
 
@@ -145,8 +175,14 @@ def test_eval_reports_accuracy_confusion_and_writes_png(data, tmp_path, capsys):
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_python_dash_m_quantize_errors_the_same_way(data, tmp_path):
@@ -159,9 +195,12 @@ def test_python_dash_m_quantize_errors_the_same_way(data, tmp_path):
 
 def test_missing_extra_is_named_with_the_install_command(tmp_path):
     """Without torch (the daemon-only install) the tool says which extra to install."""
-    code = ("import sys; sys.modules['torch'] = None; from quantize.cli import main; "
-            f"sys.exit(main(['export', '--student', {str(tmp_path / 's.pt')!r}, '--out', {str(tmp_path / 'm')!r}]))")
+    code = (
+        "import sys; sys.modules['torch'] = None; from quantize.cli import main; "
+        f"sys.exit(main(['export', '--student', {str(tmp_path / 's.pt')!r}, '--out', {str(tmp_path / 'm')!r}]))"
+    )
     done = _run("-c", code)
     assert done.returncode == 2
-    assert done.stderr.strip() == ("error: the quantize tool needs the optional package torch; install it with "
-                                   "pip install 'edge-mood[quantize]'")
+    assert done.stderr.strip() == (
+        "error: the quantize tool needs the optional package torch; install it with pip install 'edge-mood[quantize]'"
+    )

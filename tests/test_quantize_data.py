@@ -49,6 +49,7 @@ def _write(path: Path, lines: list[str]) -> Path:
 
 # ---------------------------------------------------------------- labels
 
+
 def test_label_names_map_case_insensitively_with_aliases() -> None:
     assert CANONICAL_LABELS == ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
     assert map_label_name("Suprise") == CANONICAL_LABELS.index("surprise")
@@ -69,6 +70,7 @@ def test_unknown_label_lists_the_known_names() -> None:
 
 # ---------------------------------------------------------------- CSV
 
+
 @pytest.mark.parametrize("name", ["fer.csv", "fer.csv.gz"])
 def test_csv_splits_load_with_their_pixels_and_labels(tmp_path: Path, name: str) -> None:
     images = _faces(9, seed=1)
@@ -88,8 +90,15 @@ def test_csv_splits_load_with_their_pixels_and_labels(tmp_path: Path, name: str)
     assert test.split == "test" and test.source == str(path)
     # The Usage values themselves are accepted as split names.
     np.testing.assert_array_equal(load_dataset(path, "PublicTest").images, test.images)
-    assert train.class_counts() == {"angry": 1, "disgust": 1, "fear": 1, "happy": 1, "sad": 1, "surprise": 0,
-                                    "neutral": 0}
+    assert train.class_counts() == {
+        "angry": 1,
+        "disgust": 1,
+        "fear": 1,
+        "happy": 1,
+        "sad": 1,
+        "surprise": 0,
+        "neutral": 0,
+    }
 
 
 def test_csv_parse_is_cached_and_refreshed_when_the_file_changes(tmp_path: Path, _private_cache: Path) -> None:
@@ -109,10 +118,16 @@ def test_csv_parse_is_cached_and_refreshed_when_the_file_changes(tmp_path: Path,
     ("mutate", "message"),
     [
         (lambda lab, pix, use: f"{lab},{pix.rsplit(' ', 1)[0]},{use}", r"line 3: 2303 pixel values, expected 2304"),
-        (lambda lab, pix, use: f"{lab},x {pix.split(' ', 1)[1]},{use}", r"line 3: pixels hold a value that is not "
-                                                                         "an integer"),
-        (lambda lab, pix, use: f"{lab},1.5 {pix.split(' ', 1)[1]},{use}", r"line 3: pixels hold a value that is not "
-                                                                           "an integer"),
+        (
+            lambda lab, pix, use: f"{lab},x {pix.split(' ', 1)[1]},{use}",
+            r"line 3: pixels hold a value that is not "
+            "an integer",
+        ),
+        (
+            lambda lab, pix, use: f"{lab},1.5 {pix.split(' ', 1)[1]},{use}",
+            r"line 3: pixels hold a value that is not "
+            "an integer",
+        ),
         (lambda lab, pix, use: f"{lab},300 {pix.split(' ', 1)[1]},{use}", r"line 3: pixel value 300 outside 0\.\.255"),
         (lambda lab, pix, use: f"9,{pix},{use}", r"line 3: label 9 out of range 0\.\.6"),
         (lambda lab, pix, use: f"happy,{pix},{use}", r"line 3: label b?'happy' is not an integer"),
@@ -174,6 +189,7 @@ def test_real_fer2013_rows_parse_like_the_csv_says(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- image folders
 
+
 def _write_image(path: Path, size: int, seed: int, suffix: str = ".jpg") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     file = path.with_suffix(suffix)
@@ -185,8 +201,7 @@ def test_kaggle_folder_layout_maps_classes_by_name(tmp_path: Path) -> None:
     for split, per_class in (("train", 2), ("test", 1)):
         for i, name in enumerate(CANONICAL_LABELS):
             for j in range(per_class):
-                _write_image(tmp_path / split / name / f"im{j}", 48, seed=i * 10 + j,
-                             suffix=".png" if j else ".jpg")
+                _write_image(tmp_path / split / name / f"im{j}", 48, seed=i * 10 + j, suffix=".png" if j else ".jpg")
     (tmp_path / "train" / "happy" / "notes.txt").write_text("not an image")
     train = load_dataset(tmp_path, "train")
     test = load_dataset(tmp_path, "test")
@@ -240,6 +255,7 @@ def test_empty_and_missing_split_folders(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- splitting
+
 
 def test_stratified_split_keeps_class_proportions_and_is_reproducible() -> None:
     labels = np.repeat(np.arange(7), [50, 10, 40, 100, 60, 30, 70])

@@ -26,18 +26,39 @@ from quantize.card import write_card  # noqa: E402
 from quantize.cli import main  # noqa: E402
 from quantize.datasets import FaceSet, load_dataset  # noqa: E402
 from quantize.distill import (  # noqa: E402
-    DistillConfig, _soft_targets, class_weights, distill, kd_loss, student_meta, teacher_logits)
+    DistillConfig,
+    _soft_targets,
+    class_weights,
+    distill,
+    kd_loss,
+    student_meta,
+    teacher_logits,
+)
+from quantize.errors import QuantizeError  # noqa: E402
 from quantize.evaluate import evaluate  # noqa: E402
 from quantize.export import export_student  # noqa: E402
 from quantize.int8 import calibration_faces, check_accuracy_drop, quantize_onnx  # noqa: E402
 from quantize.report import render_report, save_training_png  # noqa: E402
-from quantize.errors import QuantizeError  # noqa: E402
 from quantize.teachers import load_teacher  # noqa: E402
 from tests.quantize_support import (  # noqa: E402
-    FER_CSV, SHARED, real_fer_rows, save_teachers, synthetic_faces, train_tiny_teacher, write_fer_csv)
+    FER_CSV,
+    SHARED,
+    real_fer_rows,
+    save_teachers,
+    synthetic_faces,
+    train_tiny_teacher,
+    write_fer_csv,
+)
 
-BUILD_FILES = ("syn.onnx", "syn.fp32.onnx", "syn.json", "syn.md", "syn.confusion-fp32.png",
-               "syn.confusion-int8.png", "syn.training.png")
+BUILD_FILES = (
+    "syn.onnx",
+    "syn.fp32.onnx",
+    "syn.json",
+    "syn.md",
+    "syn.confusion-fp32.png",
+    "syn.confusion-int8.png",
+    "syn.training.png",
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -55,8 +76,13 @@ def synthetic(tmp_path_factory):
     train, test = synthetic_faces(70, seed=0), synthetic_faces(20, seed=1)
     csv = write_fer_csv(folder / "syn.csv.gz", {"Training": train, "PublicTest": test})
     teachers = save_teachers(folder / "teachers", train_tiny_teacher(*train))
-    return SimpleNamespace(folder=folder, csv=csv, teachers=teachers,
-                           train=load_dataset(csv, "train", cache=False), test=load_dataset(csv, "test", cache=False))
+    return SimpleNamespace(
+        folder=folder,
+        csv=csv,
+        teachers=teachers,
+        train=load_dataset(csv, "train", cache=False),
+        test=load_dataset(csv, "test", cache=False),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +95,35 @@ def built(synthetic, tmp_path_factory):
     out = tmp_path_factory.mktemp("models") / "syn"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XDG_CACHE_HOME", str(synthetic.folder / "cache"))
-        status = main(["build", "--data", str(synthetic.csv), "--teacher", str(synthetic.teachers["torchscript"]),
-                       "--teacher", str(synthetic.teachers["onnx"]), "--student", "xs", "--epochs", "6",
-                       "--batch-size", "32", "--calibration-faces", "70", "--latency-runs", "10",
-                       "--max-drop", "5", "--flip-average", "--zoom-view", "1.2", "--teacher-flip-average",
-                       "--out", str(out)])
+        status = main(
+            [
+                "build",
+                "--data",
+                str(synthetic.csv),
+                "--teacher",
+                str(synthetic.teachers["torchscript"]),
+                "--teacher",
+                str(synthetic.teachers["onnx"]),
+                "--student",
+                "xs",
+                "--epochs",
+                "6",
+                "--batch-size",
+                "32",
+                "--calibration-faces",
+                "70",
+                "--latency-runs",
+                "10",
+                "--max-drop",
+                "5",
+                "--flip-average",
+                "--zoom-view",
+                "1.2",
+                "--teacher-flip-average",
+                "--out",
+                str(out),
+            ]
+        )
     assert status == 0
     return out.parent
 
@@ -83,6 +133,7 @@ def _sha256(path: Path) -> str:
 
 
 # ---------------------------------------------------------------- teacher outputs and the loss
+
 
 def test_teacher_logits_are_cached_for_face_and_mirror(synthetic, tmp_path):
     teacher = load_teacher(synthetic.teachers["torchscript"])
@@ -131,6 +182,7 @@ def test_accuracy_gate():
 
 # ---------------------------------------------------------------- distillation
 
+
 def test_flip_averaged_targets_are_the_mean_of_face_and_mirror(synthetic, tmp_path):
     teacher = load_teacher(synthetic.teachers["torchscript"])
     clean, mirror = teacher_logits(teacher, "sha", synthetic.train, tmp_path, log=lambda _: None)
@@ -145,14 +197,28 @@ def test_distillation_from_every_teacher_format_learns_and_resumes(synthetic, tm
     teachers = [(load_teacher(path), _sha256(path)) for path in synthetic.teachers.values()]
     assert {t.backend for t, _ in teachers} == {"torchscript", "onnx", "torch"}
     cfg = DistillConfig(student="xs", epochs=6, batch_size=32)
-    result = distill(synthetic.train, teachers, cfg, work_dir=tmp_path / "work", cache_dir=tmp_path / "cache",
-                     progress=False, log=lambda _: None)
+    result = distill(
+        synthetic.train,
+        teachers,
+        cfg,
+        work_dir=tmp_path / "work",
+        cache_dir=tmp_path / "cache",
+        progress=False,
+        log=lambda _: None,
+    )
     losses = [h["loss"] for h in result.history]
     assert len(losses) == 6 and losses[-1] < 0.7 * losses[0]
     assert result.best_val_top1 > 0.5, "seven classes: chance is 0.14"
     messages: list[str] = []
-    again = distill(synthetic.train, teachers, cfg, work_dir=tmp_path / "work", cache_dir=tmp_path / "cache",
-                    progress=False, log=messages.append)
+    again = distill(
+        synthetic.train,
+        teachers,
+        cfg,
+        work_dir=tmp_path / "work",
+        cache_dir=tmp_path / "cache",
+        progress=False,
+        log=messages.append,
+    )
     assert any("resuming" in m for m in messages) and not any(m.startswith("epoch") for m in messages)
     assert again.history == result.history and again.best_epoch == result.best_epoch
     for a, b in zip(again.model.state_dict().values(), result.model.state_dict().values()):
@@ -163,8 +229,15 @@ def test_without_validation_every_face_is_trained_on_and_the_last_epoch_is_kept(
     teacher = load_teacher(synthetic.teachers["onnx"])
     cfg = DistillConfig(student="xs", epochs=3, batch_size=32, val_fraction=0.0)
     messages: list[str] = []
-    result = distill(synthetic.train, [(teacher, "sha")], cfg, work_dir=tmp_path / "work",
-                     cache_dir=tmp_path / "cache", progress=False, log=messages.append)
+    result = distill(
+        synthetic.train,
+        [(teacher, "sha")],
+        cfg,
+        work_dir=tmp_path / "work",
+        cache_dir=tmp_path / "cache",
+        progress=False,
+        log=messages.append,
+    )
     assert (result.train_faces, result.val_faces) == (len(synthetic.train), 0)
     assert result.best_epoch == 3 and result.best_val_top1 is None
     assert not any(key.startswith("val_") for entry in result.history for key in entry)
@@ -192,8 +265,7 @@ def test_online_teacher_sees_every_augmented_batch_and_caches_nothing(synthetic,
     forward, batches = teacher._forward, []
     teacher._forward = lambda batch: (batches.append(batch.copy()), forward(batch))[1]
     cfg = DistillConfig(student="xs", epochs=1, batch_size=32, online_teacher=True)
-    result = distill(synthetic.train, [(teacher, "sha")], cfg, cache_dir=tmp_path, progress=False,
-                     log=lambda _: None)
+    result = distill(synthetic.train, [(teacher, "sha")], cfg, cache_dir=tmp_path, progress=False, log=lambda _: None)
     steps = (len(synthetic.train) - result.val_faces) // 32
     assert len(batches) == steps and all(len(b) == 32 for b in batches)
     assert not any(np.array_equal(b, synthetic.train.images[:32]) for b in batches), "augmented, not raw"
@@ -203,13 +275,25 @@ def test_online_teacher_sees_every_augmented_batch_and_caches_nothing(synthetic,
 
 # ---------------------------------------------------------------- build
 
+
 def test_build_writes_every_file_and_nothing_else(built):
     assert sorted(p.name for p in built.iterdir()) == sorted([*BUILD_FILES, "syn.work"])
     for png in BUILD_FILES[4:]:
         assert (built / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (built / "syn.md").read_text()
-    for needle in ("## Summary", "## Latency", "## Per-class recall", "syn.confusion-int8.png", "syn.training.png",
-                   "## Teachers", "tiny6", "## Limits", "4 views of each face", "mirror image", "--zoom-view 1.2"):
+    for needle in (
+        "## Summary",
+        "## Latency",
+        "## Per-class recall",
+        "syn.confusion-int8.png",
+        "syn.training.png",
+        "## Teachers",
+        "tiny6",
+        "## Limits",
+        "4 views of each face",
+        "mirror image",
+        "--zoom-view 1.2",
+    ):
         assert needle in report
 
 
@@ -238,8 +322,12 @@ def test_built_card_is_accepted_by_the_daemon(built, synthetic):
 def test_int8_gate_refuses_and_leaves_the_old_files(built, synthetic, tmp_path, capsys):
     shutil.copy(built / "syn.fp32.onnx", tmp_path)
     card = json.loads((built / "syn.json").read_text())
-    card.update(precision="fp32", variants={"fp32": "syn.fp32.onnx"},
-                variant_sha256={"fp32": card["variant_sha256"]["fp32"]}, sha256=card["variant_sha256"]["fp32"])
+    card.update(
+        precision="fp32",
+        variants={"fp32": "syn.fp32.onnx"},
+        variant_sha256={"fp32": card["variant_sha256"]["fp32"]},
+        sha256=card["variant_sha256"]["fp32"],
+    )
     (tmp_path / "syn.json").write_text(json.dumps(card))
     before = sorted((p.name, _sha256(p)) for p in tmp_path.iterdir())
     args = ["int8", "--model", str(tmp_path / "syn.fp32.onnx"), "--data", str(synthetic.csv), "--latency-runs", "0"]
@@ -260,13 +348,19 @@ def test_int8_gate_refuses_and_leaves_the_old_files(built, synthetic, tmp_path, 
 
 # ---------------------------------------------------------------- real faces
 
+
 @pytest.mark.skipif(not FER_CSV.is_file(), reason=f"FER2013 not found under {SHARED} (../shared)")
 def test_int8_stays_close_to_fp32_on_real_faces(tmp_path):
     rows = real_fer_rows(train=900, test=300)
     train = FaceSet(*rows["Training"], source="fer2013", split="train")
     test = FaceSet(*rows["PublicTest"], source="fer2013", split="test")
-    result = distill(train, [], DistillConfig(student="xs", epochs=4, batch_size=32, augment=False), progress=False,
-                     log=lambda _: None)
+    result = distill(
+        train,
+        [],
+        DistillConfig(student="xs", epochs=4, batch_size=32, augment=False),
+        progress=False,
+        log=lambda _: None,
+    )
     meta = student_meta(result)
     fp32 = tmp_path / "real.fp32.onnx"
     export_student(result.model, fp32, student_inputs(test.images[:32], meta))
@@ -276,8 +370,12 @@ def test_int8_stays_close_to_fp32_on_real_faces(tmp_path):
     int8 = tmp_path / "real.onnx"
     quantize_onnx(fp32, int8, inputs)
     card = json.loads((tmp_path / "real.json").read_text())
-    card.update(variants={"fp32": fp32.name, "int8": int8.name}, precision="int8", sha256=_sha256(int8),
-                variant_sha256={"fp32": _sha256(fp32), "int8": _sha256(int8)})
+    card.update(
+        variants={"fp32": fp32.name, "int8": int8.name},
+        precision="int8",
+        sha256=_sha256(int8),
+        variant_sha256={"fp32": _sha256(fp32), "int8": _sha256(int8)},
+    )
     write_card(card, tmp_path / "real.json")
     ev32 = evaluate(fp32, test, latency_runs=0)
     ev8 = evaluate(int8, test, latency_runs=0)

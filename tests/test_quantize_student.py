@@ -13,16 +13,27 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
+import onnxruntime as ort  # noqa: E402
+
 from quantize import student as student_module  # noqa: E402
 from quantize.errors import QuantizeError  # noqa: E402
 from quantize.export import PARITY_ATOL, export_student  # noqa: E402
 from quantize.int8 import quantize_onnx  # noqa: E402
 from quantize.student import STUDENTS, build_student, count_parameters, fold_batchnorm, zoom_crop  # noqa: E402
-import onnxruntime as ort  # noqa: E402
 
 # Ops the INT8 path handles well; BatchNormalization must be gone (folded) and nothing exotic may appear.
-QUANTIZATION_FRIENDLY = {"Constant", "Conv", "Clip", "Relu", "Add", "GlobalAveragePool", "ReduceMean", "Flatten",
-                         "Reshape", "Gemm"}
+QUANTIZATION_FRIENDLY = {
+    "Constant",
+    "Conv",
+    "Clip",
+    "Relu",
+    "Add",
+    "GlobalAveragePool",
+    "ReduceMean",
+    "Flatten",
+    "Reshape",
+    "Gemm",
+}
 # Flip averaging adds the mirror (Slice), the doubled batch (Concat) and the split and mean of its halves.
 FLIP_AVERAGE_OPS = {"Slice", "Concat", "Shape", "Gather", "Unsqueeze", "Identity", "Mul"}
 # A zoom view adds the enlargement of the centre crop.
@@ -132,8 +143,14 @@ def test_flip_averaged_export_answers_the_mean_of_face_and_mirror(tmp_path, expo
 def _zoomed(faces: np.ndarray, first: int, side: int) -> np.ndarray:
     """Each face's centre square enlarged back to full size with OpenCV (an independent bilinear resize)."""
     size = faces.shape[-1]
-    return np.stack([cv2.resize(face[0, first:first + side, first:first + side], (size, size),
-                                interpolation=cv2.INTER_LINEAR)[None] for face in faces])
+    return np.stack(
+        [
+            cv2.resize(
+                face[0, first : first + side, first : first + side], (size, size), interpolation=cv2.INTER_LINEAR
+            )[None]
+            for face in faces
+        ]
+    )
 
 
 @pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
@@ -164,8 +181,10 @@ def test_zoom_view_quantizes_without_warnings_and_keeps_its_answers(tmp_path, ca
     with caplog.at_level(logging.WARNING):
         quantize_onnx(fp32, int8, calibration, activations="uint8", fmt=fmt)
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    answers = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(["logits"], {"input": faces})[0]
-               for p in (fp32, int8)]
+    answers = [
+        ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(["logits"], {"input": faces})[0]
+        for p in (fp32, int8)
+    ]
     assert (answers[0].argmax(1) == answers[1].argmax(1)).all()
 
 

@@ -39,24 +39,56 @@ SHARED_TEACHER = SHARED / "teachers" / "resnet18_fer2013_96.pt"
 # num_batches_tracked, 1 per bias-free conv, 2 for the classifier) and the parameter counts torchvision publishes
 # for the 1000-class models, plus names and shapes that pin down the layout.
 TORCHVISION = {
-    "resnet18": (122, 11_689_512, {"layer4.1.bn2.running_var": (512,), "layer2.0.downsample.0.weight": (128, 64, 1, 1),
-                                   "fc.weight": (1000, 512)}),
+    "resnet18": (
+        122,
+        11_689_512,
+        {"layer4.1.bn2.running_var": (512,), "layer2.0.downsample.0.weight": (128, 64, 1, 1), "fc.weight": (1000, 512)},
+    ),
     "resnet34": (218, 21_797_672, {"layer3.5.conv2.weight": (256, 256, 3, 3), "fc.weight": (1000, 512)}),
-    "resnet50": (320, 25_557_032, {"layer1.0.downsample.1.num_batches_tracked": (),
-                                   "layer4.2.conv3.weight": (2048, 512, 1, 1), "fc.weight": (1000, 2048)}),
+    "resnet50": (
+        320,
+        25_557_032,
+        {
+            "layer1.0.downsample.1.num_batches_tracked": (),
+            "layer4.2.conv3.weight": (2048, 512, 1, 1),
+            "fc.weight": (1000, 2048),
+        },
+    ),
     "resnet101": (626, 44_549_160, {"layer3.22.conv2.weight": (256, 256, 3, 3)}),
-    "resnet152": (932, 60_192_808, {"layer2.7.bn3.weight": (512,), "layer3.35.conv3.weight": (1024, 256, 1, 1),
-                                    "conv1.weight": (64, 3, 7, 7)}),
-    "densenet121": (727, 7_978_856, {"features.denseblock1.denselayer1.norm1.weight": (64,),
-                                     "features.transition3.conv.weight": (512, 1024, 1, 1),
-                                     "features.norm5.running_mean": (1024,), "classifier.weight": (1000, 1024)}),
-    "densenet161": (967, 28_681_000, {"features.conv0.weight": (96, 3, 7, 7),
-                                      "features.denseblock4.denselayer24.conv2.weight": (48, 192, 3, 3),
-                                      "classifier.weight": (1000, 2208)}),
-    "densenet169": (1015, 14_149_480, {"features.denseblock3.denselayer32.conv1.weight": (128, 1248, 1, 1),
-                                       "classifier.weight": (1000, 1664)}),
-    "densenet201": (1207, 20_013_928, {"features.denseblock3.denselayer48.conv2.weight": (32, 128, 3, 3),
-                                       "classifier.weight": (1000, 1920)}),
+    "resnet152": (
+        932,
+        60_192_808,
+        {"layer2.7.bn3.weight": (512,), "layer3.35.conv3.weight": (1024, 256, 1, 1), "conv1.weight": (64, 3, 7, 7)},
+    ),
+    "densenet121": (
+        727,
+        7_978_856,
+        {
+            "features.denseblock1.denselayer1.norm1.weight": (64,),
+            "features.transition3.conv.weight": (512, 1024, 1, 1),
+            "features.norm5.running_mean": (1024,),
+            "classifier.weight": (1000, 1024),
+        },
+    ),
+    "densenet161": (
+        967,
+        28_681_000,
+        {
+            "features.conv0.weight": (96, 3, 7, 7),
+            "features.denseblock4.denselayer24.conv2.weight": (48, 192, 3, 3),
+            "classifier.weight": (1000, 2208),
+        },
+    ),
+    "densenet169": (
+        1015,
+        14_149_480,
+        {"features.denseblock3.denselayer32.conv1.weight": (128, 1248, 1, 1), "classifier.weight": (1000, 1664)},
+    ),
+    "densenet201": (
+        1207,
+        20_013_928,
+        {"features.denseblock3.denselayer48.conv2.weight": (32, 128, 3, 3), "classifier.weight": (1000, 1920)},
+    ),
 }
 HEADS = ["linear", "dropout:0.2,linear", "linear:64,relu,dropout,linear"]
 
@@ -75,9 +107,16 @@ class TinyNet(nn.Module):
 
     def __init__(self, channels: int = 1, classes: int = 6) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                  nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                                  nn.Flatten(), nn.Linear(16, classes))
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(16, classes),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
@@ -101,6 +140,7 @@ def _write_spec(path: Path, spec: dict) -> None:
 
 # ---------------------------------------------------------------- architectures
 
+
 @pytest.mark.parametrize("arch", ARCH_NAMES)
 def test_architecture_has_torchvision_names_and_sizes(arch: str) -> None:
     keys, params, samples = TORCHVISION[arch]
@@ -122,8 +162,9 @@ def test_big_architectures_are_recognised_with_any_head(arch: str, head: str) ->
     assert _meta(arch, 7, inferred_head).state_dict().keys() == sd.keys()
 
 
-@pytest.mark.parametrize(("arch", "head"), [("resnet18", h) for h in HEADS] + [("densenet121", h) for h in HEADS]
-                         + [("resnet50", HEADS[-1])])
+@pytest.mark.parametrize(
+    ("arch", "head"), [("resnet18", h) for h in HEADS] + [("densenet121", h) for h in HEADS] + [("resnet50", HEADS[-1])]
+)
 def test_state_dict_round_trip_gives_the_same_outputs(tmp_path: Path, arch: str, head: str) -> None:
     torch.manual_seed(1)
     model = build_arch(arch, 7, head).eval()
@@ -171,12 +212,18 @@ def test_unknown_keys_name_what_is_missing_and_unexpected(resnet18_state: dict) 
     broken = dict(resnet18_state)
     del broken["layer3.1.conv2.weight"]
     broken["extra.weight"] = torch.zeros(3)
-    with pytest.raises(QuantizeError, match=r"does not match resnet18: missing layer3\.1\.conv2\.weight; "
-                                            r"unexpected extra\.weight"):
+    with pytest.raises(
+        QuantizeError,
+        match=r"does not match resnet18: missing layer3\.1\.conv2\.weight; "
+        r"unexpected extra\.weight",
+    ):
         model_from_state_dict(broken)
     foreign = {"encoder.conv.weight": torch.zeros(8, 3, 3, 3), "head.weight": torch.zeros(7, 8)}
-    with pytest.raises(QuantizeError, match=r"matches no known architecture; closest is \w+: missing .*unexpected "
-                                            r"encoder\.conv\.weight"):
+    with pytest.raises(
+        QuantizeError,
+        match=r"matches no known architecture; closest is \w+: missing .*unexpected "
+        r"encoder\.conv\.weight",
+    ):
         model_from_state_dict(foreign)
     with pytest.raises(QuantizeError, match=r"does not match resnet34: missing layer1\.2\."):
         model_from_state_dict(resnet18_state, arch="resnet34")
@@ -188,13 +235,15 @@ def test_unknown_keys_name_what_is_missing_and_unexpected(resnet18_state: dict) 
 
 # ---------------------------------------------------------------- preprocessing and augmentation
 
+
 def test_preprocessing_resizes_replicates_and_normalises() -> None:
     faces = _faces(2)
     pre = Preprocessing(size=(96, 96), channels=3, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
     x = pre.apply(faces)
     assert x.shape == (2, 3, 96, 96) and x.dtype == torch.float32
-    expected = torch.nn.functional.interpolate(torch.from_numpy(faces).float().unsqueeze(1) / 255, size=96,
-                                               mode="bilinear", align_corners=False)
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(faces).float().unsqueeze(1) / 255, size=96, mode="bilinear", align_corners=False
+    )
     torch.testing.assert_close(x[:, 1:2], (expected - 0.456) / 0.224)
     grey = preprocessing_from_spec({"shape": [1, 1, 48, 48], "mean": "imagenet"})
     assert grey.channels == 1 and grey.mean == [pytest.approx(0.449)]
@@ -205,11 +254,13 @@ def test_preprocessing_resizes_replicates_and_normalises() -> None:
 
 def test_augmentation_at_zero_strength_is_the_evaluation_resize() -> None:
     faces = torch.from_numpy(_faces(4))
-    still = Augmentation(zoom=(1.0, 1.0), aspect=0.0, rotate_deg=0.0, shift=0.0, flip=False, brightness=0.0,
-                         contrast=0.0, erase_p=0.0)
+    still = Augmentation(
+        zoom=(1.0, 1.0), aspect=0.0, rotate_deg=0.0, shift=0.0, flip=False, brightness=0.0, contrast=0.0, erase_p=0.0
+    )
     pre = Preprocessing(size=(96, 96), channels=1)
-    torch.testing.assert_close(pre.normalise(still(faces, (96, 96), torch.Generator())), pre.apply(faces),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        pre.normalise(still(faces, (96, 96), torch.Generator())), pre.apply(faces), atol=1e-5, rtol=0
+    )
     moved = Augmentation()(faces, (64, 64), torch.Generator().manual_seed(0))
     assert moved.shape == (4, 1, 64, 64) and 0.0 <= moved.min() and moved.max() <= 1.0
     assert not torch.allclose(moved, Preprocessing(size=(64, 64)).apply(faces))
@@ -217,8 +268,11 @@ def test_augmentation_at_zero_strength_is_the_evaluation_resize() -> None:
 
 # ---------------------------------------------------------------- teachers
 
-@pytest.mark.skipif(not (SHARED_TEACHER.exists() and FER_CSV.exists()),
-                    reason=f"shared teacher or FER2013 CSV absent ({SHARED_TEACHER}, {FER_CSV})")
+
+@pytest.mark.skipif(
+    not (SHARED_TEACHER.exists() and FER_CSV.exists()),
+    reason=f"shared teacher or FER2013 CSV absent ({SHARED_TEACHER}, {FER_CSV})",
+)
 def test_shared_teacher_loads_from_its_card_and_is_accurate(tmp_path: Path) -> None:
     rows = ["emotion,pixels,Usage"]
     with gzip.open(FER_CSV, "rt") as f:  # PublicTest rows follow the 28709 Training rows
@@ -242,8 +296,15 @@ def _save_onnx(model: nn.Module, path: Path, shape: tuple[int, int, int, int], d
     # The TorchScript-based exporter: quick and quiet for these tiny models; users' files come from either exporter.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model.eval(), (torch.zeros(shape),), str(path), input_names=["input"], output_names=["out"],
-                          dynamic_axes={"input": {0: "batch"}} if dynamic else None, dynamo=False)
+        torch.onnx.export(
+            model.eval(),
+            (torch.zeros(shape),),
+            str(path),
+            input_names=["input"],
+            output_names=["out"],
+            dynamic_axes={"input": {0: "batch"}} if dynamic else None,
+            dynamo=False,
+        )
 
 
 def test_onnx_six_class_teacher_gives_the_torch_logits(tmp_path: Path) -> None:
@@ -295,8 +356,12 @@ def test_torchscript_teacher_from_a_command_line_spec(tmp_path: Path) -> None:
     teacher = load_teacher(f"{path}:size=32,channels=1,mean=0.5,std=0.25,labels=fer2013")
     assert teacher.backend == "torchscript" and teacher.num_params == sum(p.numel() for p in model.parameters())
     faces = _faces(4)
-    x = (torch.nn.functional.interpolate(torch.from_numpy(faces).float().unsqueeze(1) / 255, size=32,
-                                         mode="bilinear", align_corners=False) - 0.5) / 0.25
+    x = (
+        torch.nn.functional.interpolate(
+            torch.from_numpy(faces).float().unsqueeze(1) / 255, size=32, mode="bilinear", align_corners=False
+        )
+        - 0.5
+    ) / 0.25
     with torch.no_grad():
         np.testing.assert_allclose(teacher.logits(faces), model(x).numpy(), atol=1e-5)
 
@@ -304,8 +369,9 @@ def test_torchscript_teacher_from_a_command_line_spec(tmp_path: Path) -> None:
 def test_checkpoint_teacher_spec_from_toml_and_command_line_overrides(tmp_path: Path, resnet18_state: dict) -> None:
     path = tmp_path / "teacher.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in resnet18_state.items()}, "epoch": 9}, path)
-    (tmp_path / "teacher.toml").write_text('arch = "resnet18"\nlabels = "fer2013"\n[input]\nsize = 64\n'
-                                           'mean = "imagenet"\n')
+    (tmp_path / "teacher.toml").write_text(
+        'arch = "resnet18"\nlabels = "fer2013"\n[input]\nsize = 64\nmean = "imagenet"\n'
+    )
     teacher = load_teacher(path)
     assert teacher.preprocessing.size == (64, 64) and teacher.arch == "resnet18"
     overridden = load_teacher(f"{path}:size=56")
@@ -343,8 +409,9 @@ def test_checkpoint_teacher_faults_are_one_line_errors(tmp_path: Path, resnet18_
 
 def test_pickled_model_needs_trust_and_probabilities_become_log_scores(tmp_path: Path) -> None:
     torch.manual_seed(4)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 7),
-                          nn.Softmax(dim=1)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 7), nn.Softmax(dim=1)
+    ).eval()
     path = tmp_path / "whole.pt"
     torch.save(model, path)
     with pytest.raises(QuantizeError, match="pickles Python objects.*--trust-pickle"):
@@ -360,13 +427,17 @@ def test_teacher_argument_parsing() -> None:
     assert parse_teacher_arg("t.pt") == (Path("t.pt"), {})
     path, spec = parse_teacher_arg("dir/t.onnx:size=96,channels=3,mean=imagenet,labels=a/b,head=linear:64+relu+linear")
     assert path == Path("dir/t.onnx")
-    assert spec == {"input": {"size": "96", "channels": "3", "mean": "imagenet"}, "labels": "a/b",
-                    "head": "linear:64,relu,linear"}
+    assert spec == {
+        "input": {"size": "96", "channels": "3", "mean": "imagenet"},
+        "labels": "a/b",
+        "head": "linear:64,relu,linear",
+    }
     with pytest.raises(QuantizeError, match="teacher option 'colour=red'"):
         parse_teacher_arg("t.pt:colour=red")
 
 
 # ---------------------------------------------------------------- train-teacher
+
 
 def _tiny_fer_csv(path: Path) -> Path:
     rng = np.random.default_rng(5)
@@ -384,8 +455,9 @@ def test_train_teacher_writes_a_loadable_teacher_and_resumes(tmp_path: Path, mon
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     data = _tiny_fer_csv(tmp_path / "fer.csv")
     out = tmp_path / "teachers" / "r18.pt"
-    first = train_teacher("resnet18", data, out, epochs=2, batch_size=16, size=32, seed=1, device="cpu",
-                          stop_after_epochs=1, threads=1)
+    first = train_teacher(
+        "resnet18", data, out, epochs=2, batch_size=16, size=32, seed=1, device="cpu", stop_after_epochs=1, threads=1
+    )
     assert first.epochs_done == 1
     state = torch.load(out.with_name("r18.resume.pt"), weights_only=True)
     assert state["epoch"] == 1
@@ -395,9 +467,28 @@ def test_train_teacher_writes_a_loadable_teacher_and_resumes(tmp_path: Path, mon
     # The subcommand wiring the CLI uses; same options resume the run instead of starting over.
     parser = argparse.ArgumentParser()
     add_train_teacher_arguments(parser)
-    args = parser.parse_args(["--data", str(data), "--out", str(out), "--arch", "resnet18", "--epochs", "2",
-                              "--batch-size", "16", "--size", "32", "--seed", "1", "--device", "cpu",
-                              "--threads", "1"])
+    args = parser.parse_args(
+        [
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--arch",
+            "resnet18",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--size",
+            "32",
+            "--seed",
+            "1",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ]
+    )
     assert run_train_teacher(args) == 0
     printed = capsys.readouterr().out
     assert "resuming r18.resume.pt after epoch 1/2" in printed
@@ -415,7 +506,8 @@ def test_train_teacher_writes_a_loadable_teacher_and_resumes(tmp_path: Path, mon
     accuracy = float((teacher.logits(faces.images, flip_tta=True).argmax(1) == faces.labels).mean())
     assert accuracy == pytest.approx(spec["val_top1_fliptta"], abs=1e-3)
 
-    changed = parser.parse_args(["--data", str(data), "--out", str(out), "--epochs", "2", "--size", "48",
-                                 "--batch-size", "16", "--seed", "1"])
+    changed = parser.parse_args(
+        ["--data", str(data), "--out", str(out), "--epochs", "2", "--size", "48", "--batch-size", "16", "--seed", "1"]
+    )
     with pytest.raises(QuantizeError, match=r"started with other settings \(size 32 -> 48\)"):
         run_train_teacher(changed)

@@ -43,8 +43,7 @@ DEVICE = "notify-test"
 
 
 def unit_entries(key: str) -> list[str]:
-    return [line.split("=", 1)[1].strip() for line in UNIT.read_text().splitlines()
-            if line.startswith(f"{key}=")]
+    return [line.split("=", 1)[1].strip() for line in UNIT.read_text().splitlines() if line.startswith(f"{key}=")]
 
 
 def unit_stop_timeout_s() -> float:
@@ -67,8 +66,7 @@ class MjpegStream:
                 self.send_response(200)
                 self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
                 self.end_headers()
-                part = (b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
-                        + jpeg + b"\r\n")
+                part = b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg) + jpeg + b"\r\n"
                 try:
                     while not stream._closed.is_set():
                         if stream.flowing.wait(0.1):
@@ -109,7 +107,7 @@ class NotifySocket:
         while not self._closed:
             try:
                 data = self._sock.recv(4096)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -127,8 +125,9 @@ class NotifySocket:
             while not predicate():
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    pytest.fail(f"timed out after {timeout} s waiting for {what}; "
-                                f"got {[m for _, m in self.messages][-8:]}")
+                    pytest.fail(
+                        f"timed out after {timeout} s waiting for {what}; got {[m for _, m in self.messages][-8:]}"
+                    )
                 self._cond.wait(min(left, 0.2))
 
     def close(self) -> None:
@@ -192,8 +191,12 @@ def start_like_systemd(config: Path, state_dir: Path, notify_socket: Path, log: 
         for assignment in shlex.split(entry):
             key, _, value = assignment.partition("=")
             env[key] = value
-    env.update(NOTIFY_SOCKET=str(notify_socket), WATCHDOG_USEC=str(int(WATCHDOG_S * 1e6)),
-               STATE_DIRECTORY=str(state_dir), INVOCATION_ID="0" * 32)
+    env.update(
+        NOTIFY_SOCKET=str(notify_socket),
+        WATCHDOG_USEC=str(int(WATCHDOG_S * 1e6)),
+        STATE_DIRECTORY=str(state_dir),
+        INVOCATION_ID="0" * 32,
+    )
     # systemd sets WATCHDOG_PID to the service's main PID: the shell's PID is the daemon's after exec.
     wrapped = ["sh", "-c", 'WATCHDOG_PID=$$ exec "$@"', "sh", *argv]
     return subprocess.Popen(wrapped, env=env, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT)
@@ -216,16 +219,21 @@ def test_ready_watchdog_stall_recovery_and_clean_stop(broker, subscriber, stream
 
         # WATCHDOG=1 keeps coming while frames flow.
         ready_at = notify.times("READY=1")[0]
-        notify.wait_until("3 watchdog pings",
-                          lambda: len([t for t in notify.times("WATCHDOG=1") if t > ready_at]) >= 3, 10 * WATCHDOG_S)
+        notify.wait_until(
+            "3 watchdog pings",
+            lambda: len([t for t in notify.times("WATCHDOG=1") if t > ready_at]) >= 3,
+            10 * WATCHDOG_S,
+        )
 
         # The camera stalls: the pings stop (systemd would restart the service) while the process lives.
         stream.flowing.clear()
         stalled_at = time.monotonic()
         quiet_s = WATCHDOG_S * 1.5  # longer than the ping interval: silence means no ping is due
-        notify.wait_until(f"the pings to stop for {quiet_s} s",
-                          lambda: time.monotonic() - max(notify.times("WATCHDOG=1")[-1], stalled_at) >= quiet_s,
-                          STALL_TIMEOUT_S + quiet_s + 15)
+        notify.wait_until(
+            f"the pings to stop for {quiet_s} s",
+            lambda: time.monotonic() - max(notify.times("WATCHDOG=1")[-1], stalled_at) >= quiet_s,
+            STALL_TIMEOUT_S + quiet_s + 15,
+        )
         last_ping = notify.times("WATCHDOG=1")[-1]
         assert last_ping - stalled_at <= STALL_TIMEOUT_S + WATCHDOG_S, "pinged on well after the stall"
         assert daemon.poll() is None, log_tail(log)
@@ -242,8 +250,9 @@ def test_ready_watchdog_stall_recovery_and_clean_stop(broker, subscriber, stream
         try:
             code = daemon.wait(unit_stop_timeout_s())
         except subprocess.TimeoutExpired:
-            pytest.fail(f"still running {unit_stop_timeout_s()} s after SIGTERM (systemd would SIGKILL):\n"
-                        f"{log_tail(log)}")
+            pytest.fail(
+                f"still running {unit_stop_timeout_s()} s after SIGTERM (systemd would SIGKILL):\n{log_tail(log)}"
+            )
         assert code == 0, log_tail(log)
         notify.wait_until("STOPPING=1", lambda: bool(notify.times("STOPPING=1")), 5)
         assert any(m.text == "offline" for m in status.received()), "no offline status on shutdown"

@@ -57,8 +57,9 @@ def test_folder_is_read_in_natural_order_and_skips_corrupt_files(tmp_path: Path,
 
 
 def test_truncated_jpeg_counts_as_corrupt(tmp_path: Path) -> None:
-    ok, data = cv2.imencode(".jpg", numbered_frame(5, (320, 240)) + np.random.default_rng(0).integers(
-        0, 20, (240, 320, 3), dtype=np.uint8))
+    ok, data = cv2.imencode(
+        ".jpg", numbered_frame(5, (320, 240)) + np.random.default_rng(0).integers(0, 20, (240, 320, 3), dtype=np.uint8)
+    )
     assert ok
     (tmp_path / "a1.jpg").write_bytes(data.tobytes())
     (tmp_path / "a2.jpg").write_bytes(data.tobytes()[: len(data) // 2])  # an interrupted copy
@@ -93,10 +94,13 @@ def test_video_file_is_read_completely_in_order(tmp_path: Path) -> None:
     assert [frame_number(image) for image in read_all(source)] == list(range(25))
 
 
-@pytest.mark.parametrize("spec, named", [
-    ("/no/such/folder/clip.mp4", "/no/such/folder/clip.mp4"),
-    ("/no/such/folder/*.jpg", "/no/such/folder/*.jpg"),
-])
+@pytest.mark.parametrize(
+    "spec, named",
+    [
+        ("/no/such/folder/clip.mp4", "/no/such/folder/clip.mp4"),
+        ("/no/such/folder/*.jpg", "/no/such/folder/*.jpg"),
+    ],
+)
 def test_missing_path_gives_one_line_naming_it(spec: str, named: str) -> None:
     with pytest.raises(SourceError) as caught:
         open_source(spec)

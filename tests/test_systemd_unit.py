@@ -102,6 +102,7 @@ def systemd_analyze() -> str:
 
 # -- the unit -------------------------------------------------------------------------------------------
 
+
 def test_unit_passes_systemd_analyze_verify(tmp_path):
     tool = systemd_analyze()
     result = subprocess.run([tool, "verify", str(runnable_copy(tmp_path))], capture_output=True, text=True)
@@ -111,8 +112,9 @@ def test_unit_passes_systemd_analyze_verify(tmp_path):
 
 def test_security_exposure_stays_within_budget(tmp_path):
     tool = systemd_analyze()
-    result = subprocess.run([tool, "security", "--offline=yes", "--no-pager", str(runnable_copy(tmp_path))],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [tool, "security", "--offline=yes", "--no-pager", str(runnable_copy(tmp_path))], capture_output=True, text=True
+    )
     found = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", result.stdout)
     assert found, result.stdout + result.stderr
     exposure = float(found.group(1))
@@ -170,6 +172,7 @@ def test_resource_caps_are_documented_but_off(unit):
 
 # -- the installer --------------------------------------------------------------------------------------
 
+
 def test_installer_scripts_parse():
     for script in (INSTALL, UNINSTALL, REPO / "bench" / "arm64_qemu.sh"):
         result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
@@ -217,8 +220,12 @@ def yunet_file(tmp_path) -> tuple[Path, str]:
 
 
 def run_installer(root: Path, *args: str, script: Path = INSTALL) -> subprocess.CompletedProcess:
-    env = dict(os.environ, EDGE_MOOD_PREFIX=str(root), EDGE_MOOD_PYTHON=sys.executable,
-               EDGE_MOOD_PIP_OPTS="--no-deps --no-index")
+    env = dict(
+        os.environ,
+        EDGE_MOOD_PREFIX=str(root),
+        EDGE_MOOD_PYTHON=sys.executable,
+        EDGE_MOOD_PIP_OPTS="--no-deps --no-index",
+    )
     return subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -274,6 +281,7 @@ def test_installer_refuses_a_detector_with_the_wrong_checksum(tmp_path, yunet_fi
 
 def test_installer_refuses_the_quantize_extra(tmp_path, yunet_file):
     yunet, digest = yunet_file
-    result = run_installer(tmp_path / "root", "--source", f"{REPO}[quantize]", "--yunet-file", str(yunet),
-                           "--yunet-sha256", digest)
+    result = run_installer(
+        tmp_path / "root", "--source", f"{REPO}[quantize]", "--yunet-file", str(yunet), "--yunet-sha256", digest
+    )
     assert result.returncode == 2 and "pulls torch" in result.stderr

@@ -12,16 +12,24 @@ import time
 
 import pytest
 
+from edge.mqtt_client import BrokerError
 from edge.payloads import event_payload, state_payload
 from edge.publisher import MqttSettings, Publisher
 from edge.spool import Spool
-from edge.mqtt_client import BrokerError
 from edge.tail import run_tail
 
 
 def settings(broker, device: str = "cam1", **changes) -> MqttSettings:
-    return MqttSettings(host=broker.host, port=broker.port, protocol=broker.protocol, device_id=device,
-                        reconnect_min_s=0.05, reconnect_max_s=0.5, discovery=False, **changes)
+    return MqttSettings(
+        host=broker.host,
+        port=broker.port,
+        protocol=broker.protocol,
+        device_id=device,
+        reconnect_min_s=0.05,
+        reconnect_max_s=0.5,
+        discovery=False,
+        **changes,
+    )
 
 
 class TailThread:
@@ -60,13 +68,23 @@ def start_daemon_side(broker, tmp_path, device: str = "cam1") -> Publisher:
 
 
 def emit(publisher: Publisher, device: str = "cam1", types=("face_enter", "expression")) -> None:
-    common = dict(device=device, frame=10, ts=time.time(), track_id=4, scores={"happy": 0.81, "neutral": 0.19},
-                  bbox_norm=(0.1, 0.1, 0.2, 0.2), model="m@1")
+    common = dict(
+        device=device,
+        frame=10,
+        ts=time.time(),
+        track_id=4,
+        scores={"happy": 0.81, "neutral": 0.19},
+        bbox_norm=(0.1, 0.1, 0.2, 0.2),
+        model="m@1",
+    )
     if "face_enter" in types:
         publisher.enqueue(event_payload(type="face_enter", expression=None, confidence=None, **common))
     if "expression" in types:
-        publisher.enqueue(event_payload(type="expression", expression="happy", confidence=0.81,
-                                        extra={"previous": "neutral"}, **common))
+        publisher.enqueue(
+            event_payload(
+                type="expression", expression="happy", confidence=0.81, extra={"previous": "neutral"}, **common
+            )
+        )
 
 
 def stop(publisher: Publisher) -> None:
@@ -102,8 +120,11 @@ def test_raw_prints_json_lines_and_all_devices_sees_every_device(broker, tmp_pat
         stop(two)
     records = [json.loads(line) for line in tail.lines()]
     assert {(r["topic"], r["retained"]) for r in records} == {
-        ("edge-mood/cam1/status", True), ("edge-mood/cam1/state", True),
-        ("edge-mood/cam2/status", True), ("edge-mood/cam2/state", True)}
+        ("edge-mood/cam1/status", True),
+        ("edge-mood/cam1/state", True),
+        ("edge-mood/cam2/status", True),
+        ("edge-mood/cam2/state", True),
+    }
     assert {r["payload"]["face_count"] for r in records if r["topic"].endswith("/state")} == {1}
 
 
@@ -127,8 +148,12 @@ sys.exit(run_tail(MqttSettings(host="127.0.0.1", port=int(sys.argv[1]), protocol
 def test_ctrl_c_ends_it_with_status_0(broker, tmp_path):
     publisher = start_daemon_side(broker, tmp_path)
     try:
-        proc = subprocess.Popen([sys.executable, "-c", TAIL_PROCESS, str(broker.port), broker.protocol],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", TAIL_PROCESS, str(broker.port), broker.protocol],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         first = proc.stdout.readline()  # subscribed: Ctrl-C now hits the waiting loop
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=20)

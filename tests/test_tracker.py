@@ -52,8 +52,10 @@ def test_flicker_does_not_fire_events():
 def test_two_faces_keep_their_ids_while_moving():
     tracker = Tracker(LABELS, TrackerSettings())
     frames = [
-        [Detection((10.0 + 2 * i, 10.0, 40.0, 40.0), scores("happy")),
-         Detection((200.0 - 2 * i, 50.0, 40.0, 40.0), scores("sad"))]
+        [
+            Detection((10.0 + 2 * i, 10.0, 40.0, 40.0), scores("happy")),
+            Detection((200.0 - 2 * i, 50.0, 40.0, 40.0), scores("sad")),
+        ]
         for i in range(15)
     ]
     events = run(tracker, frames)

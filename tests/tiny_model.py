@@ -43,17 +43,31 @@ def _weights(channels: int, labels: list[str], bright_label: str, dark_label: st
     return weights
 
 
-def build_tiny_graph(*, channels: int, height: int, width: int, labels: list[str], batch: int | None,
-                     int8: bool, bright_label: str, dark_label: str, gain: float) -> onnx.ModelProto:
+def build_tiny_graph(
+    *,
+    channels: int,
+    height: int,
+    width: int,
+    labels: list[str],
+    batch: int | None,
+    int8: bool,
+    bright_label: str,
+    dark_label: str,
+    gain: float,
+) -> onnx.ModelProto:
     """The classifier graph; see the module docstring for what it computes."""
     weights = _weights(channels, labels, bright_label, dark_label, gain)
-    nodes = [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
-             helper.make_node("Flatten", ["pooled"], ["features"], axis=1)]
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["features"], axis=1),
+    ]
     if int8:
         scale = np.float32(np.abs(weights).max() / 127 or 1.0)
-        initializers = [numpy_helper.from_array(np.round(weights / scale).astype(np.int8), "w_q"),
-                        numpy_helper.from_array(np.array(scale, np.float32), "w_scale"),
-                        numpy_helper.from_array(np.array(0, np.int8), "w_zero")]
+        initializers = [
+            numpy_helper.from_array(np.round(weights / scale).astype(np.int8), "w_q"),
+            numpy_helper.from_array(np.array(scale, np.float32), "w_scale"),
+            numpy_helper.from_array(np.array(0, np.int8), "w_zero"),
+        ]
         nodes.append(helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["w"]))
     else:
         initializers = [numpy_helper.from_array(weights, "w")]
@@ -61,21 +75,34 @@ def build_tiny_graph(*, channels: int, height: int, width: int, labels: list[str
     nodes.append(helper.make_node("Gemm", ["features", "w", "b"], ["logits"]))
     batch_dim: int | str = batch if batch is not None else "N"
     graph = helper.make_graph(
-        nodes, "tiny_expression",
+        nodes,
+        "tiny_expression",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch_dim, channels, height, width])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch_dim, len(labels)])],
-        initializers)
+        initializers,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="tests")
     model.ir_version = IR_VERSION
     onnx.checker.check_model(model)
     return model
 
 
-def write_tiny_model(folder: Path, name: str = "tiny", *, color: str = "gray", size: int | tuple[int, int] = 48,
-                     labels: list[str] | None = None, batch: int | None = None, variants: bool = False,
-                     output: str = "logits", margin: float = 0.1, bright_label: str | None = None,
-                     dark_label: str | None = None, gain: float = 6.0,
-                     card_extra: dict[str, Any] | None = None) -> Path:
+def write_tiny_model(
+    folder: Path,
+    name: str = "tiny",
+    *,
+    color: str = "gray",
+    size: int | tuple[int, int] = 48,
+    labels: list[str] | None = None,
+    batch: int | None = None,
+    variants: bool = False,
+    output: str = "logits",
+    margin: float = 0.1,
+    bright_label: str | None = None,
+    dark_label: str | None = None,
+    gain: float = 6.0,
+    card_extra: dict[str, Any] | None = None,
+) -> Path:
     """Write a tiny classifier and its card into `folder`; return the main model's path.
 
     color: "gray" (1 channel) or "rgb" (3); size: H = W or (H, W); labels: default FER2013's seven;
@@ -93,8 +120,17 @@ def write_tiny_model(folder: Path, name: str = "tiny", *, color: str = "gray", s
     dark = dark_label or ("sad" if "sad" in labels else labels[-1])
 
     def save(file_name: str, int8: bool) -> Path:
-        model = build_tiny_graph(channels=channels, height=height, width=width, labels=labels, batch=batch,
-                                 int8=int8, bright_label=bright, dark_label=dark, gain=gain)
+        model = build_tiny_graph(
+            channels=channels,
+            height=height,
+            width=width,
+            labels=labels,
+            batch=batch,
+            int8=int8,
+            bright_label=bright,
+            dark_label=dark,
+            gain=gain,
+        )
         path = folder / file_name
         onnx.save(model, str(path))
         return path
@@ -103,8 +139,12 @@ def write_tiny_model(folder: Path, name: str = "tiny", *, color: str = "gray", s
         "schema": 1,
         "name": name,
         "labels": labels,
-        "input": {"shape": [1, channels, height, width], "color": color,
-                  "mean": [0.5] * channels, "std": [0.5] * channels},
+        "input": {
+            "shape": [1, channels, height, width],
+            "color": color,
+            "mean": [0.5] * channels,
+            "std": [0.5] * channels,
+        },
         "crop": {"margin": margin},
         "output": output,
         "created": "2026-01-01T00:00:00Z",
@@ -112,8 +152,11 @@ def write_tiny_model(folder: Path, name: str = "tiny", *, color: str = "gray", s
     if variants:
         main = save(f"{name}.onnx", int8=True)
         fp32 = save(f"{name}.fp32.onnx", int8=False)
-        card.update(precision="int8", variants={"int8": main.name, "fp32": fp32.name},
-                    variant_sha256={"int8": _sha256(main), "fp32": _sha256(fp32)})
+        card.update(
+            precision="int8",
+            variants={"int8": main.name, "fp32": fp32.name},
+            variant_sha256={"int8": _sha256(main), "fp32": _sha256(fp32)},
+        )
     else:
         main = save(f"{name}.onnx", int8=False)
         card["precision"] = "fp32"

@@ -11,8 +11,9 @@ Tokens: linear (the output layer, last), linear:N (hidden), bn (BatchNorm1d), re
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +28,8 @@ WRAPPER_KEYS: tuple[str, ...] = ("state_dict", "model_state_dict", "model", "net
 # Prefixes added by DataParallel, torch.compile and Lightning-style wrappers.
 WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "model.", "_orig_mod.")
 _LEGACY_DENSE = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
+)
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,10 @@ def make_head(spec: str | None, in_features: int, num_classes: int) -> nn.Module
     """The classifier module a head spec describes."""
     sequential, tokens = _head_tokens(spec)
     if not tokens or tokens[-1] != "linear" or tokens.count("linear") != 1:
-        raise QuantizeError(f"head spec {spec!r} must end with exactly one 'linear' (the output layer), "
-                            "e.g. 'linear' or 'dropout:0.3,linear' or 'linear:256,relu,dropout,linear'")
+        raise QuantizeError(
+            f"head spec {spec!r} must end with exactly one 'linear' (the output layer), "
+            "e.g. 'linear' or 'dropout:0.3,linear' or 'linear:256,relu,dropout,linear'"
+        )
     layers: list[nn.Module] = []
     width = in_features
     for token in tokens:
@@ -78,13 +82,15 @@ def make_head(spec: str | None, in_features: int, num_classes: int) -> nn.Module
             else:
                 raise ValueError(kind)
         except ValueError:
-            raise QuantizeError(f"head spec {spec!r}: bad layer {token!r}; use linear, linear:N, bn, relu, "
-                                "dropout or dropout:P") from None
+            raise QuantizeError(
+                f"head spec {spec!r}: bad layer {token!r}; use linear, linear:N, bn, relu, dropout or dropout:P"
+            ) from None
     return nn.Sequential(*layers) if sequential else layers[0]
 
 
-def build_arch(name: str, num_classes: int, head_spec: str | None = None, *, in_channels: int = 3,
-               stem: str = "imagenet") -> nn.Module:
+def build_arch(
+    name: str, num_classes: int, head_spec: str | None = None, *, in_channels: int = 3, stem: str = "imagenet"
+) -> nn.Module:
     """A freshly initialised torchvision-layout network with the given classifier head."""
     name = name.lower()
     if name in RESNET_CONFIGS:
@@ -126,7 +132,7 @@ def _strip_prefixes(sd: dict[str, Tensor]) -> dict[str, Tensor]:
         changed = False
         for prefix in WRAPPER_PREFIXES:
             if all(k.startswith(prefix) for k in sd):
-                sd = {k[len(prefix):]: v for k, v in sd.items()}
+                sd = {k[len(prefix) :]: v for k, v in sd.items()}
                 changed = True
     # Checkpoints from torchvision < 0.3 spell DenseNet layers "norm.1" instead of "norm1".
     return {(_LEGACY_DENSE.sub(lambda m: m.group(1) + m.group(2), k)): v for k, v in sd.items()}
@@ -134,7 +140,7 @@ def _strip_prefixes(sd: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def _infer_head(sd: Mapping[str, Tensor], prefix: str) -> tuple[str, int] | None:
     """(head spec, num_classes) from the keys under `prefix` ("fc." or "classifier."), None if there are none."""
-    sub = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    sub = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
     if not sub:
         return None
     weight = sub.get("weight")
@@ -168,7 +174,7 @@ def _infer_head(sd: Mapping[str, Tensor], prefix: str) -> tuple[str, int] | None
         return None
     num_classes = int(tokens[last].split(":")[1])
     tokens[last] = "linear"
-    del tokens[last + 1:]
+    del tokens[last + 1 :]
     return ("seq:" if tokens == ["linear"] else "") + ",".join(tokens), num_classes
 
 
@@ -235,12 +241,19 @@ def _mismatch_error(sd: Mapping[str, Tensor], wanted: str | None = None) -> Quan
     if missing:
         parts.append(f"missing {', '.join(missing[:3])}" + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""))
     if unexpected:
-        parts.append(f"unexpected {', '.join(unexpected[:3])}"
-                     + (f" (+{len(unexpected) - 3} more)" if len(unexpected) > 3 else ""))
-    lead = (f"checkpoint does not match {arch}" if wanted
-            else f"checkpoint matches no known architecture; closest is {arch}")
-    return QuantizeError(f"{lead}: {'; '.join(parts) or 'same keys, different layer sizes'}; "
-                         f"give the right arch in the teacher spec (known: {', '.join(ARCH_NAMES)})")
+        parts.append(
+            f"unexpected {', '.join(unexpected[:3])}"
+            + (f" (+{len(unexpected) - 3} more)" if len(unexpected) > 3 else "")
+        )
+    lead = (
+        f"checkpoint does not match {arch}"
+        if wanted
+        else f"checkpoint matches no known architecture; closest is {arch}"
+    )
+    return QuantizeError(
+        f"{lead}: {'; '.join(parts) or 'same keys, different layer sizes'}; "
+        f"give the right arch in the teacher spec (known: {', '.join(ARCH_NAMES)})"
+    )
 
 
 def inspect_state_dict(sd: Mapping[str, Tensor]) -> ArchInfo:
@@ -257,8 +270,9 @@ def infer_from_state_dict(sd: Mapping[str, Tensor]) -> tuple[str, str, int]:
     return info.arch, info.head, info.num_classes
 
 
-def model_from_state_dict(sd: Mapping[str, Tensor], arch: str | None = None,
-                          head: str | None = None) -> tuple[nn.Module, ArchInfo]:
+def model_from_state_dict(
+    sd: Mapping[str, Tensor], arch: str | None = None, head: str | None = None
+) -> tuple[nn.Module, ArchInfo]:
     """The network of a state_dict with its weights loaded strictly; `arch`/`head` override what the keys say."""
     if arch:
         arch = arch.lower()

@@ -57,8 +57,7 @@ class Transition(nn.Sequential):
 
 
 class DenseNet(nn.Module):
-    def __init__(self, name: str, num_classes: int = 1000,
-                 in_channels: int = 3) -> None:
+    def __init__(self, name: str, num_classes: int = 1000, in_channels: int = 3) -> None:
         super().__init__()
         growth, blocks, init_features = DENSENET_CONFIGS[name]
         self.features = nn.Sequential()

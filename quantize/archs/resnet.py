@@ -69,8 +69,7 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     """torchvision ResNet; `stem="cifar"` is the 3x3/stride-1 first conv without max-pool that FER repos use."""
 
-    def __init__(self, name: str, num_classes: int = 1000,
-                 in_channels: int = 3, stem: str = "imagenet") -> None:
+    def __init__(self, name: str, num_classes: int = 1000, in_channels: int = 3, stem: str = "imagenet") -> None:
         super().__init__()
         bottleneck, blocks = RESNET_CONFIGS[name]
         block = Bottleneck if bottleneck else BasicBlock
