@@ -1,0 +1,203 @@
+"""How well an expression model reads faces it never trained on: one table per model, side by side.
+
+Rows, each on the model alone and through the daemon's own detector + crop:
+- FER2013 PublicTest scored against FER2013's labels, and against the FER+ majority of ten annotators
+  (quantize.ferplus; faces whose most-voted answer is contempt, unknown or not-a-face are left out);
+- ../shared/data/wild: labelled photos that are not FER2013 (evaluation only).
+"alone" feeds the model the face as a data set holds it (the 48x48 FER2013 face; the whole wild photo, a tight
+face crop) through the model's own preprocessing. "daemon" pastes it into a 640x480 frame (a FER2013 face
+enlarged with its border around it, as bench/fer_frames.py stages it; a wild photo letterboxed) and runs the
+daemon's FrameAnalyzer with the daemon's default detector settings; when it finds several faces the largest
+counts, and a photo where it finds none is left out (the "faces" column says how many were scored).
+
+Columns: top-1, balanced accuracy (the mean of the seven recalls: what a model that favours the common classes
+cannot fake), and recall per class. `--confusion` adds the confusion matrices (rows: truth, columns: answer).
+
+    python bench/generalisation.py                                        # the shipped model
+    python bench/generalisation.py --model models/mood-m.onnx --model new/mood.onnx --precision int8
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from fer_frames import FER, FRAME, SHARED, YUNET, face_frame
+
+from edge.analyzer import FrameAnalyzer
+from edge.classifier import ExpressionModel
+from edge.faces import make_detector
+from edge.locations import default_model
+from edge.stats import StageTimer
+from quantize.datasets import load_dataset
+from quantize.ferplus import majority_labels, read_votes
+from quantize.labels import CANONICAL_LABELS
+
+FERPLUS = SHARED / "data" / "ferplus" / "fer2013_ferplus_votes.csv.gz"
+WILD = SHARED / "data" / "wild"
+SHORT = [label[:4] for label in CANONICAL_LABELS]
+
+
+@dataclass
+class FaceSource:
+    """Faces of one evaluation set: how to get each as a model input and as a camera frame."""
+
+    name: str
+    labels: np.ndarray
+    face: callable  # index -> uint8 grey/BGR face as the data set holds it
+    frame: callable  # index -> 640x480 BGR frame
+
+
+@dataclass
+class Score:
+    faces: int
+    total: int
+    top1: float
+    balanced: float
+    recall: list[float]
+    confusion: np.ndarray
+
+
+def score(truth: np.ndarray, answer: np.ndarray, total: int) -> Score:
+    confusion = np.zeros((7, 7), np.int64)
+    np.add.at(confusion, (truth, answer), 1)
+    per_class = confusion.sum(axis=1)
+    recall = [confusion[c, c] / per_class[c] if per_class[c] else float("nan") for c in range(7)]
+    return Score(
+        len(truth),
+        total,
+        float((truth == answer).mean()) if len(truth) else float("nan"),
+        float(np.nanmean(recall)),
+        recall,
+        confusion,
+    )
+
+
+def letterbox(image: np.ndarray) -> np.ndarray:
+    """The photo scaled to fit a 640x480 frame, aspect kept, black bars, as a camera would frame it."""
+    height, width = image.shape[:2]
+    scale = min(FRAME[0] / width, FRAME[1] / height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+    frame = np.zeros((FRAME[1], FRAME[0], 3), np.uint8)
+    y, x = (FRAME[1] - size[1]) // 2, (FRAME[0] - size[0]) // 2
+    frame[y : y + size[1], x : x + size[0]] = resized if resized.ndim == 3 else resized[..., None]
+    return frame
+
+
+def fer_sources() -> list[FaceSource]:
+    test = load_dataset(FER, "test")
+    sources = [
+        FaceSource(
+            "FER2013 PublicTest, FER2013 labels",
+            test.labels,
+            test.images.__getitem__,
+            lambda i: face_frame(test.images[i]),
+        )
+    ]
+    if FERPLUS.exists():
+        majority = majority_labels(read_votes(FERPLUS, "PublicTest"))
+        keep = np.flatnonzero(majority >= 0)
+        sources.append(
+            FaceSource(
+                "FER2013 PublicTest, FER+ majority",
+                majority[keep],
+                lambda i: test.images[keep[i]],
+                lambda i: face_frame(test.images[keep[i]]),
+            )
+        )
+    return sources
+
+
+def wild_source() -> FaceSource:
+    with (WILD / "manifest.csv").open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    labels = np.array([CANONICAL_LABELS.index(r["label"]) for r in rows])
+
+    def read(i: int) -> np.ndarray:
+        image = cv2.imread(str(WILD / rows[i]["path"]), cv2.IMREAD_COLOR)
+        if image is None:
+            raise SystemExit(f"cannot read {WILD / rows[i]['path']}")
+        return image
+
+    return FaceSource(f"wild ({len(rows)} photos)", labels, read, lambda i: letterbox(read(i)))
+
+
+def alone(model: ExpressionModel, source: FaceSource) -> Score:
+    answers = []
+    for start in range(0, len(source.labels), 256):
+        faces = [source.face(i) for i in range(start, min(start + 256, len(source.labels)))]
+        answers.append(model.predict(faces).argmax(axis=1))
+    return score(source.labels, np.concatenate(answers), len(source.labels))
+
+
+def through_daemon(model: ExpressionModel, detector, source: FaceSource) -> Score:
+    analyzer = FrameAnalyzer(detector, model, StageTimer())
+    truth, answers = [], []
+    for i, label in enumerate(source.labels):
+        scored = analyzer.analyze(source.frame(i))
+        if scored:
+            largest = max(scored, key=lambda s: s.face.box[2] * s.face.box[3])
+            truth.append(label)
+            answers.append(int(largest.scores.argmax()))
+    return score(np.array(truth, np.int64), np.array(answers, np.int64), len(source.labels))
+
+
+def pct(value: float) -> str:
+    return "   -" if np.isnan(value) else f"{100 * value:4.1f}"
+
+
+def print_table(model_id: str, rows: list[tuple[str, str, Score]]) -> None:
+    print(f"\n{model_id}")
+    header = f"{'set':<36} {'path':<6} {'faces':>11} {'top-1':>6} {'bal.':>6}  " + " ".join(f"{s:>4}" for s in SHORT)
+    print(header)
+    print("-" * len(header))
+    for name, path, s in rows:
+        recall = " ".join(pct(r) for r in s.recall)
+        print(f"{name:<36} {path:<6} {s.faces:>5}/{s.total:<5} {pct(s.top1):>6} {pct(s.balanced):>6}  {recall}")
+
+
+def print_confusions(rows: list[tuple[str, str, Score]]) -> None:
+    for name, path, s in rows:
+        print(f"\n{name}, {path}: rows truth, columns answer")
+        print("      " + " ".join(f"{x:>5}" for x in SHORT))
+        for label, counts in zip(SHORT, s.confusion):
+            print(f"{label:<5} " + " ".join(f"{int(c):>5}" for c in counts))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, action="append", help="model(s) to compare (default: the shipped one)")
+    parser.add_argument("--precision", default="int8", choices=("auto", "int8", "fp32"))
+    parser.add_argument("--paths", nargs="+", default=["alone", "daemon"], choices=("alone", "daemon"))
+    parser.add_argument("--sets", nargs="+", default=["fer", "wild"], choices=("fer", "wild"))
+    parser.add_argument("--confusion", action="store_true", help="also print the confusion matrices")
+    args = parser.parse_args()
+    if not FER.exists() or not YUNET.exists():
+        raise SystemExit(f"needs {FER} and {YUNET} (the team's shared data)")
+
+    cv2.setNumThreads(1)
+    sources = (fer_sources() if "fer" in args.sets else []) + ([wild_source()] if "wild" in args.sets else [])
+    # The daemon's default detector settings (edge/config.example.toml), with the shared YuNet file.
+    detector = make_detector("yunet", YUNET, [], detect_width=320, score_threshold=0.7, min_face_px=24)
+    for path in args.model or [default_model()]:
+        model = ExpressionModel.load(path, precision=args.precision, threads=1)
+        started = time.monotonic()
+        rows = []
+        for source in sources:
+            if "alone" in args.paths:
+                rows.append((source.name, "alone", alone(model, source)))
+            if "daemon" in args.paths:
+                rows.append((source.name, "daemon", through_daemon(model, detector, source)))
+        print_table(f"{model.model_id} ({model.precision}, {path}) - {time.monotonic() - started:.0f} s", rows)
+        if args.confusion:
+            print_confusions(rows)
+
+
+if __name__ == "__main__":
+    main()

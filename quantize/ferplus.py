@@ -1,0 +1,91 @@
+"""FER+ votes: ten annotators' votes per FER2013 face, as soft targets and as majority labels.
+
+The vote file (Microsoft FERPlus layout, one row per data row of a FER2013-layout CSV, in the same order) has the
+columns `usage,row,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF`. A row with no
+votes is a face FER+ dropped or could not match.
+
+The majority label is the expression with the most votes (on a tie, the first in the file's column order); a face
+whose most-voted column is contempt, unknown or not-a-face has none, as FER2013 has no such class. Soft targets
+drop single votes first, as FERPlus's own training code does: one annotator alone is mostly noise.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+from pathlib import Path
+
+import numpy as np
+
+from quantize.errors import QuantizeError
+from quantize.labels import CANONICAL_LABELS
+
+VOTE_COLUMNS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF")
+# Vote column of each canonical label, in CANONICAL_LABELS order (angry, disgust, fear, happy, sad, surprise, neutral).
+_CANONICAL_COLUMNS = [
+    VOTE_COLUMNS.index(n) for n in ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")
+]
+NO_LABEL = -1
+
+
+def read_votes(path: Path, usage: str | None = None) -> np.ndarray:
+    """(N, 10) float32 votes in file order (NaN rows where FER+ has none), of every row or of one Usage value."""
+    path = Path(path).expanduser()
+    try:
+        raw = gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
+        with raw as handle:
+            rows = list(csv.reader(io.StringIO(handle.read())))
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise QuantizeError(f"cannot read FER+ vote file {path}: {exc}; check that the file is complete") from None
+    header = [h.strip() for h in rows[0]] if rows else []
+    missing = [c for c in VOTE_COLUMNS if c not in header]
+    if missing:
+        raise QuantizeError(
+            f"{path} is not a FER+ vote file: no column {', '.join(missing)} (expected "
+            f"usage,row,{','.join(VOTE_COLUMNS)})"
+        )
+    columns = [header.index(c) for c in VOTE_COLUMNS]
+    usage_col = header.index("usage") if "usage" in header else None
+    votes = []
+    for line_no, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if usage is not None and (usage_col is None or row[usage_col] != usage):
+            continue
+        cells = [row[c].strip() if c < len(row) else "" for c in columns]
+        if not any(cells):
+            votes.append([np.nan] * len(VOTE_COLUMNS))
+            continue
+        try:
+            votes.append([float(c or 0) for c in cells])
+        except ValueError:
+            raise QuantizeError(f"{path.name} line {line_no}: a vote count is not a number") from None
+    return np.asarray(votes, dtype=np.float32).reshape(-1, len(VOTE_COLUMNS))
+
+
+def _denoised(votes: np.ndarray) -> np.ndarray:
+    """Votes with single votes (one annotator alone) removed."""
+    return np.where(votes <= 1.0, 0.0, votes)
+
+
+def majority_labels(votes: np.ndarray) -> np.ndarray:
+    """Canonical label index per face, NO_LABEL where FER+ has no votes or the most votes are for no FER2013 class."""
+    counts = np.nan_to_num(votes, nan=0.0)
+    top = counts.argmax(axis=1)
+    voted = counts.sum(axis=1) > 0
+    labels = np.full(len(votes), NO_LABEL, dtype=np.int64)
+    for canonical, column in enumerate(_CANONICAL_COLUMNS):
+        labels[voted & (top == column)] = canonical
+    return labels
+
+
+def vote_distributions(votes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(targets (N, 7) over CANONICAL_LABELS, usable (N,) bool): each face's votes for the seven expressions,
+    single votes dropped, normalised to sum 1. A face is unusable when it has no votes left for them."""
+    clean = np.nan_to_num(_denoised(votes), nan=0.0)[:, _CANONICAL_COLUMNS]
+    total = clean.sum(axis=1, keepdims=True)
+    usable = total[:, 0] > 0
+    targets = np.divide(clean, total, out=np.zeros_like(clean), where=total > 0)
+    assert targets.shape[1] == len(CANONICAL_LABELS)
+    return targets.astype(np.float32), usable

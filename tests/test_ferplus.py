@@ -1,0 +1,73 @@
+"""FER+ vote files: majority labels and soft targets over the seven FER2013 classes."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from quantize.errors import QuantizeError
+from quantize.ferplus import NO_LABEL, majority_labels, read_votes, vote_distributions
+from quantize.labels import CANONICAL_LABELS
+
+HEADER = "usage,row,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"
+SHARED_VOTES = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ferplus" / "fer2013_ferplus_votes.csv.gz"
+)
+
+
+def _write(path: Path, rows: list[str]) -> Path:
+    with gzip.open(path, "wt") as handle:
+        handle.write("\n".join([HEADER, *rows]) + "\n")
+    return path
+
+
+def test_majority_is_the_most_voted_expression_and_none_for_other_columns(tmp_path: Path) -> None:
+    votes = read_votes(
+        _write(
+            tmp_path / "votes.csv.gz",
+            [
+                "Training,0,0,9,0,0,0,0,0,0,1,0",  # happiness
+                "Training,1,2,0,0,0,6,0,0,2,0,0",  # anger
+                "PublicTest,2,0,0,0,0,0,0,0,7,3,0",  # contempt: no FER2013 class
+                "PublicTest,3,,,,,,,,,,",  # FER+ dropped this face
+            ],
+        )
+    )
+    assert votes.shape == (4, 10)
+    labels = majority_labels(votes)
+    assert labels.tolist() == [CANONICAL_LABELS.index("happy"), CANONICAL_LABELS.index("angry"), NO_LABEL, NO_LABEL]
+
+
+def test_soft_targets_drop_single_votes_and_sum_to_one(tmp_path: Path) -> None:
+    votes = read_votes(_write(tmp_path / "v.csv.gz", ["Training,0,6,0,1,3,0,0,0,0,0,0", "Training,1,,,,,,,,,,"]))
+    targets, usable = vote_distributions(votes)
+    assert usable.tolist() == [True, False]
+    neutral, sad, surprise = (CANONICAL_LABELS.index(n) for n in ("neutral", "sad", "surprise"))
+    assert targets[0, neutral] == pytest.approx(6 / 9)
+    assert targets[0, sad] == pytest.approx(3 / 9)
+    assert targets[0, surprise] == 0.0  # one annotator alone
+    assert targets[0].sum() == pytest.approx(1.0)
+
+
+def test_usage_selects_rows_in_file_order(tmp_path: Path) -> None:
+    path = _write(tmp_path / "v.csv.gz", ["Training,0,10,0,0,0,0,0,0,0,0,0", "PublicTest,1,0,10,0,0,0,0,0,0,0,0"])
+    assert majority_labels(read_votes(path, "PublicTest")).tolist() == [CANONICAL_LABELS.index("happy")]
+
+
+def test_a_file_that_is_not_a_vote_file_is_refused_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "fer2013.csv"
+    path.write_text("emotion,pixels,Usage\n0,1 2 3,Training\n")
+    with pytest.raises(QuantizeError, match="not a FER\\+ vote file"):
+        read_votes(path)
+
+
+@pytest.mark.skipif(not SHARED_VOTES.exists(), reason="needs ../shared/data/ferplus (the team's shared data)")
+def test_shared_vote_file_covers_fer2013_row_for_row() -> None:
+    training, public = read_votes(SHARED_VOTES, "Training"), read_votes(SHARED_VOTES, "PublicTest")
+    assert (len(training), len(public)) == (28709, 3589)  # FER2013's split sizes, per ../shared/README.md
+    targets, usable = vote_distributions(public)
+    assert usable.mean() > 0.95
+    assert np.allclose(targets[usable].sum(axis=1), 1.0)
