@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 
@@ -12,8 +11,6 @@ from edge.classifier import ExpressionModel
 from edge.crop import crop_face
 from edge.faces import Face
 from edge.stats import StageTimer
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

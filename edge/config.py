@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from edge.errors import ConfigError
 
@@ -132,7 +132,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
 
 
 class Section:
-    """Attribute access to one validated section: `config.mqtt.host`."""
+    """Attribute access to one validated section: `config.mqtt.host`. The subclasses below declare each
+    section's keys and types for the type checker; SCHEMA holds their defaults and rules, and
+    tests/test_config.py checks that the two agree."""
 
     def __init__(self, name: str, values: dict[str, Any]):
         self._name = name
@@ -142,24 +144,95 @@ class Section:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
 
+class SourceSection(Section):
+    uri: str
+    width: int
+    height: int
+    fps: float
+    realtime: bool
+    reconnect_max_s: float
+
+
+class DetectorSection(Section):
+    kind: str
+    yunet_model: str
+    detect_width: int
+    score_threshold: float
+    min_face_px: int
+
+
+class ModelSection(Section):
+    path: str
+    precision: str
+    threads: int
+
+
+class TrackingSection(Section):
+    iou_threshold: float
+    ema_alpha: float
+    min_confidence: float
+    switch_margin: float
+    settle_frames: int
+    enter_frames: int
+    leave_after_s: float
+    leave_after_frames: int
+
+
+class MqttSection(Section):
+    host: str
+    port: int
+    protocol: str
+    prefix: str
+    device_id: str
+    username: str
+    password_file: str
+    tls: bool
+    tls_ca: str
+    tls_cert: str
+    tls_key: str
+    tls_insecure: bool
+    keepalive: int
+    qos: int
+    discovery: bool
+    discovery_prefix: str
+
+
+class SpoolSection(Section):
+    dir: str
+    max_events: int
+    max_age_days: float
+
+
+class StatsSection(Section):
+    interval_s: float
+
+
+class ServiceSection(Section):
+    stall_timeout_s: float
+
+
+class LogSection(Section):
+    level: str
+
+
 class Config:
     """All sections, validated. Build it with `load_config`."""
 
-    def __init__(self, values: dict[str, dict[str, Any]], path: Path | None, environ: dict[str, str] | None = None):
+    source: SourceSection
+    detector: DetectorSection
+    model: ModelSection
+    tracking: TrackingSection
+    mqtt: MqttSection
+    spool: SpoolSection
+    stats: StatsSection
+    service: ServiceSection
+    log: LogSection
+
+    def __init__(self, values: dict[str, dict[str, Any]], path: Path | None, environ: Mapping[str, str] | None = None):
         self.path = path
         self._environ = os.environ if environ is None else environ
         for name, section in values.items():
-            setattr(self, name, Section(name, section))
-
-    source: Section
-    detector: Section
-    model: Section
-    tracking: Section
-    mqtt: Section
-    spool: Section
-    stats: Section
-    service: Section
-    log: Section
+            setattr(self, name, SECTION_TYPES[name](name, section))
 
     @property
     def device_id(self) -> str:
@@ -187,6 +260,10 @@ class Config:
                     f"point it at a readable file holding only the password"
                 ) from None
         return self._environ.get(PASSWORD_ENV) or None
+
+
+# Section name -> its typed class, read from Config's annotations.
+SECTION_TYPES: dict[str, type[Section]] = get_type_hints(Config)
 
 
 def _hostname_id() -> str:
@@ -242,7 +319,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def load_config(
     path: Path | None = None,
     overrides: dict[str, Any] | None = None,
-    environ: dict[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Config:
     """Defaults <- TOML file <- environment <- overrides ({"section.key": value})."""
     values = {section: {key: spec.default for key, spec in keys.items()} for section, keys in SCHEMA.items()}

@@ -62,7 +62,7 @@ def test_two_faces_keep_their_ids_while_moving():
     settled = {e.track_id: e.expression for e in events if e.type == "expression"}
     assert sorted(settled.values()) == ["happy", "sad"]
     assert len(settled) == 2
-    assert [t.id for t in tracker.visible] == sorted(settled)
+    assert [t.track_id for t in tracker.visible] == sorted(settled)
 
 
 def test_finish_makes_every_visible_face_leave():
