@@ -9,7 +9,7 @@ import numpy as np
 
 from edge.classifier import ExpressionModel
 from edge.crop import crop_face
-from edge.faces import Face
+from edge.faces import Detector, Face
 from edge.stats import StageTimer
 
 
@@ -20,7 +20,7 @@ class ScoredFace:
 
 
 class FrameAnalyzer:
-    def __init__(self, detector, model: ExpressionModel, timer: StageTimer):
+    def __init__(self, detector: Detector, model: ExpressionModel, timer: StageTimer):
         self.detector = detector  # drops faces under the configured minimum size itself
         self.model = model
         self.timer = timer
