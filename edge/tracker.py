@@ -69,6 +69,7 @@ class Track:
     candidate_frames: int = 0
 
     def state(self, labels: list[str]) -> FaceState:
+        """This track as the retained state message shows it."""
         settled = self.settled
         return FaceState(
             track_id=self.id,
