@@ -5,6 +5,8 @@ Frames are 640x480 BGR, built from a real photo: 1, 2 or 3 jurors' heads cut (as
 Each configuration runs --repeat frames after a short warm-up; the table shows medians per frame.
 
     python bench/edge_stages.py [--model models/x.onnx] [--repeat 100] [--detect-width 320]
+
+Without --model it times the shipped model, found where the daemon finds it (models/ in a checkout).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import logging
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +25,9 @@ import onnxruntime as ort
 
 from edge.classifier import ExpressionModel
 from edge.crop import crop_face
+from edge.errors import UserError
 from edge.faces import find_yunet, make_detector
+from edge.locations import default_model
 from quantize.evaluate import measure_latency
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,21 +37,6 @@ FRAME_W, FRAME_H = 640, 480
 FACE_PX = 100  # face box width on the canvas: a person about 1.5 m from a 640x480 camera
 WARMUP_FRAMES = 5
 SLOTS = [(20, 130), (220, 100), (420, 150)]  # top-left corners of up to three pasted heads
-
-
-def default_model() -> tuple[Path | None, str]:
-    """First models/*.onnx that has a card, else None (a tiny stand-in model is built)."""
-    for path in sorted((ROOT / "models").glob("*.onnx")):
-        if path.with_suffix(".json").is_file():
-            return path, f"{path.relative_to(ROOT)}"
-    return None, ""
-
-
-def tiny_model(folder: Path) -> Path:
-    sys.path.insert(0, str(ROOT))  # tests/ is not an installed package
-    from tests.tiny_model import write_tiny_model
-
-    return write_tiny_model(folder, name="tiny-stand-in", variants=True)
 
 
 def build_frames(photo: np.ndarray, yunet: Path) -> dict[int, np.ndarray]:
@@ -106,7 +94,9 @@ def run_config(detector, model: ExpressionModel, frame: np.ndarray, repeat: int)
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, help="expression model (default: first models/*.onnx with a card)")
+    parser.add_argument(
+        "--model", type=Path, help="expression model (default: the shipped one, as the daemon finds it)"
+    )
     parser.add_argument("--precision", default="auto", choices=["auto", "int8", "fp32"])
     parser.add_argument("--repeat", type=int, default=100, help="timed frames per row (default 100)")
     parser.add_argument("--detect-width", type=int, default=320)
@@ -122,47 +112,45 @@ def main() -> int:
         print("needs a YuNet model to cut faces for the test frames; pass --yunet", file=sys.stderr)
         return 2
     cv2.setNumThreads(1)
-    with tempfile.TemporaryDirectory() as scratch:
-        model_path, shown = (args.model, str(args.model)) if args.model else default_model()
-        if model_path is None:
-            model_path = tiny_model(Path(scratch))
-            shown = "tiny stand-in (no models/*.onnx with a card; built on the fly, timings of a toy model)"
+    try:
+        model_path = args.model or default_model()
         model = ExpressionModel.load(model_path, precision=args.precision, threads=1)
-        frames = build_frames(cv2.imread(str(PHOTO)), yunet)
-        detectors = [
-            make_detector("yunet", yunet_path=yunet, detect_width=args.detect_width),
-            make_detector("haar", detect_width=args.detect_width),
-        ]
+    except UserError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    shown = model_path.relative_to(ROOT) if model_path.is_relative_to(ROOT) else model_path
+    frames = build_frames(cv2.imread(str(PHOTO)), yunet)
+    detectors = [
+        make_detector("yunet", yunet_path=yunet, detect_width=args.detect_width),
+        make_detector("haar", detect_width=args.detect_width),
+    ]
 
-        print(
-            f"# edge vision stages: {FRAME_W}x{FRAME_H} BGR frames, 1 thread (OpenCV {cv2.__version__}, "
-            f"onnxruntime {ort.__version__}), {platform.machine()} {platform.processor() or ''}".rstrip()
-        )
-        print(
-            f"# model: {shown} -> {model.model_id} {model.precision} "
-            f"{model.card.channels}x{model.card.height}x{model.card.width}"
-        )
-        print(
-            f"# YuNet: {yunet.name}; detect width {args.detect_width}; {args.repeat} frames per row, "
-            f"median ms per frame"
-        )
-        print()
-        print("| detector | faces | found | detect ms | crop+align ms | classify ms | total ms | fps |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
-        for detector in detectors:
-            for count, frame in frames.items():
-                r = run_config(detector, model, frame, args.repeat)
-                print(
-                    f"| {detector.name} | {count} | {r['found']:.0f} | {r['detect']:.2f} | {r['crop']:.2f} | "
-                    f"{r['classify']:.2f} | {r['total']:.2f} | {1000 / r['total']:.0f} |",
-                    flush=True,
-                )
-        face = detectors[0].detect(frames[1])[0]
-        alone = measure_latency(model.path, crop_face(frames[1], face, model.card), runs=args.repeat)["median"]
-        print(
-            f"\n# classify alone, one face, {args.repeat} calls in a row (warm caches, no detector between): "
-            f"{alone:.3f} ms median"
-        )
+    print(
+        f"# edge vision stages: {FRAME_W}x{FRAME_H} BGR frames, 1 thread (OpenCV {cv2.__version__}, "
+        f"onnxruntime {ort.__version__}), {platform.machine()} {platform.processor() or ''}".rstrip()
+    )
+    print(
+        f"# model: {shown} -> {model.model_id} {model.precision} "
+        f"{model.card.channels}x{model.card.height}x{model.card.width}"
+    )
+    print(f"# YuNet: {yunet.name}; detect width {args.detect_width}; {args.repeat} frames per row, median ms per frame")
+    print()
+    print("| detector | faces | found | detect ms | crop+align ms | classify ms | total ms | fps |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for detector in detectors:
+        for count, frame in frames.items():
+            r = run_config(detector, model, frame, args.repeat)
+            print(
+                f"| {detector.name} | {count} | {r['found']:.0f} | {r['detect']:.2f} | {r['crop']:.2f} | "
+                f"{r['classify']:.2f} | {r['total']:.2f} | {1000 / r['total']:.0f} |",
+                flush=True,
+            )
+    face = detectors[0].detect(frames[1])[0]
+    alone = measure_latency(model.path, crop_face(frames[1], face, model.card), runs=args.repeat)["median"]
+    print(
+        f"\n# classify alone, one face, {args.repeat} calls in a row (warm caches, no detector between): "
+        f"{alone:.3f} ms median"
+    )
     return 0
 
 

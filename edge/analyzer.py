@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 
@@ -10,10 +9,8 @@ import numpy as np
 
 from edge.classifier import ExpressionModel
 from edge.crop import crop_face
-from edge.faces import Face
+from edge.faces import Detector, Face
 from edge.stats import StageTimer
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -23,7 +20,7 @@ class ScoredFace:
 
 
 class FrameAnalyzer:
-    def __init__(self, detector, model: ExpressionModel, timer: StageTimer):
+    def __init__(self, detector: Detector, model: ExpressionModel, timer: StageTimer):
         self.detector = detector  # drops faces under the configured minimum size itself
         self.model = model
         self.timer = timer

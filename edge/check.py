@@ -9,8 +9,7 @@ from collections.abc import Callable
 from edge.config import Config
 from edge.errors import UserError
 from edge.mqtt_client import MqttSettings, connect_or_raise, make_client, refused_error
-from edge.pipeline import SPOOL_FILE, build_detector, load_model, mqtt_settings, open_spool
-from edge.sources import open_source
+from edge.wiring import build_detector, load_model, open_frame_source, open_spool, spool_path
 
 BROKER_TIMEOUT_S = 5.0
 SOURCE_TIMEOUT_S = 10.0
@@ -45,7 +44,7 @@ def run_check(config: Config) -> int:
         step("detector", lambda: build_detector(config, holder["model"]).name)
     step("source", lambda: _read_one_frame(config))
     step("spool", lambda: _spool_report(config))
-    step("broker", lambda: probe_broker(mqtt_settings(config)))
+    step("broker", lambda: probe_broker(MqttSettings.from_config(config)))
 
     print("edge-mood check")
     for name, ok, text in results:
@@ -54,7 +53,7 @@ def run_check(config: Config) -> int:
 
 
 def _read_one_frame(config: Config) -> str:
-    source = open_source(config.source.uri, config.source.width, config.source.height, config.source.fps)
+    source = open_frame_source(config)
     got: dict = {}
     reader = threading.Thread(target=lambda: got.setdefault("image", source.read()), daemon=True)
     reader.start()
@@ -72,7 +71,7 @@ def _read_one_frame(config: Config) -> str:
 def _spool_report(config: Config) -> str:
     spool = open_spool(config)
     try:
-        return f"{config.state_dir / SPOOL_FILE} ({spool.depth} events waiting, last seq {spool.last_seq})"
+        return f"{spool_path(config)} ({spool.depth} events waiting, last seq {spool.last_seq})"
     finally:
         spool.close()
 

@@ -1,4 +1,7 @@
-"""`edge` command line: run, check, tail, bench."""
+"""`edge` command line: run, check, tail, bench.
+
+Each command imports its own module when it runs, so `edge tail` never loads OpenCV or onnxruntime.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +9,13 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from edge import __version__
 from edge.config import Config, load_config, parse_set_option
 from edge.errors import UserError
-
-log = logging.getLogger("edge")
 
 DEFAULT_CONFIG_PATHS = (Path("/etc/edge-mood/config.toml"),)
 
@@ -92,9 +93,10 @@ def setup_logging(level: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
-    from edge.pipeline import Daemon, install_signal_handlers
+    from edge.pipeline import install_signal_handlers
+    from edge.wiring import build_daemon
 
-    daemon = Daemon(config, once=args.once)
+    daemon = build_daemon(config, once=args.once)
     install_signal_handlers(daemon)
     return daemon.run()
 
@@ -106,10 +108,10 @@ def cmd_check(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_tail(args: argparse.Namespace, config: Config) -> int:
-    from edge.pipeline import mqtt_settings
+    from edge.mqtt_client import MqttSettings
     from edge.tail import run_tail
 
-    return run_tail(mqtt_settings(config), all_devices=args.all_devices, raw=args.raw)
+    return run_tail(MqttSettings.from_config(config), all_devices=args.all_devices, raw=args.raw)
 
 
 def cmd_bench(args: argparse.Namespace, config: Config) -> int:
@@ -118,7 +120,12 @@ def cmd_bench(args: argparse.Namespace, config: Config) -> int:
     return run_bench(config, frames=args.frames)
 
 
-COMMANDS = {"run": cmd_run, "check": cmd_check, "tail": cmd_tail, "bench": cmd_bench}
+COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
+    "run": cmd_run,
+    "check": cmd_check,
+    "tail": cmd_tail,
+    "bench": cmd_bench,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,11 +11,23 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
+from edge.config_sections import (
+    DetectorSection,
+    LogSection,
+    ModelSection,
+    MqttSection,
+    Section,
+    ServiceSection,
+    SourceSection,
+    SpoolSection,
+    StatsSection,
+    TrackingSection,
+)
 from edge.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -131,35 +143,24 @@ SCHEMA: dict[str, dict[str, Key]] = {
 }
 
 
-class Section:
-    """Attribute access to one validated section: `config.mqtt.host`."""
-
-    def __init__(self, name: str, values: dict[str, Any]):
-        self._name = name
-        self.__dict__.update(values)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
-
-
 class Config:
     """All sections, validated. Build it with `load_config`."""
 
-    def __init__(self, values: dict[str, dict[str, Any]], path: Path | None, environ: dict[str, str] | None = None):
+    source: SourceSection
+    detector: DetectorSection
+    model: ModelSection
+    tracking: TrackingSection
+    mqtt: MqttSection
+    spool: SpoolSection
+    stats: StatsSection
+    service: ServiceSection
+    log: LogSection
+
+    def __init__(self, values: dict[str, dict[str, Any]], path: Path | None, environ: Mapping[str, str] | None = None):
         self.path = path
         self._environ = os.environ if environ is None else environ
         for name, section in values.items():
-            setattr(self, name, Section(name, section))
-
-    source: Section
-    detector: Section
-    model: Section
-    tracking: Section
-    mqtt: Section
-    spool: Section
-    stats: Section
-    service: Section
-    log: Section
+            setattr(self, name, SECTION_TYPES[name](name, section))
 
     @property
     def device_id(self) -> str:
@@ -187,6 +188,10 @@ class Config:
                     f"point it at a readable file holding only the password"
                 ) from None
         return self._environ.get(PASSWORD_ENV) or None
+
+
+# Section name -> its typed class, read from Config's annotations.
+SECTION_TYPES: dict[str, type[Section]] = get_type_hints(Config)
 
 
 def _hostname_id() -> str:
@@ -242,7 +247,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def load_config(
     path: Path | None = None,
     overrides: dict[str, Any] | None = None,
-    environ: dict[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Config:
     """Defaults <- TOML file <- environment <- overrides ({"section.key": value})."""
     values = {section: {key: spec.default for key, spec in keys.items()} for section, keys in SCHEMA.items()}

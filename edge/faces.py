@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Protocol
 
 import cv2
+import cv2.data  # named, or the type checker does not see it (cv2's stubs leave it out)
 import numpy as np
 
+from edge.boxes import Box, clipped
 from edge.errors import ConfigError, ModelError
 
 logger = logging.getLogger(__name__)
@@ -29,7 +31,7 @@ HAAR_WINDOW_PX = 24  # the cascade's trained window; smaller faces are invisible
 
 @dataclass
 class Face:
-    box: tuple[float, float, float, float]  # x, y, w, h in full-frame pixels
+    box: Box  # x, y, w, h in full-frame pixels
     score: float
     # YuNet's five points (right eye, left eye, nose tip, right and left mouth corner) as (5, 2) x, y; Haar: None
     landmarks: np.ndarray | None = None
@@ -50,14 +52,6 @@ def _downscale(image: np.ndarray, detect_width: int) -> tuple[np.ndarray, float]
     scale = detect_width / width
     height = max(1, round(image.shape[0] * scale))
     return cv2.resize(image, (detect_width, height), interpolation=cv2.INTER_AREA), scale
-
-
-def _clipped_box(
-    x: float, y: float, w: float, h: float, frame_w: int, frame_h: int
-) -> tuple[float, float, float, float]:
-    x0, y0 = min(max(x, 0.0), frame_w), min(max(y, 0.0), frame_h)
-    x1, y1 = min(max(x + w, 0.0), frame_w), min(max(y + h, 0.0), frame_h)
-    return x0, y0, x1 - x0, y1 - y0
 
 
 class YuNetDetector:
@@ -99,7 +93,7 @@ class YuNetDetector:
                 continue
             faces.append(
                 Face(
-                    box=_clipped_box(x, y, w, h, frame_w, frame_h),
+                    box=clipped((x, y, w, h), frame_w, frame_h),
                     score=float(row[14]),
                     landmarks=(row[4:14] / np.float32(scale)).reshape(5, 2),
                 )
@@ -131,9 +125,11 @@ class HaarDetector:
             grey, HAAR_SCALE_FACTOR, HAAR_MIN_NEIGHBORS, minSize=(min_side, min_side)
         )
         frame_h, frame_w = image.shape[:2]
-        return [
-            Face(box=_clipped_box(*(float(v) / scale for v in rect), frame_w, frame_h), score=1.0) for rect in rects
-        ]
+        faces = []
+        for rect in rects:
+            x, y, w, h = (float(v) / scale for v in rect)
+            faces.append(Face(box=clipped((x, y, w, h), frame_w, frame_h), score=1.0))
+        return faces
 
 
 def find_yunet(search_dirs: list[Path]) -> Path | None:

@@ -10,13 +10,14 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge.config import Config
 from edge.errors import ConfigError, UserError
 from edge.topics import Topics
 
 PROTOCOLS = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}
 PROTOCOL_ALIASES = {"5.0": "5", "v5": "5", "mqttv5": "5", "311": "3.1.1", "v311": "3.1.1", "mqttv311": "3.1.1"}
 
-paho_log = logging.getLogger("edge.mqtt.paho")
+paho_logger = logging.getLogger("edge.mqtt.paho")
 
 
 @dataclass(frozen=True, repr=False)
@@ -69,6 +70,29 @@ class MqttSettings:
             raise ConfigError("mqtt reconnect delays must satisfy 0 < reconnect_min_s <= reconnect_max_s")
         if not 1 <= self.inflight <= 65535:
             raise ConfigError(f"mqtt inflight = {self.inflight!r} must be between 1 and 65535")
+
+    @classmethod
+    def from_config(cls, config: Config) -> MqttSettings:
+        """The [mqtt] section, the device id and the password (read from its file or the environment)."""
+        m = config.mqtt
+        return cls(
+            host=m.host,
+            port=m.port,
+            protocol=m.protocol,
+            prefix=m.prefix,
+            device_id=config.device_id,
+            username=m.username or None,
+            password=config.mqtt_password(),
+            tls=m.tls,
+            tls_ca=m.tls_ca or None,
+            tls_cert=m.tls_cert or None,
+            tls_key=m.tls_key or None,
+            tls_insecure=m.tls_insecure,
+            keepalive=m.keepalive,
+            qos=m.qos,
+            discovery=m.discovery,
+            discovery_prefix=m.discovery_prefix,
+        )
 
     def __repr__(self) -> str:
         shown = ", ".join(
@@ -124,9 +148,9 @@ def _paho_log(_client: mqtt.Client, _userdata, level: int, text: str) -> None:
     # paho reports every failed reconnect attempt as an error; our callbacks already log one line per
     # outage, so paho's lines go to debug, except an exception caught in one of our callbacks (a bug).
     if text.startswith("Caught exception"):
-        paho_log.error("%s", text)
+        paho_logger.error("%s", text)
     else:
-        paho_log.debug("%s", text)
+        paho_logger.debug("%s", text)
 
 
 def _configure_tls(client: mqtt.Client, settings: MqttSettings) -> None:

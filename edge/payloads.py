@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+from edge.boxes import clipped
+
 SCHEMA_VERSION = 1
 EVENT_TYPES = ("face_enter", "expression", "face_leave")
 SCORE_DECIMALS = 4
@@ -87,7 +89,7 @@ def state_payload(*, device: str, ts: float, faces: Sequence[Mapping[str, Any]],
     faces, then name). mood_confidence is that sum divided by the number of settled faces, so it is high
     only when most faces agree and are sure (one face: its own confidence). Both None with no settled face.
     """
-    listed = []
+    listed: list[dict[str, Any]] = []
     for face in faces:
         expression = face.get("expression")
         confidence = face.get("confidence")
@@ -143,9 +145,8 @@ def _score(value: float) -> float:
 def _bbox(box: Sequence[float] | Mapping[str, float]) -> dict[str, float]:
     """Normalised (x, y, w, h) clipped to the frame, 4 decimals (0.1 px on a 1000 px frame)."""
     x, y, w, h = (box["x"], box["y"], box["w"], box["h"]) if isinstance(box, Mapping) else box
-    x0, y0 = min(max(float(x), 0.0), 1.0), min(max(float(y), 0.0), 1.0)
-    x1, y1 = min(max(float(x) + float(w), 0.0), 1.0), min(max(float(y) + float(h), 0.0), 1.0)
-    return {"x": round(x0, 4), "y": round(y0, 4), "w": round(x1 - x0, 4), "h": round(y1 - y0, 4)}
+    x, y, w, h = clipped((float(x), float(y), float(w), float(h)), 1.0, 1.0)
+    return {"x": round(x, 4), "y": round(y, 4), "w": round(w, 4), "h": round(h, 4)}
 
 
 def _rounded(value: Any, places: int) -> Any:

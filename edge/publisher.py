@@ -36,7 +36,7 @@ from edge.topics import OFFLINE, ONLINE, Topics
 
 __all__ = ["MqttSettings", "Publisher"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 IDLE_WAKE_S = 1.0  # the worker also looks at the spool this often without being woken
 
@@ -58,7 +58,8 @@ class Publisher:
         )
         self._client = make_client(settings, settings.daemon_client_id)
         self._client.will_set(self.topics.status, OFFLINE, qos=1, retain=True)
-        self._client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)
+        # paho's hint says int, but it only adds the delay to a clock: fractions of a second work.
+        self._client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)  # type: ignore[arg-type]
         # Room for the birth, state and discovery messages beside the events' own window.
         self._client.max_inflight_messages_set(settings.inflight + len(self._discovery) + 4)
         self._client.on_connect = self._on_connect
@@ -100,7 +101,7 @@ class Publisher:
         keeps retrying with back-off while events go on being spooled)."""
         if self._thread is not None:
             raise RuntimeError("Publisher.start() called twice")
-        log.info(
+        logger.info(
             "MQTT: broker %s, topics %s/%s/..., client id %s%s",
             self.settings.description,
             self.settings.prefix,
@@ -120,12 +121,6 @@ class Publisher:
         with self._cond:
             self._kick = True
             self._cond.notify_all()
-
-    def enqueue(self, event: dict[str, Any]) -> int:
-        """Append `event` to the spool and wake the publisher; returns its seq."""
-        seq = self.spool.append(event)
-        self.wake()
-        return seq
 
     def publish_state(self, state: dict[str, Any]) -> None:
         """Set the retained state. Only the newest is kept; it is (re)published as soon as connected."""
@@ -183,13 +178,13 @@ class Publisher:
             try:
                 info.wait_for_publish(max(0.1, deadline - time.monotonic()))
             except (RuntimeError, ValueError):
-                log.debug("the offline status could not be sent")
+                logger.debug("the offline status could not be sent")
         with self._conn_lock:
             self._generation += 1
         self._client.disconnect()
         self._client.loop_stop()
         left = self.spool.depth
-        log.info("MQTT: disconnected%s", f"; {left} events stay in the spool" if left else "")
+        logger.info("MQTT: disconnected%s", f"; {left} events stay in the spool" if left else "")
 
     # -- worker thread ---------------------------------------------------------------------------
 
@@ -212,10 +207,10 @@ class Publisher:
                 self._last_error = None
             except UserError as exc:  # the spool failed (disk full, file gone): say so once, keep trying
                 if str(exc) != self._last_error:
-                    log.error("%s", exc)
+                    logger.error("%s", exc)
                     self._last_error = str(exc)
             except Exception:  # a bug must not silently end publishing
-                log.exception("MQTT publisher: unexpected error; continuing")
+                logger.exception("MQTT publisher: unexpected error; continuing")
 
     def _handle_acks(self) -> None:
         acked = []
@@ -233,7 +228,7 @@ class Publisher:
             if reason is not None and reason.is_failure:
                 # Kept in the spool; sent again after a restart. Logged once: the cause is the broker's setup.
                 if not self._refusal_logged:
-                    log.error(
+                    logger.error(
                         "broker %s refused event seq %d on %s (%s); it stays in the spool; allow this "
                         "client to publish there (broker ACL)",
                         self.settings.broker,
@@ -264,7 +259,7 @@ class Publisher:
             self._state_dirty = self._state is not None
         backlog = self.spool.depth
         if backlog and self._announce_backlog:
-            log.info("MQTT: sending %d spooled events", backlog)
+            logger.info("MQTT: sending %d spooled events", backlog)
         self._announce_backlog = False
 
     def _send_state(self) -> None:
@@ -290,7 +285,7 @@ class Publisher:
     def _warn_about_drops(self) -> None:
         dropped = self.spool.dropped
         if dropped > self._dropped_seen and not self._drop_warned:
-            log.warning(
+            logger.warning(
                 "spool full (at most %d events, none older than %.1f days): dropping the oldest "
                 "events; %d dropped so far (stats: spool_dropped)",
                 self.spool.max_events,
@@ -315,14 +310,14 @@ class Publisher:
             generation = self._generation
             self._up = True
         if self._outage_logged and self._outage_since is not None:
-            log.info(
+            logger.info(
                 "MQTT: connected to broker %s again after %.0f s; %d events spooled meanwhile",
                 self.settings.broker,
                 time.monotonic() - self._outage_since,
                 self.spool.depth,
             )
         else:
-            log.info("MQTT: connected to broker %s", self.settings.description)
+            logger.info("MQTT: connected to broker %s", self.settings.description)
         self._outage_since, self._outage_logged = None, False
         # Birth first: its acknowledgement tells the worker that paho's re-sends are out (see module doc).
         info = client.publish(self.topics.status, ONLINE, qos=1, retain=True)
@@ -354,6 +349,6 @@ class Publisher:
         if self._outage_since is None:
             self._outage_since = time.monotonic()
         if not self._outage_logged:
-            log.log(level, "%s", line)
+            logger.log(level, "%s", line)
             self._outage_logged = True
             self._announce_backlog = True

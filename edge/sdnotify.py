@@ -9,7 +9,7 @@ import logging
 import os
 import socket
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 class SystemdNotifier:
@@ -24,26 +24,19 @@ class SystemdNotifier:
         if self._address:
             self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
 
-    @property
-    def enabled(self) -> bool:
-        return self._socket is not None
-
     def notify(self, message: str) -> None:
         if self._socket is None:
             return
         try:
             self._socket.sendto(message.encode(), self._address)
         except OSError as exc:  # systemd gone or socket full: never worth stopping the daemon for
-            log.debug("sd_notify %r failed: %s", message, exc)
+            logger.debug("sd_notify %r failed: %s", message, exc)
 
     def ready(self, status: str = "") -> None:
         self.notify("READY=1" + (f"\nSTATUS={status}" if status else ""))
 
     def watchdog(self) -> None:
         self.notify("WATCHDOG=1")
-
-    def status(self, text: str) -> None:
-        self.notify(f"STATUS={text}")
 
     def stopping(self) -> None:
         self.notify("STOPPING=1")

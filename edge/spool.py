@@ -26,7 +26,7 @@ from typing import Any
 
 from edge.errors import UserError
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 SPOOL_FORMAT = 1  # PRAGMA user_version of files this code writes
 
@@ -68,7 +68,7 @@ class Spool:
             if self._depth:
                 self._transaction(self._enforce_bounds, time.time())
         if self._dropped > dropped_before:
-            log.warning(
+            logger.warning(
                 "spool %s: dropped %d events older than %.1f days or beyond %d events",
                 self.path,
                 self._dropped - dropped_before,
@@ -76,7 +76,7 @@ class Spool:
                 max_events,
             )
         if self._depth:
-            log.info(
+            logger.info(
                 "spool %s holds %d unsent events (seq %d and earlier); they are sent first",
                 self.path,
                 self._depth,
@@ -102,12 +102,9 @@ class Spool:
             ).fetchall()
         return [(seq, bytes(payload)) for seq, payload in rows]
 
-    def ack(self, seq: int) -> None:
-        """The broker has the event: forget it. Acking an unknown or dropped seq does nothing."""
-        self.ack_many((seq,))
-
     def ack_many(self, seqs: Iterable[int]) -> None:
-        """`ack` for several events in one transaction (one fsync)."""
+        """The broker has these events: forget them, in one transaction (one fsync). Acking an unknown or
+        dropped seq does nothing."""
         keys = [(int(s),) for s in seqs]
         if not keys:
             return

@@ -7,8 +7,6 @@ import resource
 import time
 from collections import defaultdict, deque
 
-STAGES = ("capture_wait", "detect", "crop", "classify", "track", "publish", "total")
-
 
 class StageTimer:
     """Keeps the last `window` durations of each stage and the frame completion times."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-Box = tuple[float, float, float, float]  # x, y, w, h in frame pixels
+from edge.boxes import Box
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class TrackerSettings:
 
 @dataclass
 class Detection:
-    box: Box
+    box: Box  # any unit, the same for every detection (the daemon uses fractions of the frame)
     scores: np.ndarray  # probabilities, one per label
 
 
@@ -40,8 +40,18 @@ class TrackEvent:
     box: Box
     expression: str | None
     confidence: float | None
-    scores: dict[str, float] | None
+    scores: dict[str, float]  # smoothed, one per label
     extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FaceState:
+    """One announced face as the retained state message shows it (field names are the message's)."""
+
+    track_id: int
+    expression: str | None  # the settled expression; None while it settles
+    confidence: float | None  # its smoothed score
+    bbox: Box
 
 
 @dataclass
@@ -57,6 +67,16 @@ class Track:
     settled: int | None = None  # index of the announced expression
     candidate: int | None = None
     candidate_frames: int = 0
+
+    def state(self, labels: list[str]) -> FaceState:
+        """This track as the retained state message shows it."""
+        settled = self.settled
+        return FaceState(
+            track_id=self.id,
+            expression=labels[settled] if settled is not None else None,
+            confidence=float(self.smoothed[settled]) if settled is not None else None,
+            bbox=self.box,
+        )
 
 
 def iou(a: Box, b: Box) -> float:
@@ -79,9 +99,9 @@ class Tracker:
         self._next_id = first_id
 
     @property
-    def visible(self) -> list[Track]:
+    def visible(self) -> list[FaceState]:
         """Announced faces, oldest first: what the retained state topic shows."""
-        return [t for t in self._tracks if t.announced]
+        return [t.state(self.labels) for t in self._tracks if t.announced]
 
     def update(self, detections: list[Detection], now: float) -> list[TrackEvent]:
         """Match this frame's detections to tracks and return the events they cause, in order."""

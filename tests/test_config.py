@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_type_hints
 
 import pytest
 
 from edge.cli import main
-from edge.config import ConfigError, load_config
+from edge.config import SCHEMA, SECTION_TYPES, ConfigError, load_config
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "edge" / "config.example.toml"
 
@@ -23,6 +24,15 @@ def test_example_config_is_valid_and_matches_defaults():
     defaults = load_config(None, environ={})
     for section in ("source", "detector", "model", "tracking", "mqtt", "spool", "stats", "service", "log"):
         assert getattr(from_example, section).as_dict() == getattr(defaults, section).as_dict(), section
+
+
+def test_typed_sections_declare_exactly_the_keys_of_the_schema():
+    assert list(SECTION_TYPES) == list(SCHEMA)
+    for name, keys in SCHEMA.items():
+        declared = get_type_hints(SECTION_TYPES[name])
+        assert declared == {key: spec.kind for key, spec in keys.items()}, f"[{name}]"
+    config = load_config(None, environ={})
+    assert type(config.mqtt) is SECTION_TYPES["mqtt"] and config.mqtt.port == 1883
 
 
 def test_layers_apply_in_order(tmp_path):

@@ -73,7 +73,8 @@ def test_username_and_password_reach_the_broker(broker_factory, subscriber, run,
     sub = subscriber(broker, "edge-mood/cam1/events", username="reader", password="r")
     caplog.set_level(logging.DEBUG, logger="edge")
     publisher = run(broker, username="edge", password=PASSWORD)
-    publisher.enqueue(make_event(0))
+    publisher.spool.append(make_event(0))
+    publisher.wake()
     assert sub.wait_for(1)[0].json()["seq"] == 1
     assert PASSWORD not in caplog.text
     assert "user edge" in caplog.text
@@ -83,7 +84,8 @@ def test_a_wrong_password_is_one_error_line_and_events_stay_spooled(broker_facto
     broker = broker_factory(users={"edge": PASSWORD})
     caplog.set_level(logging.DEBUG, logger="edge")
     publisher = run(broker, username="edge", password="wrong password")
-    publisher.enqueue(make_event(0))
+    publisher.spool.append(make_event(0))
+    publisher.wake()
     refusals = lambda: [r for r in caplog.records if "refused the connection" in r.getMessage()]  # noqa: E731
     attempts = lambda: sum("Received CONNACK" in r.getMessage() for r in caplog.records)  # noqa: E731
     wait_until(lambda: attempts() >= 3, "three refused attempts")
@@ -182,14 +184,16 @@ def tls_broker(broker_factory, pki: Path, server: str = "server"):
 def test_tls_with_a_client_certificate(broker_factory, pki, run):
     broker = tls_broker(broker_factory, pki)
     publisher = run(broker, tls=True, tls_ca=pki / "ca.crt", tls_cert=pki / "client.crt", tls_key=pki / "client.key")
-    publisher.enqueue(make_event(0))
+    publisher.spool.append(make_event(0))
+    publisher.wake()
     assert publisher.wait_drained(20)  # the broker acknowledged it over TLS
 
 
 def test_tls_with_a_foreign_ca_keeps_retrying_with_one_line(broker_factory, pki, run, caplog):
     broker = tls_broker(broker_factory, pki)
     publisher = run(broker, tls_ca=pki / "other-ca.crt", tls_cert=pki / "client.crt", tls_key=pki / "client.key")
-    publisher.enqueue(make_event(0))
+    publisher.spool.append(make_event(0))
+    publisher.wake()
     failed = lambda: [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]  # noqa: E731
     wait_until(lambda: failed(), "the unreachable line")
     assert "CERTIFICATE_VERIFY_FAILED" in failed()[0] or "certificate verify failed" in failed()[0]
@@ -205,7 +209,8 @@ def test_tls_insecure_skips_only_the_host_name_check(broker_factory, pki, run, c
     assert "mismatch" in failed()[0]
     assert not strict.connected
     insecure = run(broker, client_id="insecure", tls_insecure=True, **tls)
-    insecure.enqueue(make_event(0))
+    insecure.spool.append(make_event(0))
+    insecure.wake()
     assert insecure.wait_drained(20)
 
 

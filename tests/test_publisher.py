@@ -97,7 +97,8 @@ def test_events_arrive_once_in_order_with_qos1(broker, subscriber, make_publishe
     sub = subscriber(broker, EVENTS)
     publisher = make_publisher(broker, protocol=protocol)
     for i in range(40):
-        publisher.enqueue(make_event(i))
+        publisher.spool.append(make_event(i))
+        publisher.wake()
     got = sub.wait_for(40)
     assert seqs(got) == list(range(1, 41))
     assert {m.qos for m in got} == {1}
@@ -146,13 +147,15 @@ def test_seq_continues_after_the_publisher_and_spool_are_reopened(broker, subscr
     sub = subscriber(broker, EVENTS)
     first = make_publisher(broker, spool=Spool(tmp_path / "spool.sqlite3"))
     for i in range(3):
-        first.enqueue(make_event(i))
+        first.spool.append(make_event(i))
+        first.wake()
     assert first.wait_drained(20)
     first.stop()
     first.spool.close()
     second = make_publisher(broker, spool=Spool(tmp_path / "spool.sqlite3"))
     for i in range(3):
-        second.enqueue(make_event(i))
+        second.spool.append(make_event(i))
+        second.wake()
     assert seqs(sub.wait_for(6)) == [1, 2, 3, 4, 5, 6]
 
 
@@ -163,7 +166,8 @@ def test_unreachable_broker_at_start_does_not_raise_and_spools(broker_factory, s
     caplog.set_level(logging.DEBUG, logger="edge")
     publisher = make_publisher(broker)  # start() must not raise
     for i in range(5):
-        publisher.enqueue(make_event(i))
+        publisher.spool.append(make_event(i))
+        publisher.wake()
     retries = lambda: sum("Connection failed, retrying" in r.getMessage() for r in caplog.records)  # noqa: E731
     wait_until(lambda: retries() >= 3, what="three failed connection attempts")
     assert publisher.spool.depth == 5 and not publisher.connected
@@ -187,13 +191,15 @@ def test_spool_bound_during_an_outage_drops_the_oldest_counts_and_warns_once(
     spool = Spool(tmp_path / "spool.sqlite3", max_events=5)
     publisher = make_publisher(broker, spool=spool)
     for i in range(12):
-        publisher.enqueue(make_event(i))
+        publisher.spool.append(make_event(i))
+        publisher.wake()
     assert [s for s, _ in spool.pending(100)] == [8, 9, 10, 11, 12]
     assert spool.dropped == 7
     warned = lambda: [r for r in caplog.records if "spool full" in r.getMessage()]  # noqa: E731
     wait_until(lambda: warned(), what="the spool-full warning")
     for i in range(3):
-        publisher.enqueue(make_event(i))
+        publisher.spool.append(make_event(i))
+        publisher.wake()
     wait_until(lambda: publisher._dropped_seen == 10, what="the publisher to see the new drops")
     assert len(warned()) == 1 and warned()[0].levelno == logging.WARNING
     broker.start()
@@ -242,9 +248,10 @@ publisher = Publisher(MqttSettings(host="127.0.0.1", port=port, protocol=protoco
                                    reconnect_min_s=0.05, reconnect_max_s=0.5, discovery=False), spool)
 publisher.start()
 for i in range(count):
-    publisher.enqueue(event_payload(device="cam1", type="face_enter", frame=i, ts=time.time(), track_id=i,
-                                    expression=None, confidence=None, scores={"happy": 0.5, "sad": 0.5},
-                                    bbox_norm=(0.1, 0.1, 0.2, 0.2), model="m@1"))
+    publisher.spool.append(event_payload(device="cam1", type="face_enter", frame=i, ts=time.time(), track_id=i,
+                                         expression=None, confidence=None, scores={"happy": 0.5, "sad": 0.5},
+                                         bbox_norm=(0.1, 0.1, 0.2, 0.2), model="m@1"))
+    publisher.wake()
 if mode == "connected":
     while not publisher.connected:
         time.sleep(0.02)

@@ -40,9 +40,9 @@ def test_ack_removes_only_that_event_and_unknown_acks_are_harmless(tmp_path):
     with Spool(tmp_path / "spool.sqlite3") as spool:
         for i in range(4):
             spool.append(event(i))
-        spool.ack(2)
-        spool.ack(2)
-        spool.ack(99)
+        spool.ack_many([2])
+        spool.ack_many([2])
+        spool.ack_many([99])
         assert seqs(spool) == [1, 3, 4] and spool.depth == 3
         spool.ack_many([1, 4])
         assert seqs(spool) == [3] and spool.depth == 1
@@ -74,7 +74,7 @@ def test_unsent_events_survive_reopen(tmp_path):
     with Spool(path) as spool:
         for i in range(3):
             spool.append(event(i))
-        spool.ack(1)
+        spool.ack_many([1])
     with Spool(path) as spool:
         assert seqs(spool) == [2, 3] and spool.depth == 2
 

@@ -78,13 +78,15 @@ def emit(publisher: Publisher, device: str = "cam1", types=("face_enter", "expre
         model="m@1",
     )
     if "face_enter" in types:
-        publisher.enqueue(event_payload(type="face_enter", expression=None, confidence=None, **common))
+        publisher.spool.append(event_payload(type="face_enter", expression=None, confidence=None, **common))
+        publisher.wake()
     if "expression" in types:
-        publisher.enqueue(
+        publisher.spool.append(
             event_payload(
                 type="expression", expression="happy", confidence=0.81, extra={"previous": "neutral"}, **common
             )
         )
+        publisher.wake()
 
 
 def stop(publisher: Publisher) -> None:

@@ -62,7 +62,19 @@ def test_two_faces_keep_their_ids_while_moving():
     settled = {e.track_id: e.expression for e in events if e.type == "expression"}
     assert sorted(settled.values()) == ["happy", "sad"]
     assert len(settled) == 2
-    assert [t.id for t in tracker.visible] == sorted(settled)
+    assert [t.track_id for t in tracker.visible] == sorted(settled)
+
+
+def test_visible_shows_each_face_as_the_state_message_needs_it():
+    tracker = Tracker(LABELS, TrackerSettings(enter_frames=2, settle_frames=3))
+    box = (0.1, 0.2, 0.3, 0.4)
+    run(tracker, [[Detection(box, scores("sad"))]] * 2)
+    [settling] = tracker.visible
+    assert (settling.expression, settling.confidence, settling.bbox) == (None, None, box)
+    [event] = run(tracker, [[Detection(box, scores("sad", 0.9))]])  # the third frame in a row settles it
+    [settled] = tracker.visible
+    assert event.type == "expression" and (settled.track_id, settled.expression) == (event.track_id, "sad")
+    assert settled.confidence == event.confidence and 0.8 < settled.confidence < 0.9
 
 
 def test_finish_makes_every_visible_face_leave():
