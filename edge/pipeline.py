@@ -19,6 +19,7 @@ from edge.analyzer import FrameAnalyzer, is_usable_frame
 from edge.capture import Frame, FrameGrabber
 from edge.classifier import ExpressionModel
 from edge.config import Config
+from edge.discovery import HomeAssistantOptions
 from edge.faces import make_detector
 from edge.locations import default_model, model_dirs
 from edge.mqtt_client import MqttSettings
@@ -111,7 +112,11 @@ class Daemon:
         )
         self.spool = open_spool(config)
         self.publisher = Publisher(
-            mqtt_settings(config), self.spool, labels=self.model.labels, model=self.model.model_id
+            mqtt_settings(config),
+            self.spool,
+            labels=self.model.labels,
+            model=self.model.model_id,
+            home_assistant=HomeAssistantOptions(**config.homeassistant.as_dict()),
         )
 
         self.faces_now = 0
