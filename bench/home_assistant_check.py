@@ -199,15 +199,10 @@ def example_automations(entity: dict[str, str], device_id: str, labels: list[str
 
     def on_event(event_type: str) -> dict:
         return {
-            "triggers": [{"trigger": "state", "entity_id": entity["face_event"]}],
-            "conditions": [
-                {
-                    "condition": "state",
-                    "entity_id": entity["face_event"],
-                    "attribute": "event_type",
-                    "state": event_type,
-                }
-            ],
+            # not_from: a daemon coming back online restores the last event; that is not a new one.
+            "triggers": [{"trigger": "state", "entity_id": entity["face_event"], "not_from": "unavailable"}],
+            # The event that fired, not the entity's state by the time a queued run starts.
+            "conditions": [f"{{{{ trigger.to_state.attributes.event_type == '{event_type}' }}}}"],
         }
 
     return {

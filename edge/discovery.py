@@ -49,9 +49,10 @@ class Diagnostic:
 
     @property
     def template(self) -> str:
-        if self.field.startswith("stage_ms."):
-            return f"{{{{ (value_json.get('stage_ms') or {{}}).get('{self.field[9:]}') }}}}"
-        return f"{{{{ value_json.get('{self.field}') }}}}"
+        group, _, key = self.field.rpartition(".")
+        if group:  # a field inside an object of the message, e.g. stage_ms.detect
+            return f"{{{{ (value_json.get('{group}') or {{}}).get('{key}') }}}}"
+        return f"{{{{ value_json.get('{key}') }}}}"
 
 
 def _stage_name(stage: str) -> str:
@@ -231,7 +232,7 @@ def discovery_messages(
                 "value_template": "{{ {'event_type': value_json.type, 'expression': value_json.expression, "
                 "'confidence': value_json.confidence, 'previous': value_json.get('previous'), "
                 "'duration_s': value_json.get('duration_s'), 'track_id': value_json.track_id, "
-                "'seq': value_json.seq, 'scores': value_json.scores} | tojson }}",
+                "'seq': value_json.seq, 'ts': value_json.ts, 'scores': value_json.scores} | tojson }}",
             },
         ),
     ]

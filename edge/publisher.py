@@ -32,7 +32,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from edge.discovery import HomeAssistantOptions, discovery_messages, retired_topics
+from edge.discovery import HomeAssistantOptions, discovery_messages, node_id, retired_topics
 from edge.errors import UserError
 from edge.mqtt_client import MqttSettings, make_client
 from edge.spool import Spool
@@ -118,7 +118,9 @@ class Publisher:
             self.settings.prefix,
             self.settings.device_id,
             self.settings.daemon_client_id,
-            "" if self.settings.discovery else ", Home Assistant discovery off",
+            f", Home Assistant discovery under {self.settings.discovery_prefix}/+/{node_id(self.topics)}/"
+            if self.settings.discovery
+            else ", Home Assistant discovery off",
         )
         self._outage_since = time.monotonic()
         self._announce_backlog = self.spool.depth > 0
@@ -290,14 +292,13 @@ class Publisher:
     def _send_discovery_again(self) -> None:
         with self._cond:
             due, self._rediscover = self._rediscover, False
-            self._state_dirty = due or self._state_dirty  # restarts the entities' expire_after clock
         if due:
             log.info("Home Assistant is online (%s): discovery configs sent again", self._ha_status_topic)
-            self._publish_discovery(self._client)
+            self._publish_discovery()
 
-    def _publish_discovery(self, client: mqtt.Client) -> None:
+    def _publish_discovery(self) -> None:
         for topic, payload in self._discovery:
-            client.publish(topic, payload, qos=1, retain=True)
+            self._client.publish(topic, payload, qos=1, retain=True)
 
     def _send_events(self) -> None:
         free = self.settings.inflight - len(self._inflight)
@@ -352,7 +353,7 @@ class Publisher:
         # Birth first: its acknowledgement tells the worker that paho's re-sends are out (see module doc).
         info = client.publish(self.topics.status, ONLINE, qos=1, retain=True)
         self._birth = (info.mid, generation)
-        self._publish_discovery(client)
+        self._publish_discovery()
         if self._ha_status_topic:
             client.subscribe(self._ha_status_topic, qos=1)
 
@@ -372,8 +373,9 @@ class Publisher:
         self._log_outage(f"lost connection to broker {self.settings.broker} ({why}); spooling events and retrying")
 
     def _on_ha_status(self, _client: mqtt.Client, _userdata, message: mqtt.MQTTMessage) -> None:
-        # Home Assistant's birth message is not retained by default, so only a (re)start arrives here.
-        if message.topic == self._ha_status_topic and message.payload == ONLINE.encode():
+        # A retained "online" (where Home Assistant's birth is set to retain) comes with every connect, which
+        # sends the configs anyway; a live one means Home Assistant has just (re)started.
+        if message.topic == self._ha_status_topic and message.payload == ONLINE.encode() and not message.retain:
             with self._cond:
                 self._rediscover = True
                 self._kick = True

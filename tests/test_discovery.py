@@ -9,6 +9,7 @@ bench/home_assistant.sh runs the same configs through a real Home Assistant.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from edge.payloads import event_payload, state_payload, stats_payload
 from edge.publisher import MqttSettings, Publisher
 from edge.spool import Spool
 from edge.topics import Topics
+from tests.scenes import SHARED, Segment, write_video
+from tests.test_daemon_e2e import edge as run_edge
+from tests.test_daemon_e2e import write_config
 
 jsonschema = pytest.importorskip("jsonschema")
 
@@ -228,6 +232,7 @@ def test_templates_give_home_assistant_valid_states():
         fired = json.loads(render(configs["face_event"]["value_template"], event))
         assert fired["event_type"] == event["type"] and fired["event_type"] in configs["face_event"]["event_types"]
         assert (fired["expression"], fired["seq"], fired["track_id"]) == (event["expression"], seq, 1)
+        assert fired["ts"] == event["ts"] and fired["scores"] == event["scores"]
     assert json.loads(render(configs["face_event"]["value_template"], events[2]))["duration_s"] == 2.5
 
     # Each device trigger fires on exactly the events it names.
@@ -405,3 +410,67 @@ def test_entities_switched_off_are_removed(broker, subscriber, tmp_path):
     finally:
         stop(second)
     assert got == expected
+
+
+# -- the real daemon ---------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared (real photos and the YuNet model)")
+def test_daemon_publishes_valid_configs_whose_templates_read_its_payloads(tmp_path, broker, subscriber, monkeypatch):
+    """`edge run` on a video of a real face: every retained discovery config follows the schema, and every
+    entity's template turns each state, event and stats message the daemon published into a state Home
+    Assistant accepts."""
+    for name in [n for n in os.environ if n.startswith("EDGE_MOOD_")]:
+        monkeypatch.delenv(name)
+    video = tmp_path / "scene.avi"
+    write_video(video, [Segment(5, None), Segment(15, 2.4), Segment(15, 0.45), Segment(20, None)])
+    options = {"name": "Room one", "suggested_area": "Hall"}
+    config = write_config(tmp_path, broker, video, source={"realtime": True, "fps": 20.0}, homeassistant=options)
+    sub = subscriber(broker, "edge-mood/room1/#")
+    result = run_edge("run", "--once", "--config", str(config))
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected = discovery_messages(Topics("edge-mood", "room1"), labels=LABELS, options=HomeAssistantOptions(**options))
+    late = subscriber(broker, "homeassistant/#")
+    got = {m.topic: m for m in late.wait_for(len(expected))}
+    time.sleep(0.3)  # not a timing assertion: room for a config beyond the expected ones
+    assert set(got) == {m.topic for m in late.received()} == {topic for topic, _ in expected}
+    assert all(m.retain for m in got.values())
+    configs = {topic: m.json() for topic, m in got.items()}
+    assert [e for topic, config in configs.items() for e in schema_errors(topic, config)] == []
+    assert {c["device"]["name"] for c in configs.values()} == {"Room one"}
+
+    published = {
+        kind: [m.json() for m in sub.received(f"edge-mood/room1/{kind}")] for kind in ("state", "events", "stats")
+    }
+    assert all(published.values()), {kind: len(messages) for kind, messages in published.items()}
+    assert {e["type"] for e in published["events"]} == {"face_enter", "expression", "face_leave"}
+    fired: set[str] = set()
+    for topic, config in configs.items():
+        if config.get("automation_type") == "trigger":
+            fired |= {
+                topic for event in published["events"] if render(config["value_template"], event) == config["payload"]
+            }
+            continue
+        for payload in published[config["state_topic"].rsplit("/", 1)[1]]:
+            assert_valid_state(topic, config, render(config["value_template"], payload))
+    assert {topic.split("/")[-2] for topic in fired} == {
+        "entered_face",
+        "left_face",
+        "expression_happy",
+        "expression_sad",
+    }
+    assert sub.received("edge-mood/room1/status")[-1].text == "offline"
+
+
+def assert_valid_state(topic: str, config: dict, state: str) -> None:
+    """`state` is what Home Assistant would set from the rendered template (see sensor.mqtt & co.)."""
+    component = topic.split("/")[-4]
+    if component == "event":
+        fired = json.loads(state)
+        assert fired["event_type"] in config["event_types"], (topic, state)
+    elif component == "binary_sensor":
+        assert state in ("ON", "OFF"), (topic, state)
+    elif "options" in config:
+        assert state in config["options"], (topic, state)
+    elif "unit_of_measurement" in config or "state_class" in config:
+        assert state == "None" or float(state) >= 0, (topic, state)  # "None": unknown
