@@ -9,9 +9,9 @@ and leave), device ids `Living-Room` and `living_room`, the shipped model. Then:
 
  1. HA must create both devices with mood, confidence, faces, presence, event and diagnostic entities,
     and a face entering must fire the event entity;
- 2. HA is restarted with one automation per entity kind (the README's examples, each counting into a
-    counter): its birth message must make the daemons announce again, the entities come back and the
-    automations fire;
+ 2. HA is restarted with automations on each kind of entity (the triggers and conditions of the
+    README's examples, each counting into a counter): its birth message must make the daemons announce
+    again, the entities come back, and the event entity, a device trigger and presence fire;
  3. one daemon is stopped (SIGTERM), the other killed (SIGKILL, the broker's last will): every entity of
     both devices must become unavailable.
 
@@ -192,7 +192,7 @@ def counted(name: str) -> dict:
 
 
 def example_automations(entity: dict[str, str], device_id: str, labels: list[str]) -> dict[str, dict]:
-    """The README's example automations, one or two per entity kind, by counter name."""
+    """Automations with the triggers and conditions of the README's examples, by counter name."""
 
     def device_trigger(type_: str, subtype: str) -> dict:
         return {"trigger": "device", "domain": "mqtt", "device_id": device_id, "type": type_, "subtype": subtype}
@@ -451,7 +451,7 @@ def main() -> int:
             )
 
         recorder.wait(counters_fired, 180)
-        say("automation counts (README examples):")
+        say("automation runs, by counter:")
         for name in automations:
             say(f"  {name:<26} {recorder.value(f'hass/counter/{name}/state')}")
         check("the event entity, the device trigger and presence fired automations", counters_fired())

@@ -8,9 +8,9 @@ schemas/ha-discovery.schema.json describes what is published.
 
 Ids are namespaced by the topic prefix and the exact device id (`node_id`), so devices `Living-Room` and
 `living_room`, or two daemons under different prefixes, never share a discovery topic, a unique_id or a
-device. Entity ids are asked for with `default_entity_id` (Home Assistant 2025.10 and later; older
-versions build them from the device and entity names); Home Assistant appends `_2` where two devices ask
-for the same one.
+device. Entity ids are asked for with `default_entity_id` (Home Assistant 2025.10 and later), made the
+way older versions make them, from the device name and the entity name, so all versions agree; Home
+Assistant appends `_2` where two devices ask for the same one.
 
 Templates reach into the JSON with `.get()` wherever a field may be missing: it renders "None", which
 Home Assistant reads as unknown, where plain attribute access would log a template warning.
@@ -161,7 +161,7 @@ def discovery_messages(
         return f"{discovery_prefix}/{component}/{node}/{key}/config", {
             **common,
             "unique_id": f"{node}_{key}",
-            "default_entity_id": f"{component}.{entity_slug}_{key}",
+            "default_entity_id": f"{component}.{entity_slug}_{ha_slug(config['name'])}",
             **config,
         }
 

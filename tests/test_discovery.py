@@ -124,7 +124,11 @@ def test_entities_of_one_device():
             assert (config["payload_available"], config["payload_not_available"]) == ("online", "offline")
             assert not config["name"].startswith("Kitchen")  # Home Assistant prefixes the device name itself
     configs = by_key(messages)
+    # As Home Assistant before 2025.10 makes them, from the device and entity names.
     assert configs["mood"]["default_entity_id"] == "sensor.kitchen_cam_mood"
+    assert configs["presence"]["default_entity_id"] == "binary_sensor.kitchen_cam_presence"
+    assert configs["fps"]["default_entity_id"] == "sensor.kitchen_cam_frame_rate"
+    assert configs["total_ms"]["default_entity_id"] == "sensor.kitchen_cam_frame_time"
     assert configs["mood"]["device_class"] == "enum" and configs["mood"]["options"] == [*LABELS, "none"]
     assert configs["presence"]["device_class"] == "occupancy"
     assert configs["face_event"]["event_types"] == ["face_enter", "expression", "face_leave"]
