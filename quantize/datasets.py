@@ -17,12 +17,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.contract import CANONICAL_LABELS, IMAGE_SUFFIXES
 from quantize.errors import QuantizeError
-from quantize.labels import CANONICAL_LABELS, map_label_name
+from quantize.labels import map_label_name
 from quantize.outputs import write_atomically
 
 SIZE = 48
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm"}
 # Requested split -> FER2013 Usage value.
 CSV_SPLITS = {"train": "Training", "test": "PublicTest", "private": "PrivateTest"}
 # Requested split -> folder names used by the public image-folder exports.

@@ -1,10 +1,13 @@
-"""The canonical expression labels (FER2013 order) and the mapping of data-set class names onto them."""
+"""Class names as data sets and teachers spell them, mapped onto the canonical labels (edge.contract).
+
+This is the label source of the faces the tool trains on today: one hard label per face, read from the class
+name (a folder, a teacher spec) or the FER2013 class index.
+"""
 
 from __future__ import annotations
 
+from edge.contract import CANONICAL_LABELS
 from quantize.errors import QuantizeError
-
-CANONICAL_LABELS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
 # Spellings found in public data sets and checkpoints; "suprise" is the folder name of a popular Kaggle export.
 _ALIASES: dict[str, str] = {

@@ -20,25 +20,21 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from edge.classifier import ExpressionModel  # noqa: E402
-from edge.model_card import load_card  # noqa: E402
-from quantize.build import fp32_card, student_inputs  # noqa: E402
-from quantize.card import write_card  # noqa: E402
+from edge.contract import load_card, save_card  # noqa: E402
+from quantize.card import exported_card  # noqa: E402
 from quantize.cli import main  # noqa: E402
 from quantize.datasets import FaceSet, load_dataset  # noqa: E402
-from quantize.distill import (  # noqa: E402
-    DistillConfig,
-    _soft_targets,
-    class_weights,
-    distill,
-    kd_loss,
-    student_meta,
-    teacher_logits,
-)
+from quantize.distill import distill  # noqa: E402
+from quantize.distill_config import DistillConfig  # noqa: E402
+from quantize.distill_loss import class_weights, kd_loss  # noqa: E402
 from quantize.errors import QuantizeError  # noqa: E402
-from quantize.evaluate import evaluate  # noqa: E402
+from quantize.evaluate import evaluate_onnx  # noqa: E402
 from quantize.export import export_student  # noqa: E402
 from quantize.int8 import calibration_faces, check_accuracy_drop, quantize_onnx  # noqa: E402
 from quantize.report import render_report, save_training_png  # noqa: E402
+from quantize.student_file import student_meta  # noqa: E402
+from quantize.student_input import student_inputs  # noqa: E402
+from quantize.teacher_targets import group_teachers, teacher_logits  # noqa: E402
 from quantize.teachers import load_teacher  # noqa: E402
 from tests.quantize_support import (  # noqa: E402
     FER_CSV,
@@ -186,8 +182,8 @@ def test_accuracy_gate():
 def test_flip_averaged_targets_are_the_mean_of_face_and_mirror(synthetic, tmp_path):
     teacher = load_teacher(synthetic.teachers["torchscript"])
     clean, mirror = teacher_logits(teacher, "sha", synthetic.train, tmp_path, log=lambda _: None)
-    (plain,) = _soft_targets([teacher], [(clean, mirror)], 4.0)
-    (averaged,) = _soft_targets([teacher], [(clean, mirror)], 4.0, flip_average=True)
+    (plain,) = group_teachers([teacher], [(clean, mirror)], 4.0)
+    (averaged,) = group_teachers([teacher], [(clean, mirror)], 4.0, flip_average=True)
     assert not torch.allclose(plain.clean, plain.mirror)
     assert torch.allclose(averaged.clean, (plain.clean + plain.mirror) / 2)
     assert torch.equal(averaged.clean, averaged.mirror)
@@ -364,7 +360,7 @@ def test_int8_stays_close_to_fp32_on_real_faces(tmp_path):
     meta = student_meta(result)
     fp32 = tmp_path / "real.fp32.onnx"
     export_student(result.model, fp32, student_inputs(test.images[:32], meta))
-    write_card(fp32_card(meta, "real", fp32, 0.1), tmp_path / "real.json")
+    save_card(exported_card(meta, "real", fp32, 0.1), tmp_path / "real.json")
     calib = calibration_faces(train, 200)
     inputs = ExpressionModel.load(fp32, precision="fp32").preprocess(list(calib.images))
     int8 = tmp_path / "real.onnx"
@@ -376,9 +372,9 @@ def test_int8_stays_close_to_fp32_on_real_faces(tmp_path):
         sha256=_sha256(int8),
         variant_sha256={"fp32": _sha256(fp32), "int8": _sha256(int8)},
     )
-    write_card(card, tmp_path / "real.json")
-    ev32 = evaluate(fp32, test, latency_runs=0)
-    ev8 = evaluate(int8, test, latency_runs=0)
+    save_card(card, tmp_path / "real.json")
+    ev32 = evaluate_onnx(fp32, test, latency_runs=0)
+    ev8 = evaluate_onnx(int8, test, latency_runs=0)
     assert len(np.unique(ev32.probs.argmax(1))) >= 3, "the student must tell faces apart for parity to mean much"
     assert (ev32.probs.argmax(1) == ev8.probs.argmax(1)).mean() >= 0.90
     assert np.abs(ev32.probs - ev8.probs).mean() < 0.05
