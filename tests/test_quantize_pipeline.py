@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
 
 from edge.classifier import ExpressionModel  # noqa: E402
 from edge.contract import load_card, save_card  # noqa: E402
@@ -189,6 +190,7 @@ def test_flip_averaged_targets_are_the_mean_of_face_and_mirror(synthetic, tmp_pa
     assert torch.equal(averaged.clean, averaged.mirror)
 
 
+@pytest.mark.slow
 def test_distillation_from_every_teacher_format_learns_and_resumes(synthetic, tmp_path):
     teachers = [(load_teacher(path), _sha256(path)) for path in synthetic.teachers.values()]
     assert {t.backend for t, _ in teachers} == {"torchscript", "onnx", "torch"}
@@ -221,6 +223,7 @@ def test_distillation_from_every_teacher_format_learns_and_resumes(synthetic, tm
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_without_validation_every_face_is_trained_on_and_the_last_epoch_is_kept(synthetic, tmp_path):
     teacher = load_teacher(synthetic.teachers["onnx"])
     cfg = DistillConfig(student="xs", epochs=3, batch_size=32, val_fraction=0.0)
@@ -245,6 +248,7 @@ def test_without_validation_every_face_is_trained_on_and_the_last_epoch_is_kept(
         DistillConfig(val_fraction=0.0, patience=3).check()
 
 
+@pytest.mark.slow
 def test_report_of_a_build_without_validation_says_the_last_epoch_is_kept(built, tmp_path):
     card = json.loads((built / "syn.json").read_text())
     card["student"].update(val_faces=0, val_top1=None, best_epoch=6)
@@ -272,6 +276,7 @@ def test_online_teacher_sees_every_augmented_batch_and_caches_nothing(synthetic,
 # ---------------------------------------------------------------- build
 
 
+@pytest.mark.slow
 def test_build_writes_every_file_and_nothing_else(built):
     assert sorted(p.name for p in built.iterdir()) == sorted([*BUILD_FILES, "syn.work"])
     for png in BUILD_FILES[4:]:
@@ -293,6 +298,7 @@ def test_build_writes_every_file_and_nothing_else(built):
         assert needle in report
 
 
+@pytest.mark.slow
 def test_built_card_is_accepted_by_the_daemon(built, synthetic):
     card = load_card(built / "syn.json")
     assert card.labels == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
@@ -315,6 +321,7 @@ def test_built_card_is_accepted_by_the_daemon(built, synthetic):
     assert raw["metrics"]["int8"]["top1"] > 0.5
 
 
+@pytest.mark.slow
 def test_int8_gate_refuses_and_leaves_the_old_files(built, synthetic, tmp_path, capsys):
     shutil.copy(built / "syn.fp32.onnx", tmp_path)
     card = json.loads((built / "syn.json").read_text())
@@ -345,6 +352,7 @@ def test_int8_gate_refuses_and_leaves_the_old_files(built, synthetic, tmp_path, 
 # ---------------------------------------------------------------- real faces
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not FER_CSV.is_file(), reason=f"FER2013 not found under {SHARED} (../shared)")
 def test_int8_stays_close_to_fp32_on_real_faces(tmp_path):
     rows = real_fer_rows(train=900, test=300)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
 from torch import nn  # noqa: E402
 
 from edge.contract import CANONICAL_LABELS  # noqa: E402
@@ -276,6 +277,7 @@ def test_augmentation_at_zero_strength_is_the_evaluation_resize() -> None:
     not (SHARED_TEACHER.exists() and FER_CSV.exists()),
     reason=f"shared teacher or FER2013 CSV absent ({SHARED_TEACHER}, {FER_CSV})",
 )
+@pytest.mark.slow
 def test_shared_teacher_loads_from_its_card_and_is_accurate(tmp_path: Path) -> None:
     rows = ["emotion,pixels,Usage"]
     with gzip.open(FER_CSV, "rt") as f:  # PublicTest rows follow the 28709 Training rows
@@ -454,6 +456,7 @@ def _tiny_fer_csv(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_train_teacher_writes_a_loadable_teacher_and_resumes(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     data = _tiny_fer_csv(tmp_path / "fer.csv")
