@@ -36,7 +36,10 @@ _CACHE_VERSION = "1"
 
 @dataclass
 class FaceSet:
-    """Grey 48x48 faces with canonical label indices."""
+    """Grey 48x48 faces with canonical label indices.
+
+    One hard label per face is the only label source so far. A source that gives each face a distribution over
+    the classes (annotator votes) would carry it beside `labels`, for the hard term of quantize.distill_loss."""
 
     images: np.ndarray  # uint8 (N, 48, 48)
     labels: np.ndarray  # int64 (N,), indices into CANONICAL_LABELS

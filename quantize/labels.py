@@ -1,8 +1,5 @@
-"""Class names as data sets and teachers spell them, mapped onto the canonical labels (edge.contract).
-
-This is the label source of the faces the tool trains on today: one hard label per face, read from the class
-name (a folder, a teacher spec) or the FER2013 class index.
-"""
+"""Class names as data sets and teachers spell them (a class folder, a teacher spec's label list), mapped onto
+the canonical labels of edge.contract."""
 
 from __future__ import annotations
 

@@ -113,53 +113,22 @@ def train_config(config: TrainConfig, resume: bool = True) -> TrainResult:
         raise QuantizeError(
             f"{len(train_set)} training faces is less than one batch of {cfg.batch_size}; lower --batch-size"
         )
-    warmup, total = int(cfg.warmup_epochs * steps), cfg.epochs * steps
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    augment = Augmentation()
-    autocast = make_autocast(cfg)
-    size = (cfg.size, cfg.size)
 
     run_started, wall, done = time.monotonic(), wall_before, start_epoch
     if start_epoch >= cfg.epochs:
         print(f"{files.resume.name} already finished all {cfg.epochs} epochs; pass --no-resume to train again")
     for epoch in range(start_epoch, cfg.epochs):
         started = time.monotonic()
-        model.train()
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # epoch-exact resume
-        order = torch.randperm(len(train_set), generator=gen).to(device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        # Progress bar on a terminal only; a redirected log gets the one line per epoch.
-        bar = tqdm(
-            range(steps),
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            unit="batch",
-            leave=False,
-            dynamic_ncols=True,
-            disable=None,
-            mininterval=2.0,
-        )
-        for step in bar:
-            for group in optimizer.param_groups:
-                group["lr"] = warmup_cosine(epoch * steps + step, warmup, total, peak=lr, decay_after_warmup=True)
-            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            x = pre.normalise(augment(images[idx], size, gen)).contiguous(memory_format=torch.channels_last)
-            loss, logits = train_step(model, x, labels[idx], optimizer, scaler, criterion, autocast)
-            loss_sum += loss
-            correct += (logits.argmax(1) == labels[idx]).sum()
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.3f}")
-        bar.close()
+        loss, train_acc = _train_epoch(model, images, labels, optimizer, scaler, cfg, epoch, lr)
         val_acc = validation_top1(model, val_set, pre, device, autocast=make_autocast(cfg, for_eval=True))
         seconds = time.monotonic() - started
-        last_lr = warmup_cosine((epoch + 1) * steps - 1, warmup, total, peak=lr, decay_after_warmup=True)
         entry = {
             "epoch": epoch + 1,
             "seconds": round(seconds, 1),
-            "loss": round(loss_sum.item() / steps, 4),
-            "train_acc": round(correct.item() / (steps * cfg.batch_size), 4),
+            "loss": round(loss, 4),
+            "train_acc": round(train_acc, 4),
             "val_acc": round(val_acc, 4),
-            "lr": round(last_lr, 6),
+            "lr": round(_lr_at(cfg, lr, (epoch + 1) * steps - 1, steps), 6),
         }
         history.append(entry)
         line = (
@@ -192,6 +161,56 @@ def train_config(config: TrainConfig, resume: bool = True) -> TrainResult:
             break
 
     return TrainResult(files.weights, files.spec, files.log, best_acc, best_epoch, done, wall)
+
+
+def _lr_at(cfg: TrainConfig, peak: float, step: int, steps_per_epoch: int) -> float:
+    """Linear warm-up then cosine decay to zero, per optimizer step."""
+    warmup, total = int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch
+    return warmup_cosine(step, warmup, total, peak=peak, decay_after_warmup=True)
+
+
+def _train_epoch(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    cfg: TrainConfig,
+    epoch: int,
+    lr: float,
+) -> tuple[float, float]:
+    """One pass over the faces in an order fixed by seed and epoch, so that a resumed run repeats it exactly;
+    returns (mean loss, training top-1)."""
+    steps = len(labels) // cfg.batch_size
+    pre, augment, autocast = cfg.preprocessing(), Augmentation(), make_autocast(cfg)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    model.train()
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    order = torch.randperm(len(labels), generator=gen).to(images.device)
+    loss_sum = torch.zeros((), device=images.device)
+    correct = torch.zeros((), device=images.device, dtype=torch.long)
+    # Progress bar on a terminal only; a redirected log gets the one line per epoch.
+    bar = tqdm(
+        range(steps),
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        unit="batch",
+        leave=False,
+        dynamic_ncols=True,
+        disable=None,
+        mininterval=2.0,
+    )
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(cfg, lr, epoch * steps + step, steps)
+        idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+        x = pre.normalise(augment(images[idx], (cfg.size, cfg.size), gen)).contiguous(memory_format=torch.channels_last)
+        loss, logits = train_step(model, x, labels[idx], optimizer, scaler, criterion, autocast)
+        loss_sum += loss
+        correct += (logits.argmax(1) == labels[idx]).sum()
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.3f}")
+    bar.close()
+    return loss_sum.item() / steps, correct.item() / (steps * cfg.batch_size)
 
 
 def train_step(
