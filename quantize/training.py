@@ -1,6 +1,6 @@
 """Training pieces shared by teacher training (train_teacher) and distillation (distill): the device, the
-optimizer with its no-decay parameter groups, the learning-rate schedule, the optimizer step and the atomic
-checkpoint save."""
+optimizer with its no-decay parameter groups, the learning-rate schedule, the optimizer step, the atomic
+checkpoint save and the weights' memory format. The teachers' loader uses the device choice too."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 def choose_device(requested: str) -> str:
-    """ "auto" is cuda when torch sees a GPU, else cpu; a CUDA device without a GPU is a QuantizeError."""
+    """The device to run on: for "auto" cuda when torch sees a GPU, else cpu; cuda without a GPU is a QuantizeError."""
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
