@@ -31,12 +31,12 @@ from fer_frames import FER, FRAME, SHARED, YUNET, face_frame
 
 from edge.analyzer import FrameAnalyzer
 from edge.classifier import ExpressionModel
+from edge.contract import CANONICAL_LABELS
 from edge.faces import make_detector
 from edge.locations import default_model
 from edge.stats import StageTimer
 from quantize.datasets import load_dataset
 from quantize.ferplus import majority_labels, read_votes
-from quantize.labels import CANONICAL_LABELS
 
 FERPLUS = SHARED / "data" / "ferplus" / "fer2013_ferplus_votes.csv.gz"
 WILD = SHARED / "data" / "wild"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import statistics
 import time
@@ -12,8 +11,8 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+from edge.contract import ModelCard, card_path_for, file_sha256, load_card
 from edge.errors import ModelError
-from edge.model_card import ModelCard, card_path_for, load_card
 
 logger = logging.getLogger(__name__)
 
@@ -21,14 +20,6 @@ PRECISIONS = ("auto", "int8", "fp32")
 WARMUP_RUNS = 10
 TIMED_RUNS = 50
 REBUILD_HINT = "re-run `quantize build` or restore the file shipped with its card"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

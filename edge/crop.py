@@ -12,8 +12,8 @@ import math
 import cv2
 import numpy as np
 
+from edge.contract import ModelCard
 from edge.faces import Face
-from edge.model_card import ModelCard
 
 RIGHT_EYE, LEFT_EYE = 0, 1  # YuNet landmark order; the subject's right eye is on the image's left
 

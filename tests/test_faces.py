@@ -11,10 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
+from edge.contract import ModelCard, parse_card
 from edge.crop import crop_face, eye_angle
 from edge.errors import ConfigError, ModelError
 from edge.faces import Face, make_detector
-from edge.model_card import ModelCard, parse_card
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 PHOTO = SHARED / "data" / "photos" / "12_angry_men.jpg"

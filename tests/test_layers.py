@@ -12,7 +12,7 @@ from pathlib import Path
 EDGE = Path(__file__).resolve().parents[1] / "edge"
 
 LAYERS = {
-    1: {"__init__", "errors", "config", "config_sections", "locations", "model_card", "boxes", "topics"}
+    1: {"__init__", "errors", "config", "config_sections", "locations", "contract", "boxes", "topics"}
     | {"payloads", "discovery", "tracker", "stats", "sdnotify"},
     2: {"sources", "capture", "faces", "crop", "classifier", "analyzer", "spool", "mqtt_client", "publisher"},
     3: {"wiring", "pipeline", "check", "bench", "tail", "cli", "__main__"},

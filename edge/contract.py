@@ -1,20 +1,64 @@
-"""The model card: the JSON file beside an expression model that tells the daemon how to feed it.
+"""What the daemon (`edge`) and the offline tool (`quantize`) agree on, in the standard library alone.
 
-Written by `quantize build`, read by the daemon. Only `labels`, `input` and `crop` are required;
-everything else (sha256, metrics, teachers, data set) is recorded for people and passed through.
+Both sides import this module: the daemon to read a model, the tool to write one. Importing it pulls in
+neither numpy, OpenCV, onnxruntime nor torch (`edge/__init__.py` imports nothing either), so the tool can use
+it without loading the daemon's runtime, and a check of the card costs no model load.
+
+- The model card: the JSON file beside an expression model that tells the daemon how to feed it. Written by
+  `quantize build` (new_card, save_card), read by the daemon (load_card, parse_card). Only `labels`, `input`
+  and `crop` are required; everything else (sha256, metrics, teachers, data set) is recorded for people and
+  passed through.
+- The canonical expression labels: the seven classes, in FER2013 order, that the tool trains and its cards list.
+- The faults a user can cause: UserError (both command lines print it as one line and exit 2) and the
+  card's ModelError.
+- file_sha256: how a card fingerprints its model files, and how the daemon checks them.
+- IMAGE_SUFFIXES: the image files both sides read (the daemon's folder source, the tool's image-folder data sets).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import json
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from edge.errors import ModelError
-
 CARD_SCHEMA_VERSION = 1
 COLORS = ("gray", "rgb")
+CANONICAL_LABELS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+# What OpenCV decodes and both sides accept; the union of the two lists each side once kept (the daemon's
+# added .ppm).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"})
+
+
+# ---------------------------------------------------------------- faults a user can cause
+
+
+class UserError(Exception):
+    """A fault with a one-line explanation naming the cause and the fix; never shown as a traceback."""
+
+    exit_status = 2
+
+
+class ModelError(UserError):
+    """The expression model or its card is missing, corrupt or inconsistent."""
+
+
+# ---------------------------------------------------------------- file fingerprints
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- the model card
 
 
 @dataclass(frozen=True)
@@ -119,3 +163,62 @@ def load_card(path: Path) -> ModelCard:
     except json.JSONDecodeError as exc:
         raise _fail(path, f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
     return parse_card(data, path)
+
+
+def tool_version() -> str:
+    """The installed edge-mood version, as a card records the tool that wrote it."""
+    try:
+        return version("edge-mood")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def new_card(
+    *,
+    name: str,
+    labels: list[str],
+    channels: int,
+    height: int,
+    width: int,
+    mean: list[float],
+    std: list[float],
+    crop_margin: float,
+    precision: str,
+    variants: dict[str, str],
+    variant_sha256: dict[str, str],
+    **details: Any,
+) -> dict[str, Any]:
+    """A card dict; `details` (metrics, student, teachers, dataset, distillation, quantization) are recorded
+    as given for people and passed through by the daemon (None values are left out)."""
+    card: dict[str, Any] = {
+        "schema": CARD_SCHEMA_VERSION,
+        "name": name,
+        "labels": list(labels),
+        "input": {
+            "shape": [1, channels, height, width],
+            "color": "gray" if channels == 1 else "rgb",
+            "mean": [float(v) for v in mean],
+            "std": [float(v) for v in std],
+        },
+        "crop": {"margin": crop_margin},
+        "output": "logits",
+        "precision": precision,
+        "variants": dict(variants),
+        "variant_sha256": dict(variant_sha256),
+        "sha256": variant_sha256[precision],
+    }
+    card.update({k: v for k, v in details.items() if v is not None})
+    card["created"] = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+    card["tool"] = {"name": "quantize", "version": tool_version()}
+    return card
+
+
+def save_card(card: dict[str, Any], path: Path) -> ModelCard:
+    """Write `card` as JSON to `path` after checking it the way the daemon will read it: a card the daemon
+    would refuse is a ModelError, and nothing is written."""
+    try:
+        parsed = parse_card(json.loads(json.dumps(card)), path)
+    except ModelError as exc:
+        raise ModelError(f"refusing to write a card the daemon would reject: {exc}") from None
+    path.write_text(json.dumps(card, indent=1) + "\n", encoding="utf-8")
+    return parsed
