@@ -125,7 +125,10 @@ def wild_source() -> FaceSource:
             raise SystemExit(f"cannot read {WILD / rows[i]['path']}")
         return image
 
-    return FaceSource(f"wild ({len(rows)} photos)", labels, read, lambda i: letterbox(read(i)))
+    def as_crop(i: int) -> np.ndarray:  # the model takes RGB crops, as crop_face hands them over
+        return cv2.cvtColor(read(i), cv2.COLOR_BGR2RGB)
+
+    return FaceSource(f"wild ({len(rows)} photos)", labels, as_crop, lambda i: letterbox(read(i)))
 
 
 def alone(model: ExpressionModel, source: FaceSource) -> Score:

@@ -27,6 +27,9 @@ from typing import Any
 
 CARD_SCHEMA_VERSION = 1
 COLORS = ("gray", "rgb")
+# How a grey face's grey levels are normalised before the model sees it, in training and in the daemon alike.
+ILLUMINATIONS = ("none", "equalize", "clahe")
+LANDMARKS = 5  # YuNet's points: right eye, left eye, nose tip, right and left mouth corner
 CANONICAL_LABELS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 # What OpenCV decodes and both sides accept; the union of the two lists each side once kept (the daemon's
 # added .ppm).
@@ -76,6 +79,10 @@ class ModelCard:
     # Other precisions of the same model shipped beside it: {"fp32": "x.fp32.onnx", "int8": "x.onnx"}.
     variants: dict[str, str] = field(default_factory=dict)
     precision: str | None = None
+    illumination: str = "none"
+    # Where the five landmarks land in the model's input, as fractions of its width and height; None: the crop
+    # is cut from the detector's box instead.
+    align_template: tuple[tuple[float, float], ...] | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -127,6 +134,12 @@ def parse_card(data: dict[str, Any], path: Path) -> ModelCard:
     margin = crop.get("margin", 0.0) if isinstance(crop, dict) else None
     if not isinstance(margin, (int, float)) or not -0.5 < margin < 2.0:
         raise _fail(path, f"`crop.margin` must be a number between -0.5 and 2, got {margin!r}")
+    illumination = inp.get("illumination", "none")
+    if illumination not in ILLUMINATIONS:
+        raise _fail(path, f"`input.illumination` must be one of {', '.join(ILLUMINATIONS)}, got {illumination!r}")
+    if illumination != "none" and color != "gray":
+        raise _fail(path, f"`input.illumination` {illumination!r} needs a gray input")
+    template = _parse_template(crop.get("align_template") if isinstance(crop, dict) else None, path)
     variants = data.get("variants", {})
     if not (isinstance(variants, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in variants.items())):
         raise _fail(path, "`variants` must map precision names to file names")
@@ -143,8 +156,25 @@ def parse_card(data: dict[str, Any], path: Path) -> ModelCard:
         sha256=data.get("sha256"),
         variants=dict(variants),
         precision=data.get("precision"),
+        illumination=illumination,
+        align_template=template,
         raw=data,
     )
+
+
+def _parse_template(value: Any, path: Path) -> tuple[tuple[float, float], ...] | None:
+    if value is None:
+        return None
+    if not (
+        isinstance(value, list)
+        and len(value) == LANDMARKS
+        and all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in p)
+            for p in value
+        )
+    ):
+        raise _fail(path, f"`crop.align_template` must be {LANDMARKS} [x, y] pairs of fractions between 0 and 1")
+    return tuple((float(x), float(y)) for x, y in value)
 
 
 def load_card(path: Path) -> ModelCard:
@@ -186,6 +216,8 @@ def new_card(
     precision: str,
     variants: dict[str, str],
     variant_sha256: dict[str, str],
+    illumination: str = "none",
+    align_template: list[list[float]] | None = None,
     **details: Any,
 ) -> dict[str, Any]:
     """A card dict; `details` (metrics, student, teachers, dataset, distillation, quantization) are recorded
@@ -199,8 +231,9 @@ def new_card(
             "color": "gray" if channels == 1 else "rgb",
             "mean": [float(v) for v in mean],
             "std": [float(v) for v in std],
+            "illumination": illumination,
         },
-        "crop": {"margin": crop_margin},
+        "crop": {"margin": crop_margin, **({"align_template": align_template} if align_template else {})},
         "output": "logits",
         "precision": precision,
         "variants": dict(variants),

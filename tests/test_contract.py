@@ -59,3 +59,36 @@ def test_a_card_the_daemon_would_refuse_is_not_written(tmp_path):
     with pytest.raises(ModelError, match="refusing to write a card the daemon would reject: .*`labels`"):
         save_card(_card(tmp_path, ["happy"]), tmp_path / "m.json")
     assert not (tmp_path / "m.json").exists()
+
+
+def test_illumination_and_landmark_template_read_back(tmp_path):
+    template = [[0.3, 0.38], [0.7, 0.38], [0.5, 0.58], [0.34, 0.75], [0.66, 0.75]]
+    card = {**_card(tmp_path, list(CANONICAL_LABELS))}
+    card["input"] = {**card["input"], "illumination": "clahe"}
+    card["crop"] = {"margin": 0.0, "align_template": template}
+    loaded = save_card(card, tmp_path / "m.json")
+    assert loaded.illumination == "clahe"
+    assert loaded.align_template == tuple(tuple(p) for p in template)
+    assert load_card(tmp_path / "m.json") == loaded
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "complaint"),
+    [
+        ("input", {"illumination": "sharpen"}, "`input.illumination` must be one of none, equalize, clahe"),
+        ("crop", {"margin": 0.0, "align_template": [[0.3, 0.4]] * 4}, "`crop.align_template` must be 5"),
+        ("crop", {"margin": 0.0, "align_template": [[0.3, 1.4]] * 5}, "`crop.align_template` must be 5"),
+    ],
+)
+def test_a_bad_illumination_or_template_is_named(tmp_path, section, value, complaint):
+    card = _card(tmp_path, list(CANONICAL_LABELS))
+    card[section] = {**card[section], **value}
+    with pytest.raises(ModelError, match=complaint.replace("`", "`").replace(".", r"\.")):
+        save_card(card, tmp_path / "m.json")
+
+
+def test_illumination_needs_a_gray_input(tmp_path):
+    card = _card(tmp_path, list(CANONICAL_LABELS))
+    card["input"] = {**card["input"], "shape": [1, 3, 48, 48], "color": "rgb", "illumination": "equalize"}
+    with pytest.raises(ModelError, match="needs a gray input"):
+        save_card(card, tmp_path / "m.json")
