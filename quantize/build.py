@@ -28,7 +28,7 @@ import onnxruntime as ort
 
 from edge.contract import file_sha256, save_card
 from quantize.card import dataset_record, exported_card, metrics_section, student_section, with_variants
-from quantize.datasets import FaceSet, load_dataset
+from quantize.datasets import FaceSet
 from quantize.distill import distill
 from quantize.distill_config import DistillConfig
 from quantize.errors import QuantizeError
@@ -42,6 +42,7 @@ from quantize.student_file import student_meta
 from quantize.student_input import student_inputs
 from quantize.teacher_targets import teacher_logits
 from quantize.teachers import Teacher, load_teacher
+from quantize.training_data import FaceOptions, load_training_data
 
 Log = Callable[[str], None]
 # Uint8 grey faces (N, h, w) -> the model's input batch, for calibration.
@@ -70,6 +71,7 @@ class BuildOptions:
     teachers: list[str]
     out: Path  # models/NAME, without suffix
     distill: DistillConfig = field(default_factory=DistillConfig)
+    faces: FaceOptions = field(default_factory=FaceOptions)
     quantize: QuantizeOptions = field(default_factory=QuantizeOptions)
     device: str = "cpu"
     teacher_precision: str = "fp32"
@@ -205,8 +207,9 @@ def build(opts: BuildOptions, log: Log = print) -> list[Path]:
     for zoom in opts.zoom_views:  # refused now, not after hours of training
         zoom_crop(opts.distill.input_size, zoom)
     cache_dir = opts.cache_dir or default_cache_dir()
-    train = load_dataset(opts.data, "train")
-    eval_faces = load_dataset(opts.data, opts.quantize.eval_split)
+    data = load_training_data(opts.data, opts.quantize.eval_split, opts.faces, cache_dir, log)
+    train, eval_faces = data.train, data.eval
+    assert eval_faces is not None, "an eval split was asked for"
     log(f"data {opts.data}: {len(train)} training faces, {len(eval_faces)} {opts.quantize.eval_split} faces")
     teachers = [
         load_teacher(spec, device=opts.device, precision=opts.teacher_precision, trust_pickle=opts.trust_pickle)
@@ -227,7 +230,7 @@ def build(opts: BuildOptions, log: Log = print) -> list[Path]:
         progress=opts.progress,
         log=log,
     )
-    meta = student_meta(result)
+    meta = student_meta(result, data.faces_record())
 
     with StagedOutputs(folder) as staging:
         sample = student_inputs(eval_faces.images[:64], meta)

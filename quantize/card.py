@@ -38,8 +38,12 @@ def exported_card(
         precision="fp32",
         variants={"fp32": fp32_file.name},
         variant_sha256={"fp32": file_sha256(fp32_file)},
+        illumination=meta.get("illumination", "none"),
+        align_template=meta.get("align_template"),
         flip_average=flip_average,
         zoom_views=list(zoom_views) or None,
+        labels_source=meta.get("labels_source"),
+        alignment=meta.get("alignment"),
     )
 
 

@@ -20,19 +20,59 @@ def add_device_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_distill_options(p: argparse.ArgumentParser) -> None:
+    from edge.contract import ILLUMINATIONS
     from quantize.distill_config import AUTOCAST_PRECISIONS, CLASS_BALANCE, DistillConfig
     from quantize.student import STUDENTS
+    from quantize.student_augment import AUGMENT_LEVELS
     from quantize.training import OPTIMIZERS
+    from quantize.training_data import FaceOptions
 
     d = DistillConfig()
     p.add_argument("--data", type=Path, required=True, help="FER2013 CSV (.csv/.csv.gz) or image folder")
     p.add_argument(
         "--teacher",
         action="append",
-        required=True,
+        default=[],
         metavar="PATH[:key=value,...]",
         help="teacher model (.pt state_dict, TorchScript or .onnx) with its spec beside it or options "
-        "such as :size=96,mean=imagenet; repeat for an ensemble",
+        "such as :size=96,mean=imagenet; repeat for an ensemble; without one the student learns from the "
+        "labels (or --votes) alone",
+    )
+    f = FaceOptions()
+    g = p.add_argument_group("labels and faces (training and the daemon alike)")
+    g.add_argument(
+        "--votes",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="annotators' votes per face (FER+ layout, one row per row of the --data CSV): each face learns "
+        "their distribution mixed with its own label",
+    )
+    g.add_argument(
+        "--votes-weight",
+        type=float,
+        default=f.votes_weight,
+        help="share of the votes in each face's target, the rest its own label (default %(default)s)",
+    )
+    g.add_argument(
+        "--align",
+        action="store_true",
+        help="align faces by their five YuNet landmarks onto the training faces' median; the card tells the "
+        "daemon to align its crops the same way",
+    )
+    g.add_argument("--yunet", type=Path, default=None, help="YuNet ONNX for --align (default: the daemon's)")
+    g.add_argument(
+        "--illumination",
+        default=d.illumination,
+        choices=ILLUMINATIONS,
+        help="grey-level normalisation of every face, in training and in the daemon (default %(default)s)",
+    )
+    g.add_argument(
+        "--augment",
+        default=d.augment,
+        choices=AUGMENT_LEVELS,
+        help="training augmentation: basic (mirror, pose, light) or camera (basic plus exposure, blur, low "
+        "resolution, noise, JPEG, occlusion) (default %(default)s)",
     )
     g = p.add_argument_group("student and distillation")
     g.add_argument("--student", default=d.student, choices=list(STUDENTS), help="size (default %(default)s)")
@@ -58,6 +98,14 @@ def add_distill_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="default %(default)s")
     g.add_argument(
+        "--logit-adjust",
+        type=float,
+        default=d.logit_adjust,
+        metavar="TAU",
+        help="train on logits + TAU * log(class prior) so the model's own logits are those of balanced "
+        "classes (1 is the usual; default %(default)s: off)",
+    )
+    g.add_argument(
         "--class-balance",
         default=d.class_balance,
         choices=CLASS_BALANCE,
@@ -77,7 +125,6 @@ def add_distill_options(p: argparse.ArgumentParser) -> None:
         help="stop after N epochs without a better validation top-1 (default 0: run all epochs)",
     )
     g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--no-augment", action="store_true", help="train on the faces as they are")
     g.add_argument(
         "--online-teacher",
         action="store_true",

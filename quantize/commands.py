@@ -49,11 +49,19 @@ def _distill_config(args: argparse.Namespace) -> Any:
         val_fraction=args.val_fraction,
         patience=args.patience,
         seed=args.seed,
-        augment=not args.no_augment,
+        augment=args.augment,
+        illumination=args.illumination,
+        logit_adjust=args.logit_adjust,
         online_teacher=args.online_teacher,
         teacher_flip_average=args.teacher_flip_average,
         precision=args.precision,
     )
+
+
+def _face_options(args: argparse.Namespace) -> Any:
+    from quantize.training_data import FaceOptions
+
+    return FaceOptions(votes=args.votes, votes_weight=args.votes_weight, align=args.align, yunet=args.yunet)
 
 
 def _quantize_options(args: argparse.Namespace) -> Any:
@@ -134,28 +142,29 @@ def run_train_teacher(args: argparse.Namespace) -> int:
 def run_distill(args: argparse.Namespace) -> int:
     from quantize.build import default_cache_dir
     from quantize.card import dataset_record
-    from quantize.datasets import load_dataset
     from quantize.distill import distill
     from quantize.outputs import check_output_folder
     from quantize.student_file import save_student
+    from quantize.training_data import load_training_data
 
     cfg = _distill_config(args)
     cfg.check()
     device = _device(args)
     check_output_folder(args.out.parent)
-    train = load_dataset(args.data, "train")
+    cache_dir = args.cache_dir or default_cache_dir()
+    data = load_training_data(args.data, None, _face_options(args), cache_dir, log)
     teachers = _load_teachers(args, device)
     result = distill(
-        train,
+        data.train,
         teachers,
         cfg,
         work_dir=args.work_dir or args.out.with_name(args.out.name + ".work"),
-        cache_dir=args.cache_dir or default_cache_dir(),
+        cache_dir=cache_dir,
         device=device,
         progress=sys.stderr.isatty(),
         log=log,
     )
-    save_student(args.out, result, dataset_record(args.data, {"train": train}))
+    save_student(args.out, result, dataset_record(args.data, {"train": data.train}), data.faces_record())
     kept = (
         f"best validation top-1 {result.best_val_top1 * 100:.2f}% at epoch {result.best_epoch}"
         if result.best_val_top1 is not None
@@ -260,6 +269,7 @@ def run_build(args: argparse.Namespace) -> int:
         teachers=args.teacher,
         out=args.out,
         distill=cfg,
+        faces=_face_options(args),
         quantize=_quantize_options(args),
         device=_device(args),
         teacher_precision=args.teacher_precision,

@@ -1,10 +1,11 @@
 """Knowledge distillation from a teacher ensemble into a student: the training loop.
 
-The student learns from the hard labels and from the teachers' soft targets (quantize.teacher_targets, with
-their cached logits) through quantize.distill_loss. Faces reach it as quantize.student_input prepares them,
-augmented by quantize.augment: up to 10% shift, +-15% zoom, +-10 degrees, brightness and contrast, and a
-mirror done here so that the mirror's teacher targets can be picked; random erasing is off (too strong a
-change for targets computed on the clean face).
+The student learns from the data set's targets (its labels, or the distributions of a label source such as
+annotator votes: quantize.label_sources) and from the teachers' soft targets (quantize.teacher_targets, with
+their cached logits) through quantize.distill_loss. Each face is augmented (quantize.student_augment, which
+also reports the mirror so the mirror's teacher targets can be picked) and then prepared as the daemon prepares
+a crop (quantize.student_input), one batch ahead on a second thread. With logit adjustment the loss sees the
+logits plus tau * log(prior), the prior being the training targets' class shares.
 
 Validation: a stratified share of the training faces (never the test split) picks the best epoch. With
 val_fraction 0 every training face is trained on and the last epoch is kept (for a final run, once the
@@ -15,31 +16,29 @@ distillation again resumes it (quantize.distill_checkpoint).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from edge.contract import CANONICAL_LABELS
-from quantize.augment import Augmentation
 from quantize.datasets import FaceSet, stratified_split
 from quantize.distill_checkpoint import Checkpoint, Progress, run_fingerprint
 from quantize.distill_config import DistillConfig, autocast_dtype
 from quantize.distill_loss import class_weights, distillation_loss
 from quantize.student import Student, build_student
-from quantize.student_input import normalise, resize_faces
+from quantize.student_augment import StudentAugmentation
+from quantize.student_input import normalise, prepare_faces
 from quantize.teacher_targets import TeacherGroup, batch_targets, training_targets
 from quantize.teachers import Teacher
 from quantize.training import make_optimizer, optimizer_step, to_memory_format, warmup_cosine
 
-# The teachers' batch augmentation, minus its mirror (done here, so the mirror's teacher targets can be
-# picked) and minus random erasing.
-AUGMENTATION = Augmentation(flip=False, erase_p=0.0)
-FLIP_P = 0.5
 VALIDATION_BATCH = 512
 
 
@@ -131,7 +130,7 @@ def _keep_epoch(state: Progress, entry: dict[str, Any], model: Student, epochs: 
 
 
 class _Run:
-    """The student, its optimizer, schedule and gradient scaler, and the faces on the training device."""
+    """The student, its optimizer, schedule and gradient scaler, and the faces it learns from."""
 
     def __init__(
         self,
@@ -151,14 +150,19 @@ class _Run:
         warmup, total = int(cfg.warmup_epochs * self.steps_per_epoch), self.steps_per_epoch * cfg.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: warmup_cosine(s, warmup, total))
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
-        # Augmentation resizes inside its warp; without it, faces are resized once like the daemon does.
-        images = fit.images if cfg.augment else resize_faces(fit.images, cfg.input_size)
-        self.fit_images = torch.from_numpy(images).to(device)
+        self.augmentation = StudentAugmentation(cfg.augment)
+        self.fit_images = fit.images
+        distributions = fit.target_distributions()
         self.fit_labels = torch.from_numpy(fit.labels).to(device)
+        # A label source's distributions are learnt as they are; plain labels stay class indices.
+        self.fit_targets = torch.from_numpy(distributions).to(device) if fit.targets is not None else self.fit_labels
+        prior = np.clip(distributions.mean(axis=0), 1e-6, None)
+        self.log_prior = torch.from_numpy(np.log(prior).astype(np.float32)).to(device)
         if val is not None:
-            self.val_images = torch.from_numpy(resize_faces(val.images, cfg.input_size)).unsqueeze(1).to(device)
-            self.val_labels = torch.from_numpy(val.labels).to(device)
-        weights = class_weights(fit.labels, cfg.class_balance)
+            prepared = prepare_faces(val.images, cfg.input_size, cfg.illumination)
+            self.val_images = torch.from_numpy(prepared).unsqueeze(1).to(device)
+            self.val_labels = torch.from_numpy(val.target_distributions().argmax(axis=1)).to(device)
+        weights = class_weights(distributions, cfg.class_balance)
         self.weights = weights.to(device) if weights is not None else None
 
     def parts(self) -> dict[str, Any]:
@@ -168,34 +172,42 @@ class _Run:
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None)
 
-    def _batch(self, idx: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    def _batch(self, idx: np.ndarray, seed: list[int]) -> tuple[Tensor, Tensor]:
         """(faces as pixel/255 (B, 1, S, S), which of them are mirrored) for the training faces `idx`."""
-        cfg = self.cfg
-        if not cfg.augment:
-            unflipped = torch.zeros(len(idx), dtype=torch.bool, device=self.device)
-            return self.fit_images[idx].unsqueeze(1).float() / 255, unflipped
-        flip = (torch.rand(len(idx), generator=gen) < FLIP_P).to(self.device)
-        faces = torch.where(flip.view(-1, 1, 1), self.fit_images[idx].flip(-1), self.fit_images[idx])
-        return AUGMENTATION(faces, (cfg.input_size, cfg.input_size), gen), flip
+        rng = np.random.default_rng(seed)
+        faces, mirrored = zip(*(self.augmentation(self.fit_images[i], rng) for i in idx))
+        prepared = prepare_faces(np.stack(faces), self.cfg.input_size, self.cfg.illumination)
+        x = torch.from_numpy(prepared).unsqueeze(1).to(self.device, torch.float32) / 255
+        return x, torch.tensor(mirrored, dtype=torch.bool, device=self.device)
+
+    def _batches(self, order: np.ndarray, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """The epoch's batches, each prepared on a second thread while the one before trains."""
+        size = self.cfg.batch_size
+        with ThreadPoolExecutor(max_workers=1) as worker:
+            pending = worker.submit(self._batch, order[:size], [self.cfg.seed, epoch, 0])
+            for step in range(self.steps_per_epoch):
+                batch = pending.result()
+                if step + 1 < self.steps_per_epoch:
+                    following = order[(step + 1) * size : (step + 2) * size]
+                    pending = worker.submit(self._batch, following, [self.cfg.seed, epoch, step + 1])
+                yield batch
 
     def train_epoch(self, epoch: int, groups: list[TeacherGroup], show_progress: bool) -> dict[str, Any]:
         """One pass over the training faces in an order fixed by seed and epoch (so a resumed run repeats it)."""
         cfg, model, steps = self.cfg, self.model, self.steps_per_epoch
         model.train()
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        order = torch.randperm(len(self.fit_labels), generator=gen)[: steps * cfg.batch_size].to(self.device)
+        order = torch.randperm(len(self.fit_labels), generator=gen)[: steps * cfg.batch_size].numpy()
         sums = {"loss": 0.0, "hard": 0.0, "soft": 0.0, "correct": 0, "seen": 0}
         bar = _progress_bar(steps, f"epoch {epoch}/{cfg.epochs}", show_progress)
-        for step in range(steps):
-            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            y = self.fit_labels[idx]
-            x, flip = self._batch(idx, gen)
+        for step, (x, flip) in enumerate(self._batches(order, epoch)):
+            idx = torch.from_numpy(order[step * cfg.batch_size : (step + 1) * cfg.batch_size]).to(self.device)
             targets = batch_targets(groups, idx, flip, x, cfg) if groups else []
             with self._autocast():
                 logits = model(normalise(x, cfg.mean, cfg.std)).float()
             loss, hard, soft = distillation_loss(
-                logits,
-                y,
+                logits + cfg.logit_adjust * self.log_prior if cfg.logit_adjust else logits,
+                self.fit_targets[idx],
                 targets,
                 alpha=self.alpha,
                 temperature=cfg.temperature,
@@ -207,7 +219,7 @@ class _Run:
             sums["loss"] += loss.item() * len(idx)
             sums["hard"] += hard.item() * len(idx)
             sums["soft"] += soft.item() * len(idx)
-            sums["correct"] += int((logits.argmax(1) == y).sum())
+            sums["correct"] += int((logits.argmax(1) == self.fit_labels[idx]).sum())
             sums["seen"] += len(idx)
             if bar is not None:
                 bar.update(1)
@@ -229,7 +241,8 @@ class _Run:
         }
 
     def validate(self) -> dict[str, Any]:
-        """Cross-entropy, top-1 and per-class recall on the validation faces."""
+        """Cross-entropy, top-1, balanced accuracy and per-class recall on the validation faces, against their
+        targets' most likely class (the label, without a label source)."""
         model, cfg = self.model, self.cfg
         model.eval()
         predictions, losses = [], []
@@ -247,7 +260,12 @@ class _Run:
             for c in range(len(CANONICAL_LABELS))
             if (truth == c).any()
         }
-        return {"val_loss": sum(losses) / len(truth), "val_top1": float((pred == truth).mean()), "val_recall": recall}
+        return {
+            "val_loss": sum(losses) / len(truth),
+            "val_top1": float((pred == truth).mean()),
+            "val_balanced": float(np.mean(list(recall.values()))),
+            "val_recall": recall,
+        }
 
 
 def _progress_bar(total: int, desc: str, enabled: bool) -> Any:

@@ -7,9 +7,11 @@ from typing import Any
 
 import torch
 
+from edge.contract import ILLUMINATIONS
 from quantize.datasets import DEFAULT_VAL_FRACTION
 from quantize.errors import QuantizeError
 from quantize.student import STUDENTS
+from quantize.student_augment import AUGMENT_LEVELS
 from quantize.training import OPTIMIZERS
 
 CLASS_BALANCE = ("none", "sqrt", "inverse")
@@ -34,7 +36,11 @@ class DistillConfig:
     val_fraction: float = DEFAULT_VAL_FRACTION  # 0: no hold-out, the last epoch is kept
     patience: int = 0  # stop after this many epochs without a better validation top-1; 0 = never
     seed: int = 0
-    augment: bool = True
+    augment: str = "basic"  # quantize.student_augment level: none, basic or camera
+    illumination: str = "none"  # grey-level normalisation of every face, written into the card for the daemon
+    # Logit adjustment (Menon et al. 2021): the loss sees logits + tau * log(class prior of the targets), so the
+    # logits the model outputs are those of balanced classes; 0 trains on the logits as they are.
+    logit_adjust: float = 0.0
     online_teacher: bool = False
     teacher_flip_average: bool = False  # targets: each teacher's probabilities averaged over face and mirror
     precision: str = "auto"  # autocast: bf16 where the CPU has it, fp16/bf16 on CUDA
@@ -66,6 +72,12 @@ class DistillConfig:
                 f"precision {self.precision!r} unknown; use {', '.join(AUTOCAST_PRECISIONS)}",
             ),
             (self.std > 0, "std must be positive"),
+            (self.augment in AUGMENT_LEVELS, f"augment {self.augment!r} unknown; use {', '.join(AUGMENT_LEVELS)}"),
+            (
+                self.illumination in ILLUMINATIONS,
+                f"illumination {self.illumination!r} unknown; use {', '.join(ILLUMINATIONS)}",
+            ),
+            (0.0 <= self.logit_adjust <= 2.0, f"logit adjustment {self.logit_adjust} must lie in [0, 2]; 1 is usual"),
         ]
         for ok, message in rules:
             if not ok:

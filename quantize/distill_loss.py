@@ -13,15 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from edge.contract import CANONICAL_LABELS
 from quantize.teacher_targets import BatchTarget
 
 
-def class_weights(labels: np.ndarray, mode: str) -> Tensor | None:
-    """Hard-loss weights per canonical class, scaled so that the average weight of a training face is 1."""
+def class_weights(targets: np.ndarray, mode: str) -> Tensor | None:
+    """Hard-loss weights per canonical class from the training targets (N, classes), scaled so that the average
+    weight of a training face is 1."""
     if mode == "none":
         return None
-    counts = np.bincount(labels, minlength=len(CANONICAL_LABELS)).astype(np.float64)
+    counts = targets.sum(axis=0).astype(np.float64)
     weights = np.zeros_like(counts)
     present = counts > 0
     weights[present] = counts[present] ** (-0.5 if mode == "sqrt" else -1.0)
@@ -40,7 +40,7 @@ def kd_loss(student_logits: Tensor, targets: list[BatchTarget], temperature: flo
 
 def distillation_loss(
     logits: Tensor,
-    labels: Tensor,
+    labels: Tensor,  # class indices (B,), or per-face class distributions (B, classes) from a label source
     targets: list[BatchTarget],
     *,
     alpha: float,
@@ -50,8 +50,7 @@ def distillation_loss(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(loss, hard, soft) of a batch; without teacher targets the soft term is 0.
 
-    `labels` are canonical class indices, one per face. cross_entropy takes per-face class probabilities in
-    their place too, which is where a label source with a distribution per face (annotator votes) comes in."""
+    With logit adjustment the caller passes the adjusted logits (quantize.distill)."""
     hard = F.cross_entropy(logits, labels, weight=weights, label_smoothing=label_smoothing)
     soft = kd_loss(logits, targets, temperature) if targets else hard.new_zeros(())
     return alpha * hard + (1 - alpha) * soft, hard, soft

@@ -17,8 +17,9 @@ from quantize.training import save_atomically
 STUDENT_FORMAT = "edge-mood-student"
 
 
-def student_meta(result: DistillResult) -> dict[str, Any]:
-    """What export and the card need to know about a distilled student."""
+def student_meta(result: DistillResult, faces: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What export and the card need to know about a distilled student; `faces` is
+    training_data.TrainingData.faces_record() (label source, landmark template)."""
     settings = result.settings
     return {
         "arch": settings["student"],
@@ -27,16 +28,18 @@ def student_meta(result: DistillResult) -> dict[str, Any]:
         "channels": 1,
         "mean": [settings["mean"]],
         "std": [settings["std"]],
+        "illumination": settings.get("illumination", "none"),
         "params": count_parameters(result.model),
+        **(faces or {}),
     }
 
 
-def save_student(path: Path, result: DistillResult, dataset: dict[str, Any]) -> None:
+def save_student(path: Path, result: DistillResult, dataset: dict[str, Any], faces: dict[str, Any]) -> None:
     """The trained student with everything export and the card need (written atomically)."""
     save_atomically(
         {
             "format": STUDENT_FORMAT,
-            **student_meta(result),
+            **student_meta(result, faces),
             "state_dict": result.model.state_dict(),
             "history": result.history,
             "best_epoch": result.best_epoch,

@@ -18,9 +18,9 @@ from tqdm import tqdm
 
 from edge.contract import CANONICAL_LABELS
 from quantize.archs import build_arch
-from quantize.augment import Augmentation
 from quantize.datasets import FaceSet, load_dataset, stratified_split
 from quantize.errors import QuantizeError
+from quantize.teacher_augment import Augmentation
 from quantize.teacher_config import TrainConfig, make_autocast
 from quantize.teacher_input import Preprocessing
 from quantize.teacher_run_files import RunFiles

@@ -25,11 +25,11 @@ from quantize.archs import (  # noqa: E402
     model_from_state_dict,
     unwrap_checkpoint,
 )
-from quantize.augment import Augmentation  # noqa: E402
 from quantize.cli_options import add_train_teacher_options  # noqa: E402
 from quantize.commands import run_train_teacher  # noqa: E402
 from quantize.datasets import load_dataset  # noqa: E402
 from quantize.errors import QuantizeError  # noqa: E402
+from quantize.teacher_augment import Augmentation  # noqa: E402
 from quantize.teacher_input import Preprocessing, preprocessing_from_spec  # noqa: E402
 from quantize.teacher_spec import parse_teacher_arg  # noqa: E402
 from quantize.teachers import load_teacher  # noqa: E402
