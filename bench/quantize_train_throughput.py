@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from quantize.archs import build_arch
-from quantize.teacher_augment import Augmentation
 from quantize.datasets import FaceSet
+from quantize.teacher_augment import Augmentation
 from quantize.teacher_config import TrainConfig, make_autocast
 from quantize.train_teacher import train_step, validation_top1
 from quantize.training import make_optimizer
