@@ -1,5 +1,8 @@
 """Faults a user can cause and fix. The CLI prints them as one line and exits with status 2."""
 
+# `edge run --once`: the source ended, but the broker did not take every event (they stay in the spool).
+EXIT_EVENTS_UNSENT = 3
+
 
 class UserError(Exception):
     """A fault with a one-line explanation naming the cause and the fix; never shown as a traceback."""
