@@ -1,4 +1,4 @@
-"""`edge` command line: run, check, tail, bench.
+"""`edge` command line: demo, run, check, tail, bench, models fetch.
 
 Each command imports its own module when it runs, so `edge tail` never loads OpenCV or onnxruntime.
 """
