@@ -67,11 +67,12 @@ def _skip_reason(report: pytest.TestReport) -> str:
     return str(longrepr[2]) if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
 
 
-def _module_summary(path: str) -> str:
-    """The first line of a test module's docstring: what its tests cover."""
+def _module_summary(path: str, width: int = 110) -> str:
+    """The first sentence of a test module's docstring (what its tests cover), cut to `width` characters."""
     module = sys.modules.get(path.removesuffix(".py").replace("/", "."))
-    doc = (getattr(module, "__doc__", None) or "").strip()
-    return doc.splitlines()[0].strip() if doc else ""
+    paragraph = " ".join((getattr(module, "__doc__", None) or "").strip().split("\n\n")[0].split())
+    sentence = paragraph.split(". ")[0].rstrip(".")
+    return sentence if len(sentence) <= width else sentence[: width - 3].rsplit(" ", 1)[0] + "..."
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
@@ -85,7 +86,7 @@ def pytest_terminal_summary(terminalreporter) -> None:
     terminalreporter.write_sep("=", f"{len(lacking)} tests skipped because {SHARED} {where}")
     for module, count in sorted(per_module.items()):
         of = _collected_per_module.get(module, count)
-        terminalreporter.write_line(f"  {module}: {count} of {of} tests. {_module_summary(module)}")
+        terminalreporter.write_line(f"  {module}: {count} of {of}. {_module_summary(module)}")
     terminalreporter.write_line(
         "  They need the team's real photos, FER2013, teachers or the YuNet model (../shared/README.md); "
         "every other test ran."
