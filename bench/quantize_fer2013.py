@@ -7,7 +7,7 @@
 Columns: parameters, file size, top-1 on PublicTest (teachers flip-averaged, as their cards report; the
 student as the daemon runs it, which averages face and mirror inside the graph when built with
 --flip-average), and ms per face at batch 1 on one thread (median). Long: hours on two CPU cores (see
-README); rerunning the same command resumes an interrupted distillation.
+docs/model.md); rerunning the same command resumes an interrupted distillation.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from edge.config_sections import (
 )
 from edge.discovery import DIAGNOSTICS, HA_STATUS_TOPIC
 from edge.errors import ConfigError
+from edge.locations import YUNET_SHA256, YUNET_URL
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -89,6 +90,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "detector": {
         "kind": Key(str, "auto", choices=("auto", "yunet", "haar")),
         "yunet_model": Key(str, "", "a path to face_detection_yunet*.onnx, or empty to search the model folder"),
+        "yunet_url": Key(str, YUNET_URL, "an http(s) URL, or empty never to download YuNet"),
+        "yunet_sha256": Key(
+            str, YUNET_SHA256, "64 hex digits", lambda s: len(s) == 64 and all(c in "0123456789abcdef" for c in s)
+        ),
         "detect_width": Key(int, 320, "a positive number of pixels", _positive),
         "score_threshold": Key(float, 0.7, "a number in (0, 1]", _fraction),
         "min_face_px": Key(int, 24, "a positive number of pixels", _positive),
@@ -197,6 +202,14 @@ class Config:
         if from_systemd:
             return Path(from_systemd)
         return Path.home() / ".local" / "state" / "edge-mood"
+
+    def replaced(self, overrides: Mapping[str, Any]) -> Config:
+        """A copy with some keys changed ({"section.key": value}), each checked like any other layer."""
+        values = {name: getattr(self, name).as_dict() for name in SCHEMA}
+        for dotted, value in overrides.items():
+            section, _, key = dotted.partition(".")
+            _set(values, section, key, value)
+        return Config(values, self.path, self._environ)
 
     def mqtt_password(self) -> str | None:
         """The broker password from `mqtt.password_file` or $EDGE_MOOD_MQTT_PASSWORD; never from argv."""
@@ -307,16 +320,19 @@ def load_config(
         section, _, key = dotted.partition(".")
         layers.append((section, key, value))
     for section, key, value in layers:
-        if section not in SCHEMA:
-            raise ConfigError(f"config section {section!r} is unknown; known sections: {', '.join(SCHEMA)}")
-        if key not in SCHEMA[section]:
-            raise ConfigError(
-                f"config key {section}.{key} is unknown; keys of [{section}]: {', '.join(SCHEMA[section])}"
-            )
-        values[section][key] = _coerce(section, key, SCHEMA[section][key], value)
+        _set(values, section, key, value)
     if values["mqtt"]["password_file"] and env.get(PASSWORD_ENV):
         raise ConfigError(f"both mqtt.password_file and ${PASSWORD_ENV} are set; keep one of them")
     return Config(values, path, env)
+
+
+def _set(values: dict[str, dict[str, Any]], section: str, key: str, value: Any) -> None:
+    """values[section][key] = value, checked against the schema."""
+    if section not in SCHEMA:
+        raise ConfigError(f"config section {section!r} is unknown; known sections: {', '.join(SCHEMA)}")
+    if key not in SCHEMA[section]:
+        raise ConfigError(f"config key {section}.{key} is unknown; keys of [{section}]: {', '.join(SCHEMA[section])}")
+    values[section][key] = _coerce(section, key, SCHEMA[section][key], value)
 
 
 def _env_key(rest: str, value: str) -> tuple[str, str, Any]:

@@ -32,6 +32,8 @@ class SourceSection(Section):
 class DetectorSection(Section):
     kind: str
     yunet_model: str
+    yunet_url: str
+    yunet_sha256: str
     detect_width: int
     score_threshold: float
     min_face_px: int

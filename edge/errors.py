@@ -5,7 +5,10 @@ UserError and ModelError live in edge.contract, which the quantize tool shares; 
 
 from edge.contract import ModelError, UserError
 
-__all__ = ["ConfigError", "ModelError", "SourceError", "UserError"]
+__all__ = ["EXIT_EVENTS_UNSENT", "ConfigError", "ModelError", "SourceError", "UserError"]
+
+# `edge run --once`: the source ended, but the broker did not take every event (they stay in the spool).
+EXIT_EVENTS_UNSENT = 3
 
 
 class ConfigError(UserError):

@@ -51,7 +51,7 @@ class FrameSource(Protocol):
         """Release the device or file."""
 
 
-def _hide_password(url: str) -> str:
+def hide_password(url: str) -> str:
     """Stream URLs often carry credentials; keep them out of logs and status payloads."""
     parts = urlsplit(url)
     if parts.password is None:
@@ -211,7 +211,7 @@ def _open_v4l2(device: str, width: int, height: int, fps: float) -> OpenCVSource
 
 
 def _open_stream(url: str, fps: float) -> OpenCVSource:
-    shown = _hide_password(url)
+    shown = hide_password(url)
     params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
     capture = cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
     if not capture.isOpened():

@@ -42,7 +42,7 @@ def _require_size(spec: Mapping[str, Any], where: str, path: Path) -> None:
     if "size" not in section and "shape" not in section:
         raise QuantizeError(
             f"{where}: input size unknown; write {path.with_suffix('.json').name} beside it "
-            f"(see README) or pass --teacher '{path}:size=96,mean=imagenet'"
+            f"(see docs/quantize.md) or pass --teacher '{path}:size=96,mean=imagenet'"
         )
 
 
