@@ -21,6 +21,7 @@ from edge.boxes import normalized
 from edge.capture import Frame, FrameGrabber
 from edge.classifier import ExpressionModel
 from edge.config import Config
+from edge.errors import UserError
 from edge.faces import Detector
 from edge.payloads import event_payload, state_payload, stats_payload
 from edge.publisher import Publisher
@@ -31,6 +32,9 @@ from edge.tracker import Detection, Tracker, TrackEvent
 
 logger = logging.getLogger(__name__)
 
+# A fault found while running is no config error: exit with EX_TEMPFAIL, which the unit restarts (it
+# does not restart status 2, kept for faults found before the loop that a restart cannot fix).
+RUNTIME_FAULT_EXIT = 75
 DRAIN_TIMEOUT_S = 10.0  # at the end of a finite source, wait this long for the broker to take the spool
 STATE_REFRESH_S = 60.0  # republish the retained state at least this often while nothing changes
 
@@ -95,6 +99,9 @@ class Daemon:
         )
         try:
             self._loop()
+        except UserError as exc:
+            logger.error("%s", exc)
+            return RUNTIME_FAULT_EXIT
         finally:
             self._shutdown()
         return 0
@@ -195,8 +202,8 @@ class Daemon:
                 model=self.model.model_id,
                 extra=event.extra,
             )
-            seq = self.spool.append(payload)
-            logger.debug("event %d: %s track %d %s", seq, event.type, event.track_id, event.expression or "")
+            seq = self.spool.append(payload)  # None: held in memory until the spool can be written
+            logger.debug("event %s: %s track %d %s", seq, event.type, event.track_id, event.expression or "")
         self.publisher.wake()
 
     def _publish_state(self) -> None:
@@ -239,6 +246,8 @@ class Daemon:
             source_reconnects=self.grabber.reconnects,
             spool_depth=self.spool.depth,
             spool_dropped=self.spool.dropped,
+            spool_memory=self.spool.held,
+            spool_memory_dropped=self.spool.held_dropped,
             cpu_percent=self.timer.cpu_percent(),
             rss_mb=self.timer.rss_mb(),
             uptime_s=self.timer.uptime_s(),
