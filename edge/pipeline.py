@@ -21,7 +21,6 @@ from edge.boxes import normalized
 from edge.capture import Frame, FrameGrabber
 from edge.classifier import ExpressionModel
 from edge.config import Config
-from edge.errors import UserError
 from edge.faces import Detector
 from edge.payloads import event_payload, state_payload, stats_payload
 from edge.publisher import Publisher
@@ -32,9 +31,6 @@ from edge.tracker import Detection, Tracker, TrackEvent
 
 logger = logging.getLogger(__name__)
 
-# A fault found while running is no config error: exit with EX_TEMPFAIL, which the unit restarts (it
-# does not restart status 2, kept for faults found before the loop that a restart cannot fix).
-RUNTIME_FAULT_EXIT = 75
 DRAIN_TIMEOUT_S = 10.0  # at the end of a finite source, wait this long for the broker to take the spool
 STATE_REFRESH_S = 60.0  # republish the retained state at least this often while nothing changes
 
@@ -99,9 +95,6 @@ class Daemon:
         )
         try:
             self._loop()
-        except UserError as exc:
-            logger.error("%s", exc)
-            return RUNTIME_FAULT_EXIT
         finally:
             self._shutdown()
         return 0
