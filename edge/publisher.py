@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 IDLE_WAKE_S = 1.0  # the worker also looks at the spool this often without being woken
 
 SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason: another client connected with our client id
-# MQTT 3.1.1 brokers just close the connection on a take-over: TAKEOVER_DROPS connections in a row that
+# Where the broker just closes the connection on a take-over, TAKEOVER_DROPS connections in a row that
 # each lasted under SHORT_CONNECTION_S, within TAKEOVER_WINDOW_S, are read as one.
 SHORT_CONNECTION_S = 10.0
 TAKEOVER_DROPS = 3
@@ -373,9 +373,10 @@ class Publisher:
 
     def _taken_over(self, reason: mqtt.ReasonCode, now: float) -> bool:
         """Whether another client with our client id pushed us off; logged once, with the fix."""
-        # MQTT 5 names the reason; under 3.1.1 short connections in a row, each followed by a reconnect that
-        # worked at once (a broker that went away refuses the first attempts), tell a take-over apart.
-        if self.settings.protocol != "5" and now - self._connected_at < SHORT_CONNECTION_S:
+        # MQTT 5 brokers may name the reason. Others (MQTT 3.1.1, mosquitto 2.0.11 also under 5) just close
+        # the connection: short connections in a row, each followed by a reconnect that worked at once (a
+        # broker that went away refuses the first attempts), tell a take-over apart.
+        if now - self._connected_at < SHORT_CONNECTION_S:
             self._short_drops.append(now)
         else:
             self._short_drops.clear()
