@@ -31,12 +31,12 @@ from fer_frames import FER, FRAME, SHARED, YUNET, face_frame
 
 from edge.analyzer import FrameAnalyzer
 from edge.classifier import ExpressionModel
+from edge.contract import CANONICAL_LABELS
 from edge.faces import make_detector
 from edge.locations import default_model
 from edge.stats import StageTimer
 from quantize.datasets import load_dataset
 from quantize.ferplus import majority_labels, read_votes
-from quantize.labels import CANONICAL_LABELS
 
 FERPLUS = SHARED / "data" / "ferplus" / "fer2013_ferplus_votes.csv.gz"
 WILD = SHARED / "data" / "wild"
@@ -125,7 +125,10 @@ def wild_source() -> FaceSource:
             raise SystemExit(f"cannot read {WILD / rows[i]['path']}")
         return image
 
-    return FaceSource(f"wild ({len(rows)} photos)", labels, read, lambda i: letterbox(read(i)))
+    def as_crop(i: int) -> np.ndarray:  # the model takes RGB crops, as crop_face hands them over
+        return cv2.cvtColor(read(i), cv2.COLOR_BGR2RGB)
+
+    return FaceSource(f"wild ({len(rows)} photos)", labels, as_crop, lambda i: letterbox(read(i)))
 
 
 def alone(model: ExpressionModel, source: FaceSource) -> Score:

@@ -18,6 +18,7 @@ from typing import Any, get_type_hints
 
 from edge.config_sections import (
     DetectorSection,
+    HomeAssistantSection,
     LogSection,
     ModelSection,
     MqttSection,
@@ -28,6 +29,7 @@ from edge.config_sections import (
     StatsSection,
     TrackingSection,
 )
+from edge.discovery import DIAGNOSTICS, HA_STATUS_TOPIC
 from edge.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -47,7 +49,7 @@ class Key:
     default: Any
     allowed: str = ""  # human text used in error messages
     check: Callable[[Any], bool] | None = None
-    choices: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()  # for a list: what its items may be
 
 
 def _positive(x: float) -> bool:
@@ -73,6 +75,11 @@ def _topic_prefix(s: str) -> bool:
 
 
 TOPIC_PREFIX = "a topic prefix without + or #, not starting with $ or / and not ending with /"
+
+
+def _expiry(x: int) -> bool:
+    # The daemon refreshes the retained state at least once a minute while frames flow.
+    return x == 0 or x > 60
 
 
 SCHEMA: dict[str, dict[str, Key]] = {
@@ -133,6 +140,20 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "discovery": Key(bool, True, "true or false"),
         "discovery_prefix": Key(str, "homeassistant", TOPIC_PREFIX, _topic_prefix),
     },
+    "homeassistant": {
+        "name": Key(str, "", "the device's name in Home Assistant (empty: the device id)"),
+        "suggested_area": Key(str, "", "an area name such as Living Room (empty: none)"),
+        "expire_after_s": Key(int, 180, "0 (never) or more than 60 seconds", _expiry),
+        "diagnostics": Key(list, tuple(DIAGNOSTICS), choices=tuple(DIAGNOSTICS)),
+        "device_triggers": Key(bool, True, "true or false"),
+        "status_topic": Key(str, HA_STATUS_TOPIC, "Home Assistant's birth message topic (empty: do not listen)"),
+        "support_url": Key(
+            str,
+            "",
+            "an http:// or https:// URL (empty: none)",
+            lambda s: not s or s.startswith(("http://", "https://")),
+        ),
+    },
     "spool": {
         "dir": Key(str, "", "a writable folder (empty: $STATE_DIRECTORY or ~/.local/state/edge-mood)"),
         "max_events": Key(int, 100_000, "a positive number", _positive),
@@ -159,6 +180,7 @@ class Config:
     model: ModelSection
     tracking: TrackingSection
     mqtt: MqttSection
+    homeassistant: HomeAssistantSection
     spool: SpoolSection
     stats: StatsSection
     service: ServiceSection
@@ -214,6 +236,8 @@ def _bad(section: str, key: str, value: Any, allowed: str) -> ConfigError:
 def _coerce(section: str, key: str, spec: Key, value: Any) -> Any:
     """Turn a TOML, environment or CLI value into the key's type, or fail naming the key."""
     allowed = spec.allowed or (f"one of {', '.join(spec.choices)}" if spec.choices else spec.kind.__name__)
+    if spec.kind is list:
+        return _coerce_list(section, key, spec, value)
     if isinstance(value, str) and spec.kind is not str:
         text = value.strip().lower()
         try:
@@ -236,6 +260,19 @@ def _coerce(section: str, key: str, spec: Key, value: Any) -> Any:
     if spec.check and not spec.check(value):
         raise _bad(section, key, value, allowed)
     return value
+
+
+def _coerce_list(section: str, key: str, spec: Key, value: Any) -> tuple[str, ...]:
+    """A TOML array of strings, or the same as one comma-separated string (environment, --set)."""
+    items = [item.strip() for item in value.split(",") if item.strip()] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(item, str) for item in items):
+        raise _bad(section, key, value, 'a list of names, e.g. ["fps", "cpu_percent"]')
+    unknown = [item for item in items if spec.choices and item not in spec.choices]
+    if unknown:
+        raise ConfigError(
+            f"config {section}.{key}: {', '.join(map(repr, unknown))} unknown; choose from {', '.join(spec.choices)}"
+        )
+    return tuple(items)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -73,6 +73,16 @@ class MqttSection(Section):
     discovery_prefix: str
 
 
+class HomeAssistantSection(Section):
+    name: str
+    suggested_area: str
+    expire_after_s: int
+    diagnostics: list
+    device_triggers: bool
+    status_topic: str
+    support_url: str
+
+
 class SpoolSection(Section):
     dir: str
     max_events: int

@@ -14,6 +14,10 @@ Ordering and no loss:
 - a restarted process re-sends everything still in the spool, so a consumer sees every event at least
   once and in seq order after dropping seqs it already has.
 
+Home Assistant discovery configs go out retained after the birth message on every connect, and again
+whenever Home Assistant announces itself "online" on its status topic (it restarted, or its broker lost
+the retained configs).
+
 Faults of the broker's setup that would otherwise show only as a reconnect loop get one line each: another
 client taking over our client id (session take-over) and a broker port that speaks TLS while we do not.
 """
@@ -32,7 +36,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from edge.discovery import discovery_messages
+from edge.discovery import HomeAssistantOptions, discovery_messages, node_id, retired_topics
 from edge.errors import UserError
 from edge.mqtt_client import MqttSettings, make_client, speaks_tls
 from edge.spool import Spool
@@ -55,18 +59,24 @@ TAKEOVER_WINDOW_S = 120.0
 class Publisher:
     """Owns the broker connection of the daemon. Start once, stop once.
 
-    `labels` and `model` only enrich the Home Assistant discovery configs.
+    `labels`, `model` and `home_assistant` only shape the Home Assistant discovery configs.
     """
 
-    def __init__(self, settings: MqttSettings, spool: Spool, *, labels: Sequence[str] = (), model: str | None = None):
+    def __init__(
+        self,
+        settings: MqttSettings,
+        spool: Spool,
+        *,
+        labels: Sequence[str] = (),
+        model: str | None = None,
+        home_assistant: HomeAssistantOptions | None = None,
+    ):
+        home_assistant = home_assistant or HomeAssistantOptions()
         self.settings = settings
         self.spool = spool
         self.topics: Topics = settings.topics
-        self._discovery = (
-            discovery_messages(self.topics, discovery_prefix=settings.discovery_prefix, labels=labels, model=model)
-            if settings.discovery
-            else []
-        )
+        self._discovery = _discovery_payloads(settings, labels, model, home_assistant) if settings.discovery else []
+        self._ha_status_topic = home_assistant.status_topic if settings.discovery else ""
         self._client = make_client(settings, settings.daemon_client_id)
         self._client.will_set(self.topics.status, OFFLINE, qos=1, retain=True)
         # paho's hint says int, but it only adds the delay to a clock: fractions of a second work.
@@ -77,6 +87,7 @@ class Publisher:
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
+        self._client.on_message = self._on_ha_status
 
         self._cond = threading.Condition()
         self._kick = False
@@ -98,6 +109,7 @@ class Publisher:
         self._short_drops: deque[float] = deque(maxlen=TAKEOVER_DROPS)  # when short-lived connections ended
         self._takeover_reported = False
         self._quiet_reconnect = False  # after a reported take-over, its reconnects are not news
+        self._rediscover = False  # Home Assistant came online: send the discovery configs again
 
         # Worker-thread state.
         self._inflight: dict[int, int] = {}  # mid -> seq
@@ -122,7 +134,9 @@ class Publisher:
             self.settings.prefix,
             self.settings.device_id,
             self.settings.daemon_client_id,
-            "" if self.settings.discovery else ", Home Assistant discovery off",
+            f", Home Assistant discovery under {self.settings.discovery_prefix}/+/{node_id(self.topics)}/"
+            if self.settings.discovery
+            else ", Home Assistant discovery off",
         )
         self._outage_since = time.monotonic()
         self._announce_backlog = self.spool.depth > 0
@@ -219,6 +233,7 @@ class Publisher:
                     return
                 self._warn_about_drops()
                 if self.connected:
+                    self._send_discovery_again()
                     self._send_state()
                     self._send_events()
                 self._last_error = None
@@ -286,6 +301,17 @@ class Publisher:
         if dirty and payload is not None:
             self._client.publish(self.topics.state, payload, qos=self.settings.qos, retain=True)
 
+    def _send_discovery_again(self) -> None:
+        with self._cond:
+            due, self._rediscover = self._rediscover, False
+        if due:
+            logger.info("Home Assistant is online (%s): discovery configs sent again", self._ha_status_topic)
+            self._publish_discovery()
+
+    def _publish_discovery(self) -> None:
+        for topic, payload in self._discovery:
+            self._client.publish(topic, payload, qos=1, retain=True)
+
     def _send_events(self) -> None:
         free = self.settings.inflight - len(self._inflight)
         if free <= 0:
@@ -342,8 +368,9 @@ class Publisher:
         # Birth first: its acknowledgement tells the worker that paho's re-sends are out (see module doc).
         info = client.publish(self.topics.status, ONLINE, qos=1, retain=True)
         self._birth = (info.mid, generation)
-        for topic, config in self._discovery:
-            client.publish(topic, json.dumps(config), qos=1, retain=True)
+        self._publish_discovery()
+        if self._ha_status_topic:
+            client.subscribe(self._ha_status_topic, qos=1)
 
     def _on_connect_fail(self, _client: mqtt.Client, _userdata) -> None:
         self._short_drops.clear()  # the broker is away: not a take-over
@@ -407,6 +434,15 @@ class Publisher:
             f"mqtt.port, mqtt.protocol and mqtt.tls against the broker's listener; retrying"
         )
 
+    def _on_ha_status(self, _client: mqtt.Client, _userdata, message: mqtt.MQTTMessage) -> None:
+        # A retained "online" (where Home Assistant's birth is set to retain) comes with every connect, which
+        # sends the configs anyway; a live one means Home Assistant has just (re)started.
+        if message.topic == self._ha_status_topic and message.payload == ONLINE.encode() and not message.retain:
+            with self._cond:
+                self._rediscover = True
+                self._kick = True
+                self._cond.notify_all()
+
     def _on_publish(self, _client: mqtt.Client, _userdata, mid: int, reason: mqtt.ReasonCode | None, _props) -> None:
         self._acks.put((mid, reason))
         self.wake()
@@ -419,3 +455,14 @@ class Publisher:
             logger.log(level, "%s", line)
             self._outage_logged = True
             self._announce_backlog = True
+
+
+def _discovery_payloads(
+    settings: MqttSettings, labels: Sequence[str], model: str | None, options: HomeAssistantOptions
+) -> list[tuple[str, bytes]]:
+    """The retained discovery messages: every config, then an empty payload (which removes the entity from
+    Home Assistant) for each entity the user switched off."""
+    prefix = settings.discovery_prefix
+    configs = discovery_messages(settings.topics, discovery_prefix=prefix, labels=labels, model=model, options=options)
+    retired = retired_topics(settings.topics, discovery_prefix=prefix, labels=labels, options=options)
+    return [(topic, json.dumps(config).encode()) for topic, config in configs] + [(topic, b"") for topic in retired]

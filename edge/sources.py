@@ -20,12 +20,12 @@ from urllib.parse import urlsplit, urlunsplit
 import cv2
 import numpy as np
 
+from edge.contract import IMAGE_SUFFIXES
 from edge.errors import SourceError
 from edge.frame_limit import FrameTooLarge, decode_bounded, limit_text, shrunk
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"})
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 # FFmpeg would otherwise wait ~30 s on a dead stream before the grabber can start its back-off.
 STREAM_TIMEOUT_MS = 10_000

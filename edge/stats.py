@@ -7,6 +7,9 @@ import resource
 import time
 from collections import defaultdict, deque
 
+# The stages the daemon times, in the order a frame meets them (Home Assistant's diagnostics list them).
+STAGES = ("capture_wait", "detect", "crop", "classify", "track", "publish", "total")
+
 
 class StageTimer:
     """Keeps the last `window` durations of each stage and the frame completion times."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from edge.capture import FrameGrabber
 from edge.classifier import ExpressionModel
 from edge.config import Config
+from edge.discovery import HomeAssistantOptions
 from edge.faces import Detector, make_detector
 from edge.locations import default_model, model_dirs
 from edge.mqtt_client import MqttSettings
@@ -77,7 +78,13 @@ def build_daemon(config: Config, once: bool = False) -> Daemon:
     tracker = Tracker(model.labels, TrackerSettings(**config.tracking.as_dict()))
     grabber = frame_grabber(config)
     spool = open_spool(config)
-    publisher = Publisher(MqttSettings.from_config(config), spool, labels=model.labels, model=model.model_id)
+    publisher = Publisher(
+        MqttSettings.from_config(config),
+        spool,
+        labels=model.labels,
+        model=model.model_id,
+        home_assistant=HomeAssistantOptions(**config.homeassistant.as_dict()),
+    )
     return Daemon(
         config,
         model=model,

@@ -17,12 +17,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.contract import CANONICAL_LABELS, IMAGE_SUFFIXES
 from quantize.errors import QuantizeError
-from quantize.labels import CANONICAL_LABELS, map_label_name
+from quantize.labels import map_label_name
 from quantize.outputs import write_atomically
 
 SIZE = 48
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm"}
 # Requested split -> FER2013 Usage value.
 CSV_SPLITS = {"train": "Training", "test": "PublicTest", "private": "PrivateTest"}
 # Requested split -> folder names used by the public image-folder exports.
@@ -36,7 +36,10 @@ _CACHE_VERSION = "1"
 
 @dataclass
 class FaceSet:
-    """Grey 48x48 faces with canonical label indices."""
+    """Grey 48x48 faces with canonical label indices.
+
+    One hard label per face is the only label source so far. A source that gives each face a distribution over
+    the classes (annotator votes) would carry it beside `labels`, for the hard term of quantize.distill_loss."""
 
     images: np.ndarray  # uint8 (N, 48, 48)
     labels: np.ndarray  # int64 (N,), indices into CANONICAL_LABELS

@@ -155,7 +155,9 @@ def fold_batchnorm(model: Student) -> Student:
     folded = copy.deepcopy(model).eval()
     for module in folded.modules():
         if isinstance(module, ConvBN) and len(module) == 2:
-            fused = fuse_conv_bn_eval(module[0], module[1])
+            conv, bn = module[0], module[1]
+            assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+            fused = fuse_conv_bn_eval(conv, bn)
             del module[1]
             module[0] = fused
     return folded

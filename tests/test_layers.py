@@ -12,10 +12,22 @@ from pathlib import Path
 EDGE = Path(__file__).resolve().parents[1] / "edge"
 
 LAYERS = {
-    1: {"__init__", "errors", "config", "config_sections", "locations", "model_card", "boxes", "topics"}
+    1: {"__init__", "errors", "config", "config_sections", "locations", "contract", "boxes", "topics"}
     | {"payloads", "discovery", "tracker", "stats", "sdnotify"},
-    2: {"frame_limit", "sources", "capture", "faces", "crop", "classifier", "analyzer", "seq_mark", "spool"}
-    | {"mqtt_client", "publisher"},
+    2: {
+        "frame_limit",
+        "sources",
+        "capture",
+        "faces",
+        "crop",
+        "illumination",
+        "classifier",
+        "analyzer",
+        "seq_mark",
+        "spool",
+        "mqtt_client",
+        "publisher",
+    },
     3: {"wiring", "pipeline", "check", "bench", "tail", "cli", "__main__"},
 }
 LAYER_OF = {module: layer for layer, modules in LAYERS.items() for module in modules}

@@ -206,6 +206,7 @@ def log_tail(log: Path) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-25:])
 
 
+@pytest.mark.slow
 def test_ready_watchdog_stall_recovery_and_clean_stop(broker, subscriber, stream, workdir):
     state_dir = workdir / "state"
     state_dir.mkdir()

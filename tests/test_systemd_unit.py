@@ -229,6 +229,7 @@ def run_installer(root: Path, *args: str, script: Path = INSTALL) -> subprocess.
     return subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_installer_installs_once_and_keeps_an_edited_config(tmp_path, wheel, yunet_file):
     root = tmp_path / "root"
     yunet, digest = yunet_file

@@ -9,14 +9,16 @@ set -euo pipefail
 
 PASSWD=${MOSQUITTO_PASSWD_FILE:-/etc/mosquitto/passwd}
 ACL=${MOSQUITTO_ACL_FILE:-/etc/mosquitto/edge-mood.acl}
-DISCOVERY_PREFIX=${EDGE_MOOD_DISCOVERY_PREFIX:-homeassistant}
+PREFIX=${EDGE_MOOD_TOPIC_PREFIX:-edge-mood}                   # mqtt.prefix of the devices
+DISCOVERY_PREFIX=${EDGE_MOOD_DISCOVERY_PREFIX:-homeassistant}  # mqtt.discovery_prefix
 
 die() { printf 'add-device: error: %s\n' "$*" >&2; exit 2; }
 
 device=${1:-}
 [ -n "$device" ] || die "usage: $0 DEVICE_ID"
-[[ $device =~ ^[a-z0-9_]+$ ]] ||
-    die "device id '$device': use lowercase letters, digits and _ (it is also the Home Assistant id)"
+# Such an id is its own Home Assistant slug, which the node id below is built from (edge/discovery.py).
+[[ $device =~ ^[a-z0-9]+(_[a-z0-9]+)*$ ]] ||
+    die "device id '$device': use lowercase letters and digits, words joined by single _"
 case $device in
     homeassistant | consumer) die "'$device' is a consumer login in $ACL; pick another device id" ;;
 esac
@@ -31,8 +33,10 @@ else
     mosquitto_passwd "${create[@]}" "$PASSWD" "$device"
 fi
 
+# The node id names the device's discovery topics: edge_mood_<slug>_<sha256 of "<prefix>/<device>", 8 hex>.
+digest=$(printf '%s' "$PREFIX/$device" | sha256sum | cut -c1-8)
+node="edge_mood_${device}_${digest}"
 if ! grep -qx "user $device" "$ACL"; then
-    printf '\nuser %s\ntopic write %s/sensor/%s_mood/config\ntopic write %s/sensor/%s_faces/config\n' \
-        "$device" "$DISCOVERY_PREFIX" "$device" "$DISCOVERY_PREFIX" "$device" >>"$ACL"
+    printf '\nuser %s\ntopic write %s/+/%s/+/config\n' "$device" "$DISCOVERY_PREFIX" "$node" >>"$ACL"
 fi
 printf 'add-device: %s can log in and write edge-mood/%s/*; reload mosquitto to apply\n' "$device" "$device"
