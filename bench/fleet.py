@@ -46,6 +46,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests/scenes.py makes the frames
 
+from edge.discovery import discovery_messages  # noqa: E402
+from edge.locations import default_model  # noqa: E402
+from edge.topics import Topics  # noqa: E402
 from tests.scenes import SHARED, YUNET, Segment, write_images  # noqa: E402
 
 MOSQUITTO_DOCS = REPO / "docs" / "mosquitto"
@@ -303,6 +306,10 @@ def main() -> int:
     acl = not args.anonymous
     work = Path(tempfile.mkdtemp(prefix="edge-fleet-"))
     devices = device_ids(args.daemons)
+    labels = json.loads(default_model().with_suffix(".json").read_text())["labels"]
+    expected_discovery = sorted(
+        topic for device in devices for topic, _ in discovery_messages(Topics("edge-mood", device), labels=labels)
+    )
     frames = work / "frames"
     write_scene(frames, args.fps, args.seconds + args.daemons)
     broker, port, broker_log = start_broker(work, devices, acl)
@@ -356,8 +363,8 @@ def main() -> int:
         retained = read_retained(
             port,
             acl,
-            ["edge-mood/+/status", "edge-mood/+/state", "homeassistant/#"],
-            len(devices) * 4,
+            ["edge-mood/+/status", "edge-mood/+/state", "homeassistant/+/+/+/config"],
+            2 * len(devices) + len(expected_discovery),
         )
     finally:
         for daemon in daemons.values():
@@ -388,8 +395,8 @@ def main() -> int:
         problems.append(f"status not offline: {[d for d in devices if statuses.get(d) != b'offline']}")
     if len(states) != len(devices):
         problems.append(f"retained state for {len(states)} of {len(devices)} devices")
-    if len(discovery) != 2 * len(devices):
-        problems.append(f"{len(discovery)} discovery configs for {len(devices)} devices")
+    if sorted(discovery) != expected_discovery:
+        problems.append(f"{len(discovery)} discovery configs, expected {len(expected_discovery)}")
     if any(code != 0 for code in exit_codes.values()):
         problems.append(f"exit codes: {Counter(map(str, exit_codes.values()))}")
     for device in devices:
@@ -419,7 +426,7 @@ def main() -> int:
         ("cross-talk messages", str(len(monitor.foreign))),
         ("retained status offline", f"{sum(statuses.get(d) == b'offline' for d in devices)} / {len(devices)}"),
         ("retained state", f"{len(states)} / {len(devices)}"),
-        ("retained discovery configs", f"{len(discovery)} / {2 * len(devices)}"),
+        ("retained discovery configs", f"{len(discovery)} / {len(expected_discovery)}"),
         ("clean stop (exit 0)", f"{sum(c == 0 for c in exit_codes.values())} / {len(devices)} in {stop_s:.1f} s"),
         ("checks", "ok" if not problems else "FAILED: " + "; ".join(problems)),
     ]
