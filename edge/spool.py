@@ -141,7 +141,8 @@ class Spool:
                 "SELECT seq, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after, limit + len(self._unwritten_acks)),
             ).fetchall()
-        return [(seq, bytes(payload)) for seq, payload in rows if seq not in self._unwritten_acks][:limit]
+            unacked = [(seq, bytes(payload)) for seq, payload in rows if seq not in self._unwritten_acks]
+        return unacked[:limit]
 
     def ack_many(self, seqs: Iterable[int]) -> None:
         """The broker has these events: forget them, in one transaction (one fsync). Acking an unknown or
