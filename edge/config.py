@@ -69,6 +69,15 @@ def _port(x: int) -> bool:
     return 0 < x < 65536
 
 
+def _topic_prefix(s: str) -> bool:
+    # A wildcard cannot be published to, and brokers keep topics starting with $ for themselves
+    # (mosquitto drops a client that publishes there).
+    return bool(s) and not set("+#\0") & set(s) and not s.startswith(("$", "/")) and not s.endswith("/")
+
+
+TOPIC_PREFIX = "a topic prefix without + or #, not starting with $ or / and not ending with /"
+
+
 def _expiry(x: int) -> bool:
     # The daemon refreshes the retained state at least once a minute while frames flow.
     return x == 0 or x > 60
@@ -117,9 +126,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "host": Key(str, "localhost", "a host name or address"),
         "port": Key(int, 1883, "a port number 1-65535", _port),
         "protocol": Key(str, "5", choices=("5", "3.1.1")),
-        "prefix": Key(
-            str, "edge-mood", "a topic prefix without wildcards", lambda s: bool(s) and not set("+#") & set(s)
-        ),
+        "prefix": Key(str, "edge-mood", TOPIC_PREFIX, _topic_prefix),
         "device_id": Key(
             str,
             "",
@@ -136,7 +143,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "keepalive": Key(int, 30, "a positive number of seconds", _positive),
         "qos": Key(int, 1, "0, 1 or 2", lambda q: q in (0, 1, 2)),
         "discovery": Key(bool, True, "true or false"),
-        "discovery_prefix": Key(str, "homeassistant", "a topic prefix"),
+        "discovery_prefix": Key(str, "homeassistant", TOPIC_PREFIX, _topic_prefix),
     },
     "homeassistant": {
         "name": Key(str, "", "the device's name in Home Assistant (empty: the device id)"),
@@ -156,6 +163,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "dir": Key(str, "", "a writable folder (empty: $STATE_DIRECTORY or ~/.local/state/edge-mood)"),
         "max_events": Key(int, 100_000, "a positive number", _positive),
         "max_age_days": Key(float, 7.0, "a positive number of days", _positive),
+        "memory_events": Key(int, 10_000, "a positive number", _positive),
     },
     "stats": {
         "interval_s": Key(float, 30.0, "a positive number of seconds", _positive),

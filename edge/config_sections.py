@@ -89,6 +89,7 @@ class SpoolSection(Section):
     dir: str
     max_events: int
     max_age_days: float
+    memory_events: int
 
 
 class StatsSection(Section):

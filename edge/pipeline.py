@@ -207,8 +207,8 @@ class Daemon:
                 model=self.model.model_id,
                 extra=event.extra,
             )
-            seq = self.spool.append(payload)
-            logger.debug("event %d: %s track %d %s", seq, event.type, event.track_id, event.expression or "")
+            seq = self.spool.append(payload)  # None: held in memory until the spool can be written
+            logger.debug("event %s: %s track %d %s", seq, event.type, event.track_id, event.expression or "")
         self.publisher.wake()
 
     def _publish_state(self) -> None:
@@ -253,6 +253,8 @@ class Daemon:
             source_reconnects=self.grabber.reconnects,
             spool_depth=self.spool.depth,
             spool_dropped=self.spool.dropped,
+            spool_memory=self.spool.held,
+            spool_memory_dropped=self.spool.held_dropped,
             cpu_percent=self.timer.cpu_percent(),
             rss_mb=self.timer.rss_mb(),
             uptime_s=self.timer.uptime_s(),

@@ -17,6 +17,9 @@ Ordering and no loss:
 Home Assistant discovery configs go out retained after the birth message on every connect, and again
 whenever Home Assistant announces itself "online" on its status topic (it restarted, or its broker lost
 the retained configs).
+
+Faults of the broker's setup that would otherwise show only as a reconnect loop get one line each: another
+client taking over our client id (session take-over) and a broker port that speaks TLS while we do not.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import queue
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,7 +38,7 @@ import paho.mqtt.client as mqtt
 
 from edge.discovery import HomeAssistantOptions, discovery_messages, node_id, retired_topics
 from edge.errors import UserError
-from edge.mqtt_client import MqttSettings, make_client
+from edge.mqtt_client import MqttSettings, make_client, speaks_tls
 from edge.spool import Spool
 from edge.topics import OFFLINE, ONLINE, Topics
 
@@ -43,6 +47,13 @@ __all__ = ["MqttSettings", "Publisher"]
 logger = logging.getLogger(__name__)
 
 IDLE_WAKE_S = 1.0  # the worker also looks at the spool this often without being woken
+
+SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason: another client connected with our client id
+# Where the broker just closes the connection on a take-over, TAKEOVER_DROPS connections in a row that
+# each lasted under SHORT_CONNECTION_S, within TAKEOVER_WINDOW_S, are read as one.
+SHORT_CONNECTION_S = 10.0
+TAKEOVER_DROPS = 3
+TAKEOVER_WINDOW_S = 120.0
 
 
 class Publisher:
@@ -94,6 +105,10 @@ class Publisher:
         self._outage_since: float | None = None
         self._outage_logged = False
         self._announce_backlog = False
+        self._connected_at = 0.0
+        self._short_drops: deque[float] = deque(maxlen=TAKEOVER_DROPS)  # when short-lived connections ended
+        self._takeover_reported = False
+        self._quiet_reconnect = False  # after a reported take-over, its reconnects are not news
         self._rediscover = False  # Home Assistant came online: send the discovery configs again
 
         # Worker-thread state.
@@ -164,9 +179,10 @@ class Publisher:
         return len(self._inflight)
 
     def wait_drained(self, timeout: float) -> bool:
-        """Wait until the spool is empty (every event acknowledged); False on timeout."""
+        """Wait until the spool is empty (every event acknowledged) and no event waits in memory; False on
+        timeout."""
         with self._cond:
-            return self._cond.wait_for(lambda: self.spool.depth == 0, timeout)
+            return self._cond.wait_for(lambda: self.spool.depth == 0 and self.spool.held == 0, timeout)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Let in-flight events be acknowledged, publish the retained "offline", disconnect.
@@ -209,6 +225,7 @@ class Publisher:
                 self._kick = False
                 stopping = self._stopping
             try:
+                self.spool.retry()  # events and acks a full disk left in memory
                 self._handle_acks()
                 if stopping:
                     if self.connected:
@@ -335,7 +352,10 @@ class Publisher:
             self._generation += 1
             generation = self._generation
             self._up = True
-        if self._outage_logged and self._outage_since is not None:
+        self._connected_at = time.monotonic()
+        if self._quiet_reconnect:
+            logger.debug("MQTT: connected to broker %s again after a session take-over", self.settings.broker)
+        elif self._outage_logged and self._outage_since is not None:
             logger.info(
                 "MQTT: connected to broker %s again after %.0f s; %d events spooled meanwhile",
                 self.settings.broker,
@@ -353,6 +373,7 @@ class Publisher:
             client.subscribe(self._ha_status_topic, qos=1)
 
     def _on_connect_fail(self, _client: mqtt.Client, _userdata) -> None:
+        self._short_drops.clear()  # the broker is away: not a take-over
         exc = sys.exc_info()[1]  # paho calls this from inside its `except OSError`
         why = (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__) if exc else "no answer"
         self._log_outage(f"broker {self.settings.broker} unreachable ({why}); spooling events and retrying")
@@ -361,11 +382,57 @@ class Publisher:
         with self._conn_lock:
             self._generation += 1
             was_up, self._up = self._up, False
-        if self._stopping or not was_up:
+        if self._stopping:
             return
-        self._outage_since = time.monotonic()
+        if not was_up:  # closed before the broker answered CONNECT
+            if not self._outage_logged:
+                self._log_outage(self._handshake_failure())
+            return
+        now = time.monotonic()
+        self._outage_since = now
+        self._quiet_reconnect = self._taken_over(reason, now)
+        if self._quiet_reconnect:
+            logger.debug("MQTT: session taken over by another client with id %s", self.settings.daemon_client_id)
+            self._outage_logged = True
+            return
         why = "connection closed" if reason.value == 0x80 else str(reason)  # 0x80: paho's code for a socket error
         self._log_outage(f"lost connection to broker {self.settings.broker} ({why}); spooling events and retrying")
+
+    def _taken_over(self, reason: mqtt.ReasonCode, now: float) -> bool:
+        """Whether another client with our client id pushed us off; logged once, with the fix."""
+        # MQTT 5 brokers may name the reason. Others (MQTT 3.1.1, mosquitto 2.0.11 also under 5) just close
+        # the connection: short connections in a row, each followed by a reconnect that worked at once (a
+        # broker that went away refuses the first attempts), tell a take-over apart.
+        if now - self._connected_at < SHORT_CONNECTION_S:
+            self._short_drops.append(now)
+        else:
+            self._short_drops.clear()
+        flapping = len(self._short_drops) == TAKEOVER_DROPS and now - self._short_drops[0] < TAKEOVER_WINDOW_S
+        if reason.value != SESSION_TAKEN_OVER and not flapping:
+            return False
+        if not self._takeover_reported:
+            logger.error(
+                "broker %s keeps dropping this connection for another client with the same client id %s "
+                "(session take-over); give every device its own mqtt.device_id, and each device its own "
+                "broker login restricted by an ACL so no other client can use its id (docs/reliability.md)",
+                self.settings.broker,
+                self.settings.daemon_client_id,
+            )
+            self._takeover_reported = True
+        return True
+
+    def _handshake_failure(self) -> str:
+        """The line for a broker that closed the connection before answering CONNECT."""
+        settings = self.settings
+        if not settings.uses_tls and speaks_tls(settings.host, settings.port):
+            return (
+                f"broker {settings.broker} speaks TLS on port {settings.port} but mqtt.tls is off; set "
+                f"mqtt.tls = true (and mqtt.tls_ca if needed) or use the broker's plain port (1883); retrying"
+            )
+        return (
+            f"broker {settings.broker} closed the connection before answering the MQTT handshake; check "
+            f"mqtt.port, mqtt.protocol and mqtt.tls against the broker's listener; retrying"
+        )
 
     def _on_ha_status(self, _client: mqtt.Client, _userdata, message: mqtt.MQTTMessage) -> None:
         # A retained "online" (where Home Assistant's birth is set to retain) comes with every connect, which

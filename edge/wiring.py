@@ -116,6 +116,7 @@ def open_spool(config: Config) -> Spool:
         spool_path(config),
         max_events=config.spool.max_events,
         max_age_s=config.spool.max_age_days * 86400,
+        memory_events=config.spool.memory_events,
     )
 
 
