@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TextIO
 
@@ -65,20 +67,33 @@ def run_tail(
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe
     client.on_message = on_message
-    connect_or_raise(client, settings)
-    try:
-        client.loop_start()  # inside the try: a Ctrl-C right after the first message printed ends it cleanly too
-        while not done.wait(0.2):  # short waits so Ctrl-C is handled promptly
-            if stop is not None and stop.is_set():
-                break
-    except KeyboardInterrupt:
-        pass
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    with _ctrl_c_sets(done):
+        connect_or_raise(client, settings)
+        client.loop_start()
+        try:
+            while not done.wait(0.2):
+                if stop is not None and stop.is_set():
+                    break
+        finally:
+            client.disconnect()
+            client.loop_stop()
     if refused:
         raise refused_error(settings, refused[0])
     return 0
+
+
+@contextmanager
+def _ctrl_c_sets(done: threading.Event) -> Iterator[None]:
+    """Ctrl-C (SIGINT) sets `done` instead of raising KeyboardInterrupt wherever the main thread happens to
+    be, which could be inside a lock that paho's thread needs; off the main thread, signals are left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda _signum, _frame: done.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def raw_line(msg: mqtt.MQTTMessage) -> str:
