@@ -6,10 +6,10 @@ FerPackageModel offers what the bench asks of an ExpressionModel (`card`, `predi
 labels in FER2013 order), so the daemon's FrameAnalyzer cuts its crops with crop_face and the card below.
 
 How fer itself feeds the model (FER.detect_emotions, fer 25.10): Haar box -> square of the longer side
--> 10 px added on each side -> cv2.resize to 64x64 -> grey/255, then (x - 0.5) * 2. Measured on 300 wild
-photos and 300 staged FER2013 frames, that square is 0.92x and 1.15x (medians) the longer side of YuNet's
-box, centred within about 3% of that side on the same point, so margin 0.0 (our shipped model's framing) is fer's own
-framing as closely as one margin can be, and the crops are the same as our model's, at 64x64.
+-> 10 px added on each side -> cv2.resize to 64x64 -> grey/255, then (x - 0.5) * 2. With Haar's box that
+square comes out close to the square on YuNet's box (a little smaller on the large wild faces, a little
+larger on the staged FER2013 faces, about the same centre), so the card below keeps margin 0.0, our shipped
+model's framing: both models read the same crops, fer's at 64x64.
 
 fer needs TensorFlow, which this project does not depend on: install both in a separate venv (PIP_HINT).
 fer's declared dependencies also pull in facenet-pytorch (with its own old torch) and opencv-contrib-python

