@@ -209,14 +209,14 @@ def build(opts: BuildOptions, log: Log = print) -> list[Path]:
     cache_dir = opts.cache_dir or default_cache_dir()
     data = load_training_data(opts.data, opts.quantize.eval_split, opts.faces, cache_dir, log)
     train, eval_faces = data.train, data.eval
-    assert eval_faces is not None, "an eval split was asked for"
+    assert eval_faces is not None and data.teacher_eval is not None, "an eval split was asked for"
     log(f"data {opts.data}: {len(train)} training faces, {len(eval_faces)} {opts.quantize.eval_split} faces")
     teachers = [
         load_teacher(spec, device=opts.device, precision=opts.teacher_precision, trust_pickle=opts.trust_pickle)
         for spec in opts.teachers
     ]
     loaded = [(t, file_sha256(t.path)) for t in teachers]
-    accuracies = [teacher_accuracy(t, sha, eval_faces, cache_dir, log) for t, sha in loaded]
+    accuracies = [teacher_accuracy(t, sha, data.teacher_eval, cache_dir, log) for t, sha in loaded]
     for (t, _), acc in zip(loaded, accuracies):
         log(f"teacher {t.describe()}: top-1 {acc * 100:.2f}% on {eval_faces.split} (flip-averaged)")
 
@@ -229,6 +229,7 @@ def build(opts: BuildOptions, log: Log = print) -> list[Path]:
         device=opts.device,
         progress=opts.progress,
         log=log,
+        teacher_faces=data.teacher_train,
     )
     meta = student_meta(result, data.faces_record())
 

@@ -163,6 +163,7 @@ def run_distill(args: argparse.Namespace) -> int:
         device=device,
         progress=sys.stderr.isatty(),
         log=log,
+        teacher_faces=data.teacher_train,
     )
     save_student(args.out, result, dataset_record(args.data, {"train": data.train}), data.faces_record())
     kept = (

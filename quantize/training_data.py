@@ -29,6 +29,10 @@ class FaceOptions:
 class TrainingData:
     train: FaceSet
     eval: FaceSet | None
+    # The same faces as the data set holds them, for the teachers: they answer best on the framing they were
+    # trained on (the student's faces above may be aligned).
+    teacher_train: FaceSet
+    teacher_eval: FaceSet | None
     labels: dict[str, Any]  # the card's record of the label source
     align_template: list[list[float]] | None  # landmark template as fractions of the face side, when aligned
     alignment: dict[str, Any] | None  # the card's record of the alignment
@@ -52,7 +56,8 @@ def load_training_data(
             f"weight {opts.votes_weight:g}"
         )
     if not opts.align:
-        return TrainingData(train, eval_faces, labels, None, None)
+        return TrainingData(train, eval_faces, train, eval_faces, labels, None, None)
+    originals = (train, eval_faces)
     yunet = _yunet(opts.yunet)
     train_points = detect_landmarks(train, yunet, cache_dir, log)
     template = landmark_template(train_points, train.images.shape[1])
@@ -60,7 +65,7 @@ def load_training_data(
     if eval_faces is not None:
         eval_faces = align_faces(eval_faces, detect_landmarks(eval_faces, yunet, cache_dir, log), template)
     alignment = {"detector": yunet.name, "template": template, "found": _found_share(train_points)}
-    return TrainingData(train, eval_faces, labels, template, alignment)
+    return TrainingData(train, eval_faces, *originals, labels, template, alignment)
 
 
 def _found_share(points: Any) -> float:

@@ -192,3 +192,30 @@ def test_a_build_with_votes_alignment_equalisation_and_logit_adjustment_tells_th
 
     crop = crop_face(frame, face, card).astype(int)
     assert np.abs(crop - region(10, 10)).mean() < 0.3 * np.abs(crop - region(20, 10)).mean()
+
+
+def test_teachers_answer_on_the_data_sets_own_faces_while_the_student_sees_its_own(tmp_path: Path) -> None:
+    """A teacher is most accurate on the framing it was trained on, so with aligned student faces its targets
+    come from the original faces: the logit cache holds those, and nothing for the student's faces."""
+    from edge.contract import file_sha256
+    from quantize.datasets import FaceSet, stratified_split
+    from quantize.distill import distill
+    from quantize.distill_config import DistillConfig
+    from quantize.teacher_targets import teacher_logits
+    from quantize.teachers import load_teacher
+    from tests.quantize_support import save_teachers, train_tiny_teacher
+
+    images, labels = synthetic_faces(30, seed=4)
+    original = FaceSet(images, labels, "synthetic", "train")
+    shifted = FaceSet(np.roll(images, 3, axis=2), labels, "synthetic", "train")  # stands in for aligned faces
+    teacher = load_teacher(save_teachers(tmp_path / "t", train_tiny_teacher(images, labels))["torchscript"])
+    sha = file_sha256(teacher.path)
+    cfg = DistillConfig(student="xs", epochs=1, batch_size=32, augment="none")
+    distill(shifted, [(teacher, sha)], cfg, cache_dir=tmp_path / "cache", progress=False, log=lambda _: None,
+            teacher_faces=original)  # fmt: skip
+    cached = sorted((tmp_path / "cache").glob("*.npz"))
+    assert len(cached) == 1
+    seen = []
+    teacher_logits(teacher, sha, stratified_split(original, cfg.val_fraction, cfg.seed)[0], tmp_path / "cache",
+                   log=seen.append)  # fmt: skip
+    assert seen == [] and sorted((tmp_path / "cache").glob("*.npz")) == cached  # answered from the cache
