@@ -27,8 +27,15 @@ import numpy as np
 import onnxruntime as ort
 
 from edge.contract import file_sha256, save_card
+from quantize.calibration import (
+    expected_calibration_error,
+    exported_logits,
+    fit_temperature,
+    softmax,
+    with_temperature,
+)
 from quantize.card import dataset_record, exported_card, metrics_section, student_section, with_variants
-from quantize.datasets import FaceSet
+from quantize.datasets import FaceSet, stratified_split
 from quantize.distill import distill
 from quantize.distill_config import DistillConfig
 from quantize.errors import QuantizeError
@@ -82,6 +89,7 @@ class BuildOptions:
     exporter: str = "auto"
     flip_average: bool = False
     zoom_views: tuple[float, ...] = ()
+    calibrate: bool = True  # fit a temperature on the hold-out faces (quantize.calibration)
     progress: bool = True
 
 
@@ -198,6 +206,33 @@ def teacher_accuracy(teacher: Teacher, sha256: str, faces: FaceSet, cache_dir: P
     return float((predicted == faces.labels[known]).mean())
 
 
+def _calibrated(
+    model: Student, train: FaceSet, meta: dict[str, Any], opts: BuildOptions, log: Log
+) -> tuple[Student, dict[str, Any] | None]:
+    """The student with its confidence calibrated on the hold-out faces, and the card's record of it (None
+    when there are no hold-out faces or calibration is off)."""
+    cfg = opts.distill
+    if not opts.calibrate or cfg.val_fraction <= 0:
+        return model, None
+    held_out = stratified_split(train, cfg.val_fraction, cfg.seed)[1]
+    labels = held_out.target_distributions().argmax(axis=1)
+    logits = exported_logits(
+        model, student_inputs(held_out.images, meta), meta["input_size"], opts.flip_average, opts.zoom_views
+    )
+    temperature = fit_temperature(logits, labels)
+    before = expected_calibration_error(softmax(logits), labels)
+    after = expected_calibration_error(softmax(logits / temperature), labels)
+    log(f"calibration: temperature {temperature:.3f} on {len(labels)} hold-out faces, ECE {before:.3f} -> {after:.3f}")
+    record = {
+        "temperature": round(temperature, 4),
+        "faces": len(labels),
+        "fitted_on": held_out.split,
+        "ece_before": round(before, 4),
+        "ece_after": round(after, 4),
+    }
+    return with_temperature(model, temperature), record
+
+
 # ---------------------------------------------------------------- the whole chain
 
 
@@ -232,11 +267,12 @@ def build(opts: BuildOptions, log: Log = print) -> list[Path]:
         teacher_faces=data.teacher_train,
     )
     meta = student_meta(result, data.faces_record())
+    model, calibration = _calibrated(result.model, train, meta, opts, log)
 
     with StagedOutputs(folder) as staging:
         sample = student_inputs(eval_faces.images[:64], meta)
         fp32, export_report = export_step(
-            result.model, staging, name, sample, opts.exporter, log, opts.flip_average, opts.zoom_views
+            model, staging, name, sample, opts.exporter, log, opts.flip_average, opts.zoom_views
         )
         card = exported_card(meta, name, fp32, opts.crop_margin, opts.flip_average, opts.zoom_views)
         outcome = int8_step(
@@ -249,6 +285,7 @@ def build(opts: BuildOptions, log: Log = print) -> list[Path]:
             "teachers": [{**record, "accuracy": round(acc, 4)} for record, acc in zip(result.teachers, accuracies)],
             "dataset": dataset_record(opts.data, {"train": train, "eval": eval_faces}),
             "distillation": result.settings,
+            "calibration": calibration,
             "quantization": {
                 **outcome.quantization,
                 "exporter": export_report.exporter,

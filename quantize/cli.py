@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--crop-margin", type=float, default=0.1, help="card crop margin (default %(default)s)")
     p.add_argument("--exporter", default="auto", choices=("auto", "dynamo", "legacy"), help="default %(default)s")
+    p.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="keep the student's own confidence instead of fitting a temperature on the hold-out faces",
+    )
     add_test_time_view_options(p)
     p.set_defaults(func=commands.run_build)
     return parser

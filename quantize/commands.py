@@ -281,6 +281,7 @@ def run_build(args: argparse.Namespace) -> int:
         exporter=args.exporter,
         flip_average=args.flip_average,
         zoom_views=tuple(args.zoom_view),
+        calibrate=not args.no_calibrate,
         progress=sys.stderr.isatty(),
     )
     for path in build(opts, log):

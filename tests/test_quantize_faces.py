@@ -181,6 +181,7 @@ def test_a_build_with_votes_alignment_equalisation_and_logit_adjustment_tells_th
     assert card.align_template is not None and card.raw["alignment"]["found"] > 0.7
     assert card.raw["labels_source"]["kind"] == "votes" and card.raw["labels_source"]["weight"] == 0.5
     assert card.raw["distillation"]["logit_adjust"] == 1.0 and card.raw["distillation"]["augment"] == "camera"
+    assert card.raw["calibration"]["temperature"] > 0 and card.raw["calibration"]["faces"] > 0
     # The daemon's crop of a face with landmarks now follows the card's template.
     face = Face(box=(10.0, 10.0, 100.0, 100.0), score=1.0, landmarks=np.array(card.align_template) * 100 + 10)
     noise = np.random.default_rng(0).integers(0, 256, (160, 160, 3), dtype=np.uint8)
@@ -219,3 +220,26 @@ def test_teachers_answer_on_the_data_sets_own_faces_while_the_student_sees_its_o
     teacher_logits(teacher, sha, stratified_split(original, cfg.val_fraction, cfg.seed)[0], tmp_path / "cache",
                    log=seen.append)  # fmt: skip
     assert seen == [] and sorted((tmp_path / "cache").glob("*.npz")) == cached  # answered from the cache
+
+
+def test_a_fitted_temperature_makes_confidence_match_accuracy_without_changing_any_answer() -> None:
+    from quantize.calibration import expected_calibration_error, fit_temperature, softmax, with_temperature
+    from quantize.student import build_student
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 7, 3000)
+    # Logits whose softmax is twice as sure as it should be: the true temperature is 2.
+    true = rng.normal(0, 1.0, (3000, 7))
+    true[np.arange(3000), labels] += 1.5
+    sampled = np.array([rng.choice(7, p=p) for p in softmax(true)])
+    overconfident = 2.0 * true
+    temperature = fit_temperature(overconfident, sampled)
+    assert temperature == pytest.approx(2.0, rel=0.1)
+    before = expected_calibration_error(softmax(overconfident), sampled)
+    after = expected_calibration_error(softmax(overconfident / temperature), sampled)
+    assert after < 0.5 * before
+    student = build_student("xs").eval()
+    x = torch.from_numpy(rng.normal(0, 1, (8, 1, 48, 48)).astype(np.float32))
+    with torch.no_grad():
+        plain, scaled = student(x), with_temperature(student, 2.5)(x)
+    assert torch.allclose(scaled, plain / 2.5, atol=1e-5) and torch.equal(scaled.argmax(1), plain.argmax(1))
