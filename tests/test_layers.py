@@ -14,7 +14,7 @@ EDGE = Path(__file__).resolve().parents[1] / "edge"
 LAYERS = {
     1: {"__init__", "errors", "config", "config_sections", "locations", "model_card", "boxes", "topics"}
     | {"payloads", "discovery", "tracker", "stats", "sdnotify"},
-    2: {"sources", "capture", "faces", "crop", "classifier", "analyzer", "spool", "mqtt_client", "publisher"},
+    2: {"sources", "capture", "faces", "follow", "crop", "classifier", "analyzer", "spool", "mqtt_client", "publisher"},
     3: {"wiring", "pipeline", "check", "bench", "tail", "cli", "__main__"},
 }
 LAYER_OF = {module: layer for layer, modules in LAYERS.items() for module in modules}
