@@ -83,7 +83,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "min_face_px": Key(int, 24, "a positive number of pixels", _positive),
         "detect_every": Key(int, 5, "a positive number of frames", _positive),
         "adaptive_width": Key(bool, False, "true or false"),
-        "idle_fps": Key(float, 5.0, "a number of frames per second >= 0 (0: every frame)", _non_negative),
+        "idle_fps": Key(float, 3.0, "a number of frames per second >= 0 (0: every frame)", _non_negative),
         "threads": Key(int, 1, "a number >= 0 (0: OpenCV's default, one per core)", _non_negative),
     },
     "model": {
