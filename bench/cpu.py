@@ -68,6 +68,8 @@ MAIN_DEFAULTS = {  # the defaults on main before this change, spelled out
     "detector.idle_fps": "0",
 }
 THREAD_KEYS = {"model.threads", "model.spin_wait", "detector.threads"}
+# The no-face clip with (almost) nothing analysed: what reading frames and the daemon's threads cost alone.
+FLOOR = {"detector.idle_fps": "0.01"}
 VARIANTS: dict[str, dict[str, str]] = {
     "main defaults": MAIN_DEFAULTS,
     "main, onnxruntime not spinning": {**MAIN_DEFAULTS, "model.spin_wait": "false"},
@@ -262,7 +264,7 @@ def cadence_key(settings: dict[str, str]) -> tuple:
     return tuple(sorted((k, v) for k, v in settings.items() if k not in THREAD_KEYS))
 
 
-def print_tables(rows: dict[str, Row], face_px: int, yunet_ms: float) -> None:
+def print_tables(rows: dict[str, Row], floor: list[RunResult], face_px: int, yunet_ms: float) -> None:
     print("\nCPU per camera frame (the daemon's utime + stime per frame handed over; median of rounds)\n")
     print(
         "| variant | one face: CPU ms/frame | CPU % of a core at 15 fps | stage total ms/frame | CPU / stages "
@@ -277,6 +279,11 @@ def print_tables(rows: dict[str, Row], face_px: int, yunet_ms: float) -> None:
             f"| {name} | {cpu:.2f} | {cpu * FPS / 10:.1f} | {total:.2f} | {cpu / total:.2f} | "
             f"{idle:.2f} | {idle * FPS / 10:.1f} |"
         )
+    base = median([r.cpu_ms_per_frame for r in floor])
+    print(
+        f"\nReading frames and handing them over, nothing analysed (no-face clip, detector.idle_fps = 0.01): "
+        f"{base:.2f} ms/frame ({base * FPS / 10:.1f}% at 15 fps). It is in every CPU figure and in no stage."
+    )
     print(f"\nStages, one face ({face_px} px), daemon's own ms per frame (median of rounds); accuracy on FER2013\n")
     print(
         "| variant | detect | follow | crop | classify | track | publish | fps | accuracy (of shown) | settled "
@@ -350,6 +357,7 @@ def main() -> int:
     print(f"# {machine_line()}")
     print(f"# load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     rows = {name: Row() for name in names}
+    floor: list[RunResult] = []
     frames = round((args.seconds + WARMUP_S + 2) * FPS)
     with tempfile.TemporaryDirectory(prefix="cpu-bench-") as tmp:
         work = Path(tmp)
@@ -361,20 +369,24 @@ def main() -> int:
         try:
             for round_index in range(args.rounds):
                 order = names[round_index % len(names) :] + names[: round_index % len(names)]
-                for name in order:
-                    for scene, results in (("face", rows[name].face), ("empty", rows[name].empty)):
-                        device = f"cpu{round_index}{scene}{names.index(name)}"
-                        listener = Listener(port, device)
-                        command = edge_command(work / scene, port, device, work / device, VARIANTS[name])
-                        command += ["--set", "source.realtime=true", "--set", f"source.fps={FPS:g}"]
-                        run_daemon(command, listener)
-                        listener.close()
-                        results.append(measure(listener.samples))
-                        print(
-                            f"round {round_index + 1} {name} {scene}: {results[-1].cpu_ms_per_frame:.2f} ms/frame, "
-                            f"load {os.getloadavg()[0]:.2f}",
-                            flush=True,
-                        )
+                runs = [
+                    (name, scene, VARIANTS[name], results)
+                    for name in order
+                    for scene, results in (("face", rows[name].face), ("empty", rows[name].empty))
+                ]
+                for index, (name, scene, settings, results) in enumerate([*runs, ("floor", "empty", FLOOR, floor)]):
+                    device = f"cpu{round_index}x{index}"
+                    listener = Listener(port, device)
+                    command = edge_command(work / scene, port, device, work / device, settings)
+                    command += ["--set", "source.realtime=true", "--set", f"source.fps={FPS:g}"]
+                    run_daemon(command, listener)
+                    listener.close()
+                    results.append(measure(listener.samples))
+                    print(
+                        f"round {round_index + 1} {name} {scene}: {results[-1].cpu_ms_per_frame:.2f} ms/frame, "
+                        f"load {os.getloadavg()[0]:.2f}",
+                        flush=True,
+                    )
             if args.per_class:
                 run_accuracy(rows, work, port, args.per_class)
         finally:
@@ -382,7 +394,7 @@ def main() -> int:
             broker.wait()
     yunet_ms = yunet_cpu_ms(zoo_frame)
     print(f"# load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print_tables(rows, args.face_px, yunet_ms)
+    print_tables(rows, floor, args.face_px, yunet_ms)
     return 0
 
 
