@@ -6,9 +6,11 @@ Every variant runs `edge run` as its own process against a mosquitto started her
   the photo, with sensor noise, as grey 640x480 frames (what the Pi camera source hands over), released at
   15 fps like a live camera (`source.realtime`);
 - "no face": the same background without the head;
-- "accuracy": FER2013 PublicTest faces, `--per-class` per class, each held 1.5 s then 0.8 s of empty frames,
-  left and right in turn, read at full speed (media time drives the tracker, so the events do not depend on
-  this machine's speed or load). Scored as bench/daemon_on_fer_video.py scores it.
+- "accuracy": FER2013 PublicTest faces, `--per-class` per class, each held 1.5 s then 2.5 s of empty frames
+  (the face has left before the next comes, so the idle rate applies), left and right in turn, read at full
+  speed (media time drives the tracker, so the events do not depend on this machine's speed or load). Scored
+  as bench/daemon_on_fer_video.py scores it, plus the mean frames from a face's first frame to its first
+  expression event (what a slower start costs).
 
 CPU time is the daemon process's utime + stime from /proc/<pid>/stat, read when each of its stats messages
 arrives (one a second), so it lines up with the frame count in that message; the first `WARMUP_S` are left
@@ -17,11 +19,11 @@ on a loaded machine they include time the process waited for a core). Variants t
 round, rounds repeat, and the tables give medians over rounds. Thread settings do not change what is
 computed, so a variant that differs from another only in them shares its accuracy run.
 
-    nice python bench/cpu.py                          # 3 rounds of 20 s clips: about 35 minutes
+    nice python bench/cpu.py                          # 3 rounds of 20 s clips: about 50 minutes
     nice python bench/cpu.py --rounds 5 --seconds 30 --only "main defaults,new defaults"
 
-The last table projects the CPU figures onto a Raspberry Pi 4 and 5 from published YuNet figures (see
-PI_SOURCES); it is a projection, not a measurement: run `edge bench` on a Pi for real numbers.
+The last table projects the CPU figures onto a Raspberry Pi 4 and 5 from published figures (PI4_YUNET_MS,
+PI5_SPEEDUP); it is a projection, not a measurement: run `edge bench` on a Pi for real numbers.
 """
 
 from __future__ import annotations
@@ -52,7 +54,9 @@ from edge.locations import default_model
 
 FPS = 15.0
 WARMUP_S = 3.0  # stats messages in the first seconds after the first one are left out (caches, allocations)
-HOLD_S, GAP_S = 1.5, 0.8  # accuracy clip: how long each face stays, and the empty time after it
+# Accuracy clip: how long each face stays, and the empty time after it: longer than tracking.leave_after_s,
+# so that every face arrives with nothing tracked and the idle rate's delay counts.
+HOLD_S, GAP_S = 1.5, 2.5
 NOISE_SIGMA = 2.0  # grey levels of sensor noise on the face and no-face clips
 COMMON = {
     "model.precision": "int8",  # pinned: "auto" times both variants at start and might pick either
@@ -72,15 +76,15 @@ THREAD_KEYS = {"model.threads", "model.spin_wait", "detector.threads"}
 FLOOR = {"detector.idle_fps": "0.01"}
 VARIANTS: dict[str, dict[str, str]] = {
     "main defaults": MAIN_DEFAULTS,
-    "main, onnxruntime not spinning": {**MAIN_DEFAULTS, "model.spin_wait": "false"},
-    "main, model.threads 1": {**MAIN_DEFAULTS, "model.threads": "1"},
+    "main + onnxruntime not spinning": {**MAIN_DEFAULTS, "model.spin_wait": "false"},
+    "main + model.threads 1": {**MAIN_DEFAULTS, "model.threads": "1"},
     "new defaults": {},
-    "new, detect_every 1": {"detector.detect_every": "1"},
-    "new, classify_every 1": {"model.classify_every": "1"},
-    "new, idle_fps 0": {"detector.idle_fps": "0"},
-    "new, adaptive_width": {"detector.adaptive_width": "true"},
-    "new, OpenCV threads 0 (all)": {"detector.threads": "0"},
-    "new, model.threads 2": {"model.threads": "2"},
+    "new + detect_every 1": {"detector.detect_every": "1"},
+    "new + classify_every 1": {"model.classify_every": "1"},
+    "new + idle_fps 0": {"detector.idle_fps": "0"},
+    "new + adaptive_width": {"detector.adaptive_width": "true"},
+    "new + OpenCV threads 0 (all)": {"detector.threads": "0"},
+    "new + model.threads 2": {"model.threads": "2"},
 }
 # Published YuNet (face_detection_yunet_2023mar.onnx) latency at 160x120, OpenCV's own benchmark:
 # opencv_zoo benchmark/README.md, "Raspberry Pi 4B" (BCM2711, 4x Cortex-A72 @ 1.5 GHz, opencv-python 4.10,
@@ -115,7 +119,7 @@ class Accuracy:
     settled: int
     correct: int
     tracks: int  # face_enter events: more than faces shown means faces were split into several tracks
-    settle_frames: float  # median frames from a face's first frame to its first expression event
+    settle_frames: float  # mean frames from a face's first frame to its first expression event
 
 
 @dataclass
@@ -234,7 +238,7 @@ def score(events: list[dict], labels: np.ndarray, label_names: list[str], period
         settled=len(settled),
         correct=correct,
         tracks=len(face_of_track),
-        settle_frames=statistics.median(delays) if delays else float("nan"),
+        settle_frames=statistics.mean(delays) if delays else float("nan"),
     )
 
 
@@ -296,7 +300,7 @@ def print_tables(rows: dict[str, Row], floor: list[RunResult], face_px: int, yun
         acc = row.accuracy
         scored = (
             f"{100 * acc.correct / acc.shown:.1f}% | {acc.settled} | {acc.tracks} / {acc.shown} | "
-            f"{acc.settle_frames:.0f}"
+            f"{acc.settle_frames:.1f}"
             if acc
             else "- | - | - | -"
         )
@@ -342,6 +346,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the face and no-face clips")
     parser.add_argument("--per-class", type=int, default=30, help="FER2013 faces per class (0: no accuracy runs)")
+    parser.add_argument("--seed", type=int, default=0, help="which FER2013 faces (default 0)")
     parser.add_argument("--face-px", type=int, default=100, help="face width in the face clip (default 100)")
     parser.add_argument("--only", help="comma-separated variant names (default: all)")
     args = parser.parse_args()
@@ -388,7 +393,7 @@ def main() -> int:
                         flush=True,
                     )
             if args.per_class:
-                run_accuracy(rows, work, port, args.per_class)
+                run_accuracy(rows, work, port, args.per_class, args.seed)
         finally:
             broker.terminate()
             broker.wait()
@@ -398,8 +403,8 @@ def main() -> int:
     return 0
 
 
-def run_accuracy(rows: dict[str, Row], work: Path, port: int, per_class: int) -> None:
-    faces, labels = balanced_sample("PublicTest", per_class, seed=0, shuffle=True)
+def run_accuracy(rows: dict[str, Row], work: Path, port: int, per_class: int, seed: int) -> None:
+    faces, labels = balanced_sample("PublicTest", per_class, seed=seed, shuffle=True)
     hold, gap = round(HOLD_S * FPS), round(GAP_S * FPS)
     video = work / "faces.avi"
     write_video(video, faces, hold, gap, fps=FPS)
