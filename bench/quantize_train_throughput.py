@@ -17,9 +17,11 @@ import torch
 from torch import nn
 
 from quantize.archs import build_arch
-from quantize.augment import Augmentation
 from quantize.datasets import FaceSet
-from quantize.train_teacher import TrainConfig, evaluate, make_autocast, make_optimizer, train_step
+from quantize.teacher_augment import Augmentation
+from quantize.teacher_config import TrainConfig, make_autocast
+from quantize.train_teacher import train_step, validation_top1
+from quantize.training import make_optimizer
 
 DEFAULT_CONFIGS = ("resnet18@64:fp32", "resnet18@64", "resnet18@96", "resnet34@64", "densenet121@64")
 
@@ -32,7 +34,7 @@ def measure(spec: str, batches: int, batch_size: int, eval_faces: int) -> dict[s
     ).resolved()
     pre = cfg.preprocessing()
     model = build_arch(arch, 7).to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
     gen = torch.Generator().manual_seed(0)
@@ -62,9 +64,9 @@ def measure(spec: str, batches: int, batch_size: int, eval_faces: int) -> dict[s
     results: dict[str, float | str] = {"config": f"{arch}@{size} {cfg.precision}", "train_img_s": train_ips}
     for name, for_eval in (("eval_fp32_img_s", True), ("eval_autocast_img_s", False)):
         autocast = make_autocast(cfg, for_eval=for_eval)
-        evaluate(model, faces.subset(slice(0, 32)), pre, torch.device("cpu"), autocast=autocast, flip_tta=False)
+        validation_top1(model, faces.subset(slice(0, 32)), pre, torch.device("cpu"), autocast=autocast, flip_tta=False)
         started = time.perf_counter()
-        evaluate(model, faces, pre, torch.device("cpu"), autocast=autocast, flip_tta=False)
+        validation_top1(model, faces, pre, torch.device("cpu"), autocast=autocast, flip_tta=False)
         results[name] = eval_faces / (time.perf_counter() - started)
     return results
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.model_card import card_path_for, load_card
+from edge.contract import card_path_for, load_card
 from quantize.datasets import DEFAULT_VAL_FRACTION, load_dataset, stratified_split
-from quantize.distill import resize_faces
-from quantize.evaluate import load_model, predict
+from quantize.evaluate import load_daemon_model, predict
 from quantize.student import zoom_crop
+from quantize.student_input import resize_faces
 
 ROOT = Path(__file__).resolve().parents[1]
 FER = ROOT.parent / "shared" / "data" / "fer2013" / "fer2013.csv.gz"
@@ -63,7 +63,7 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    model = load_model(args.model, threads=2)
+    model = load_daemon_model(args.model, threads=2)
     _, val = stratified_split(load_dataset(args.data, "train"), args.val_fraction, args.seed)
     test = load_dataset(args.data, "test")
     splits = {}

@@ -36,6 +36,7 @@ class FrameGrabber:
     def __init__(
         self,
         open_fn: Callable[[], FrameSource],
+        name: str = "the source",
         realtime: bool = False,
         reconnect_initial_s: float = 1.0,
         reconnect_max_s: float = 30.0,
@@ -56,7 +57,7 @@ class FrameGrabber:
         self.dropped = 0
         self.reconnects = 0
         self.connected = False
-        self.description = "source not opened yet"
+        self.description = f"{name} (not opened yet)"  # until a source says what it is
         # What the last attached source said of itself; a source that cannot be opened yet is a live one.
         self.live = True
         self.fps: float | None = None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import statistics
 import time
@@ -12,8 +11,9 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+from edge.contract import ModelCard, card_path_for, file_sha256, load_card
 from edge.errors import ModelError
-from edge.model_card import ModelCard, card_path_for, load_card
+from edge.illumination import normalise_illumination
 
 logger = logging.getLogger(__name__)
 
@@ -21,14 +21,6 @@ PRECISIONS = ("auto", "int8", "fp32")
 WARMUP_RUNS = 10
 TIMED_RUNS = 50
 REBUILD_HINT = "re-run `quantize build` or restore the file shipped with its card"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -175,7 +167,8 @@ class ExpressionModel:
         return np.asarray(outputs, dtype=np.float32).reshape(len(batch), -1)
 
     def preprocess(self, crops: list[np.ndarray]) -> np.ndarray:
-        """Crops (uint8, card colour or grey/RGB) -> normalised NCHW float32 batch."""
+        """Crops (uint8, card colour or grey/RGB) -> normalised NCHW float32 batch: the card's size, colour and
+        grey-level normalisation (edge.illumination), then its mean and std."""
         card = self.card
         planes = []
         for crop in crops:
@@ -188,6 +181,8 @@ class ExpressionModel:
                 crop = cv2.resize(
                     crop, (card.width, card.height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
                 )
+            if card.illumination != "none":
+                crop = normalise_illumination(crop, card.illumination)
             planes.append(crop.reshape(card.height, card.width, -1))
         batch = np.stack(planes).transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
         return np.ascontiguousarray((batch - self._mean) / self._std)

@@ -1,4 +1,4 @@
-"""`edge` command line: run, check, tail, bench.
+"""`edge` command line: demo, run, check, tail, bench, models fetch.
 
 Each command imports its own module when it runs, so `edge tail` never loads OpenCV or onnxruntime.
 """
@@ -15,12 +15,21 @@ from typing import Any
 
 from edge import __version__
 from edge.config import Config, load_config, parse_set_option
-from edge.errors import UserError
+from edge.errors import EXIT_EVENTS_UNSENT, UserError
+from edge.locations import YUNET_URL
+from edge.yunet_fetch import add_arguments as add_fetch_arguments
 
 DEFAULT_CONFIG_PATHS = (Path("/etc/edge-mood/config.toml"),)
 
 
-def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+# The shortcut flags, each for the commands where it does something.
+SOURCE_FLAGS = ("source", "model")
+BROKER_FLAGS = ("broker", "device_id")
+
+
+def _add_config_arguments(
+    parser: argparse.ArgumentParser, shortcuts: Sequence[str] = SOURCE_FLAGS + BROKER_FLAGS
+) -> None:
     parser.add_argument(
         "-c",
         "--config",
@@ -30,10 +39,14 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one config key; repeatable"
     )
-    parser.add_argument("--source", help="frame source (same as --set source.uri=...)")
-    parser.add_argument("--model", help="expression model .onnx (same as --set model.path=...)")
-    parser.add_argument("--broker", metavar="HOST[:PORT]", help="MQTT broker (same as mqtt.host / mqtt.port)")
-    parser.add_argument("--device-id", help="device id in topics (same as --set mqtt.device_id=...)")
+    if "source" in shortcuts:
+        parser.add_argument("--source", help="frame source (same as --set source.uri=...)")
+    if "model" in shortcuts:
+        parser.add_argument("--model", help="expression model .onnx (same as --set model.path=...)")
+    if "broker" in shortcuts:
+        parser.add_argument("--broker", metavar="HOST[:PORT]", help="MQTT broker (same as mqtt.host / mqtt.port)")
+    if "device_id" in shortcuts:
+        parser.add_argument("--device-id", help="device id in topics (same as --set mqtt.device_id=...)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -44,35 +57,58 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edge-mood {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
+    demo = commands.add_parser(
+        "demo",
+        help="try it: the daemon on the first camera (else a built-in clip), a broker, and its events printed",
+        description="Runs the real daemon on the first camera that opens, else on a short clip shipped with "
+        "edge-mood, against the configured MQTT broker (or one started for the demo when none answers), and "
+        "prints its events as `edge tail` does. Ends with the clip, or with Ctrl-C.",
+    )
+    _add_config_arguments(demo)
+
     run = commands.add_parser("run", help="run the daemon")
     _add_config_arguments(run)
     run.add_argument(
-        "--once", action="store_true", help="exit when a file or folder source ends, after the broker took every event"
+        "--once",
+        action="store_true",
+        help="exit when a file or folder source ends, after the broker took every event "
+        f"(exit status {EXIT_EVENTS_UNSENT} when some could not be sent)",
     )
 
     check = commands.add_parser("check", help="validate config, model, source and broker, then print a report")
     _add_config_arguments(check)
 
     tail = commands.add_parser("tail", help="print events from the broker for a human")
-    _add_config_arguments(tail)
+    _add_config_arguments(tail, BROKER_FLAGS)
     tail.add_argument("--all-devices", action="store_true", help="every device under the prefix, not only this one")
     tail.add_argument("--raw", action="store_true", help="print the JSON payloads as they arrive")
 
     bench = commands.add_parser("bench", help="per-stage latency and fps on a source (no MQTT)")
-    _add_config_arguments(bench)
+    _add_config_arguments(bench, SOURCE_FLAGS)
     bench.add_argument("--frames", type=int, default=200, help="frames to measure (default 200)")
+
+    models = commands.add_parser("models", help="model files the daemon uses")
+    model_commands = models.add_subparsers(dest="models_command", required=True)
+    fetch = model_commands.add_parser(
+        "fetch",
+        help="fetch the YuNet face detector (pinned sha256) into the data folder",
+        description="Downloads the YuNet face detector from its pinned URL (or copies --file), checks its "
+        "sha256 and puts it where the daemon finds it. The daemon does the same on first use.",
+    )
+    _add_config_arguments(fetch, ())
+    add_fetch_arguments(fetch)
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
     overrides: dict[str, Any] = dict(parse_set_option(text) for text in args.set)
-    if args.source is not None:
+    if getattr(args, "source", None) is not None:
         overrides["source.uri"] = args.source
-    if args.model is not None:
+    if getattr(args, "model", None) is not None:
         overrides["model.path"] = args.model
-    if args.device_id is not None:
+    if getattr(args, "device_id", None) is not None:
         overrides["mqtt.device_id"] = args.device_id
-    if args.broker:
+    if getattr(args, "broker", None):
         host, _, port = args.broker.rpartition(":") if args.broker.count(":") == 1 else (args.broker, "", "")
         overrides["mqtt.host"] = host
         if port:
@@ -120,7 +156,27 @@ def cmd_bench(args: argparse.Namespace, config: Config) -> int:
     return run_bench(config, frames=args.frames)
 
 
+def cmd_demo(args: argparse.Namespace, config: Config) -> int:
+    from edge.demo import run_demo
+
+    return run_demo(config, verbose=args.verbose)
+
+
+def cmd_models(args: argparse.Namespace, config: Config) -> int:
+    from edge.locations import data_dir
+    from edge.yunet_fetch import fetch_yunet
+
+    # The config's URL and checksum unless given here, so a mirror set in the config serves this too.
+    url = args.url or config.detector.yunet_url or YUNET_URL
+    sha256 = args.sha256 or config.detector.yunet_sha256
+    path = fetch_yunet(args.dir or data_dir(), url, sha256, args.file)
+    print(f"YuNet face detector: {path} (sha256 {sha256})")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
+    "demo": cmd_demo,
+    "models": cmd_models,
     "run": cmd_run,
     "check": cmd_check,
     "tail": cmd_tail,

@@ -18,6 +18,7 @@ from typing import Any, get_type_hints
 
 from edge.config_sections import (
     DetectorSection,
+    HomeAssistantSection,
     LogSection,
     ModelSection,
     MqttSection,
@@ -28,7 +29,9 @@ from edge.config_sections import (
     StatsSection,
     TrackingSection,
 )
+from edge.discovery import DIAGNOSTICS, HA_STATUS_TOPIC
 from edge.errors import ConfigError
+from edge.locations import YUNET_SHA256, YUNET_URL
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -47,7 +50,7 @@ class Key:
     default: Any
     allowed: str = ""  # human text used in error messages
     check: Callable[[Any], bool] | None = None
-    choices: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()  # for a list: what its items may be
 
 
 def _positive(x: float) -> bool:
@@ -60,6 +63,24 @@ def _non_negative(x: float) -> bool:
 
 def _fraction(x: float) -> bool:
     return 0 < x <= 1
+
+
+def _port(x: int) -> bool:
+    return 0 < x < 65536
+
+
+def _topic_prefix(s: str) -> bool:
+    # A wildcard cannot be published to, and brokers keep topics starting with $ for themselves
+    # (mosquitto drops a client that publishes there).
+    return bool(s) and not set("+#\0") & set(s) and not s.startswith(("$", "/")) and not s.endswith("/")
+
+
+TOPIC_PREFIX = "a topic prefix without + or #, not starting with $ or / and not ending with /"
+
+
+def _expiry(x: int) -> bool:
+    # The daemon refreshes the retained state at least once a minute while frames flow.
+    return x == 0 or x > 60
 
 
 SCHEMA: dict[str, dict[str, Key]] = {
@@ -78,6 +99,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "detector": {
         "kind": Key(str, "auto", choices=("auto", "yunet", "haar")),
         "yunet_model": Key(str, "", "a path to face_detection_yunet*.onnx, or empty to search the model folder"),
+        "yunet_url": Key(str, YUNET_URL, "an http(s) URL, or empty never to download YuNet"),
+        "yunet_sha256": Key(
+            str, YUNET_SHA256, "64 hex digits", lambda s: len(s) == 64 and all(c in "0123456789abcdef" for c in s)
+        ),
         "detect_width": Key(int, 320, "a positive number of pixels", _positive),
         "score_threshold": Key(float, 0.7, "a number in (0, 1]", _fraction),
         "min_face_px": Key(int, 24, "a positive number of pixels", _positive),
@@ -105,11 +130,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "mqtt": {
         "host": Key(str, "localhost", "a host name or address"),
-        "port": Key(int, 1883, "a port number 1-65535", lambda x: 0 < x < 65536),
+        "port": Key(int, 1883, "a port number 1-65535", _port),
         "protocol": Key(str, "5", choices=("5", "3.1.1")),
-        "prefix": Key(
-            str, "edge-mood", "a topic prefix without wildcards", lambda s: bool(s) and not set("+#") & set(s)
-        ),
+        "prefix": Key(str, "edge-mood", TOPIC_PREFIX, _topic_prefix),
         "device_id": Key(
             str,
             "",
@@ -126,12 +149,27 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "keepalive": Key(int, 30, "a positive number of seconds", _positive),
         "qos": Key(int, 1, "0, 1 or 2", lambda q: q in (0, 1, 2)),
         "discovery": Key(bool, True, "true or false"),
-        "discovery_prefix": Key(str, "homeassistant", "a topic prefix"),
+        "discovery_prefix": Key(str, "homeassistant", TOPIC_PREFIX, _topic_prefix),
+    },
+    "homeassistant": {
+        "name": Key(str, "", "the device's name in Home Assistant (empty: the device id)"),
+        "suggested_area": Key(str, "", "an area name such as Living Room (empty: none)"),
+        "expire_after_s": Key(int, 180, "0 (never) or more than 60 seconds", _expiry),
+        "diagnostics": Key(list, tuple(DIAGNOSTICS), choices=tuple(DIAGNOSTICS)),
+        "device_triggers": Key(bool, True, "true or false"),
+        "status_topic": Key(str, HA_STATUS_TOPIC, "Home Assistant's birth message topic (empty: do not listen)"),
+        "support_url": Key(
+            str,
+            "",
+            "an http:// or https:// URL (empty: none)",
+            lambda s: not s or s.startswith(("http://", "https://")),
+        ),
     },
     "spool": {
         "dir": Key(str, "", "a writable folder (empty: $STATE_DIRECTORY or ~/.local/state/edge-mood)"),
         "max_events": Key(int, 100_000, "a positive number", _positive),
         "max_age_days": Key(float, 7.0, "a positive number of days", _positive),
+        "memory_events": Key(int, 10_000, "a positive number", _positive),
     },
     "stats": {
         "interval_s": Key(float, 30.0, "a positive number of seconds", _positive),
@@ -153,6 +191,7 @@ class Config:
     model: ModelSection
     tracking: TrackingSection
     mqtt: MqttSection
+    homeassistant: HomeAssistantSection
     spool: SpoolSection
     stats: StatsSection
     service: ServiceSection
@@ -177,6 +216,14 @@ class Config:
         if from_systemd:
             return Path(from_systemd)
         return Path.home() / ".local" / "state" / "edge-mood"
+
+    def replaced(self, overrides: Mapping[str, Any]) -> Config:
+        """A copy with some keys changed ({"section.key": value}), each checked like any other layer."""
+        values = {name: getattr(self, name).as_dict() for name in SCHEMA}
+        for dotted, value in overrides.items():
+            section, _, key = dotted.partition(".")
+            _set(values, section, key, value)
+        return Config(values, self.path, self._environ)
 
     def mqtt_password(self) -> str | None:
         """The broker password from `mqtt.password_file` or $EDGE_MOOD_MQTT_PASSWORD; never from argv."""
@@ -208,6 +255,8 @@ def _bad(section: str, key: str, value: Any, allowed: str) -> ConfigError:
 def _coerce(section: str, key: str, spec: Key, value: Any) -> Any:
     """Turn a TOML, environment or CLI value into the key's type, or fail naming the key."""
     allowed = spec.allowed or (f"one of {', '.join(spec.choices)}" if spec.choices else spec.kind.__name__)
+    if spec.kind is list:
+        return _coerce_list(section, key, spec, value)
     if isinstance(value, str) and spec.kind is not str:
         text = value.strip().lower()
         try:
@@ -230,6 +279,19 @@ def _coerce(section: str, key: str, spec: Key, value: Any) -> Any:
     if spec.check and not spec.check(value):
         raise _bad(section, key, value, allowed)
     return value
+
+
+def _coerce_list(section: str, key: str, spec: Key, value: Any) -> tuple[str, ...]:
+    """A TOML array of strings, or the same as one comma-separated string (environment, --set)."""
+    items = [item.strip() for item in value.split(",") if item.strip()] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(item, str) for item in items):
+        raise _bad(section, key, value, 'a list of names, e.g. ["fps", "cpu_percent"]')
+    unknown = [item for item in items if spec.choices and item not in spec.choices]
+    if unknown:
+        raise ConfigError(
+            f"config {section}.{key}: {', '.join(map(repr, unknown))} unknown; choose from {', '.join(spec.choices)}"
+        )
+    return tuple(items)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -272,16 +334,19 @@ def load_config(
         section, _, key = dotted.partition(".")
         layers.append((section, key, value))
     for section, key, value in layers:
-        if section not in SCHEMA:
-            raise ConfigError(f"config section {section!r} is unknown; known sections: {', '.join(SCHEMA)}")
-        if key not in SCHEMA[section]:
-            raise ConfigError(
-                f"config key {section}.{key} is unknown; keys of [{section}]: {', '.join(SCHEMA[section])}"
-            )
-        values[section][key] = _coerce(section, key, SCHEMA[section][key], value)
+        _set(values, section, key, value)
     if values["mqtt"]["password_file"] and env.get(PASSWORD_ENV):
         raise ConfigError(f"both mqtt.password_file and ${PASSWORD_ENV} are set; keep one of them")
     return Config(values, path, env)
+
+
+def _set(values: dict[str, dict[str, Any]], section: str, key: str, value: Any) -> None:
+    """values[section][key] = value, checked against the schema."""
+    if section not in SCHEMA:
+        raise ConfigError(f"config section {section!r} is unknown; known sections: {', '.join(SCHEMA)}")
+    if key not in SCHEMA[section]:
+        raise ConfigError(f"config key {section}.{key} is unknown; keys of [{section}]: {', '.join(SCHEMA[section])}")
+    values[section][key] = _coerce(section, key, SCHEMA[section][key], value)
 
 
 def _env_key(rest: str, value: str) -> tuple[str, str, Any]:

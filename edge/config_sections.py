@@ -32,6 +32,8 @@ class SourceSection(Section):
 class DetectorSection(Section):
     kind: str
     yunet_model: str
+    yunet_url: str
+    yunet_sha256: str
     detect_width: int
     score_threshold: float
     min_face_px: int
@@ -79,10 +81,21 @@ class MqttSection(Section):
     discovery_prefix: str
 
 
+class HomeAssistantSection(Section):
+    name: str
+    suggested_area: str
+    expire_after_s: int
+    diagnostics: list
+    device_triggers: bool
+    status_topic: str
+    support_url: str
+
+
 class SpoolSection(Section):
     dir: str
     max_events: int
     max_age_days: float
+    memory_events: int
 
 
 class StatsSection(Section):

@@ -1,18 +1,18 @@
-"""Faults a user can cause and fix. The CLI prints them as one line and exits with status 2."""
+"""Faults a user can cause and fix. The CLI prints them as one line and exits with status 2.
 
+UserError and ModelError live in edge.contract, which the quantize tool shares; the daemon's own faults are here.
+"""
 
-class UserError(Exception):
-    """A fault with a one-line explanation naming the cause and the fix; never shown as a traceback."""
+from edge.contract import ModelError, UserError
 
-    exit_status = 2
+__all__ = ["EXIT_EVENTS_UNSENT", "ConfigError", "ModelError", "SourceError", "UserError"]
+
+# `edge run --once`: the source ended, but the broker did not take every event (they stay in the spool).
+EXIT_EVENTS_UNSENT = 3
 
 
 class ConfigError(UserError):
     """A config key holds a value that is not allowed."""
-
-
-class ModelError(UserError):
-    """The expression model or its card is missing, corrupt or inconsistent."""
 
 
 class SourceError(UserError):

@@ -1,8 +1,11 @@
-"""Where the daemon looks for the shipped expression model and the face detector."""
+"""Where the daemon looks for the shipped expression model and the face detector, and where a fetched
+detector goes."""
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from edge.errors import ModelError
@@ -10,7 +13,14 @@ from edge.errors import ModelError
 # A source checkout keeps models/ beside edge/; a pip install puts it under <prefix>/share/edge-mood.
 _CHECKOUT_MODELS = Path(__file__).resolve().parent.parent / "models"
 _INSTALLED_MODELS = Path(sys.prefix) / "share" / "edge-mood" / "models"
-_SYSTEM_MODELS = Path("/opt/edge-mood/models")
+_SYSTEM_APP = Path("/opt/edge-mood")  # systemd/install.sh: venv/ and models/ below it
+_SYSTEM_MODELS = _SYSTEM_APP / "models"
+
+# The YuNet face detector (OpenCV Model Zoo, MIT licence), pinned: edge/yunet_fetch.py refuses any other file.
+YUNET_URL = (
+    "https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/face_detection_yunet_2023mar.onnx"
+)
+YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
 
 # Other precisions of a model are named <name>.<variant>.onnx and are not models of their own.
 VARIANT_SUFFIXES = (".fp32.onnx", ".int8.onnx", ".qop.onnx", ".qdq.onnx")
@@ -19,6 +29,17 @@ VARIANT_SUFFIXES = (".fp32.onnx", ".int8.onnx", ".qop.onnx", ".qdq.onnx")
 def model_dirs() -> list[Path]:
     """Folders searched, first match wins."""
     return [d for d in (_CHECKOUT_MODELS, _INSTALLED_MODELS, _SYSTEM_MODELS) if d.is_dir()]
+
+
+def data_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where a fetched detector goes: /opt/edge-mood/models for the system-wide install, else the user's
+    $XDG_DATA_HOME/edge-mood/models (~/.local/share/edge-mood/models)."""
+    if _SYSTEM_APP in Path(sys.prefix).resolve().parents:
+        return _SYSTEM_MODELS
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_DATA_HOME", "")
+    root = Path(base) if os.path.isabs(base) else Path.home() / ".local" / "share"  # the XDG rule: absolute only
+    return root / "edge-mood" / "models"
 
 
 def default_model() -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -175,6 +176,19 @@ def _configure_tls(client: mqtt.Client, settings: MqttSettings) -> None:
         ) from None
     if settings.tls_insecure:
         client.tls_insecure_set(True)
+
+
+def speaks_tls(host: str, port: int, timeout: float = 3.0) -> bool:
+    """Whether a TLS server answers on host:port (a handshake without checking its certificate)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw:
+            with context.wrap_socket(raw, server_hostname=host):
+                return True
+    except (OSError, ValueError):  # ssl.SSLError is an OSError
+        return False
 
 
 def _expanded(path: str | Path | None) -> str | None:

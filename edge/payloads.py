@@ -2,7 +2,7 @@
 
 Every payload carries "schema": 1 (bumped on an incompatible change), the device id and the time twice:
 "ts" (ISO-8601 UTC with milliseconds, for people and databases) and "ts_unix" (seconds, for code).
-Events get their "seq" from the spool when they are stored.
+Events get their "seq" and "epoch" from the spool when they are stored.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ _EVENT_KEYS = (
     "schema",
     "device",
     "seq",
+    "epoch",
     "ts",
     "ts_unix",
     "frame",

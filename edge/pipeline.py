@@ -25,6 +25,7 @@ from edge.boxes import normalized
 from edge.capture import Frame, FrameGrabber
 from edge.classifier import ExpressionModel
 from edge.config import Config
+from edge.errors import EXIT_EVENTS_UNSENT
 from edge.faces import Detector
 from edge.follow import RegionFollower
 from edge.payloads import event_payload, state_payload, stats_payload
@@ -92,6 +93,7 @@ class Daemon:
         self.stop_requested.set()
 
     def run(self) -> int:
+        """0, or EXIT_EVENTS_UNSENT when a --once run ends with events the broker did not take."""
         self.publisher.start()
         self.grabber.start()
         logger.info(
@@ -106,8 +108,8 @@ class Daemon:
         try:
             self._loop()
         finally:
-            self._shutdown()
-        return 0
+            unsent = self._shutdown()
+        return EXIT_EVENTS_UNSENT if self.once and unsent else 0
 
     def _loop(self) -> None:
         last_clock = 0.0
@@ -128,17 +130,27 @@ class Daemon:
             self._emit(self.tracker.finish(last_clock), frame_index=-1)
             self._publish_state()
 
-    def _shutdown(self) -> None:
+    def _shutdown(self) -> int:
+        """Stops every part; returns the number of events left unsent in the spool."""
         self.notifier.stopping()
         self.grabber.stop()
         if self.once and self.spool.depth:
             self.publisher.wait_drained(DRAIN_TIMEOUT_S)
+        self.publisher.stop()
         left = self.spool.depth
         if left:
-            logger.warning("%d events are still in the spool; they are sent when the broker is back", left)
-        self.publisher.stop()
+            logger.log(
+                logging.ERROR if self.once else logging.WARNING,
+                "%d events not taken by broker %s wait in %s; they are sent first by the next `edge run` "
+                "with device id %s",
+                left,
+                self.publisher.settings.broker,
+                self.spool.path,
+                self.device,
+            )
         self.spool.close()
         self.notifier.close()
+        return left
 
     # -- per frame -------------------------------------------------------------------------------
 
@@ -220,8 +232,8 @@ class Daemon:
                 model=self.model.model_id,
                 extra=event.extra,
             )
-            seq = self.spool.append(payload)
-            logger.debug("event %d: %s track %d %s", seq, event.type, event.track_id, event.expression or "")
+            seq = self.spool.append(payload)  # None: held in memory until the spool can be written
+            logger.debug("event %s: %s track %d %s", seq, event.type, event.track_id, event.expression or "")
         self.publisher.wake()
 
     def _publish_state(self) -> None:
@@ -239,9 +251,11 @@ class Daemon:
         if not healthy and not self._stalled:
             self._stalled = True
             logger.warning(
-                "no frame for %.0f s from %s; the watchdog is no longer fed",
+                "no frame for %.0f s from %s%s",
                 now - self._last_frame_at,
                 self.grabber.description,
+                # Only systemd acts on it: it restarts the service once the watchdog is not fed.
+                "; the systemd watchdog is no longer fed" if self.notifier.watchdog_interval_s else "",
             )
         interval = self.notifier.watchdog_interval_s or 5.0
         if healthy and self._ready and now - self._last_watchdog_at >= interval / 2:
@@ -264,6 +278,8 @@ class Daemon:
             source_reconnects=self.grabber.reconnects,
             spool_depth=self.spool.depth,
             spool_dropped=self.spool.dropped,
+            spool_memory=self.spool.held,
+            spool_memory_dropped=self.spool.held_dropped,
             cpu_percent=self.timer.cpu_percent(),
             rss_mb=self.timer.rss_mb(),
             uptime_s=self.timer.uptime_s(),

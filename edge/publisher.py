@@ -13,6 +13,13 @@ Ordering and no loss:
   have already been written ahead of them;
 - a restarted process re-sends everything still in the spool, so a consumer sees every event at least
   once and in seq order after dropping seqs it already has.
+
+Home Assistant discovery configs go out retained after the birth message on every connect, and again
+whenever Home Assistant announces itself "online" on its status topic (it restarted, or its broker lost
+the retained configs).
+
+Faults of the broker's setup that would otherwise show only as a reconnect loop get one line each: another
+client taking over our client id (session take-over) and a broker port that speaks TLS while we do not.
 """
 
 from __future__ import annotations
@@ -23,14 +30,15 @@ import queue
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from edge.discovery import discovery_messages
+from edge.discovery import HomeAssistantOptions, discovery_messages, node_id, retired_topics
 from edge.errors import UserError
-from edge.mqtt_client import MqttSettings, make_client
+from edge.mqtt_client import MqttSettings, make_client, speaks_tls
 from edge.spool import Spool
 from edge.topics import OFFLINE, ONLINE, Topics
 
@@ -40,22 +48,35 @@ logger = logging.getLogger(__name__)
 
 IDLE_WAKE_S = 1.0  # the worker also looks at the spool this often without being woken
 
+SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason: another client connected with our client id
+# Where the broker just closes the connection on a take-over, TAKEOVER_DROPS connections in a row that
+# each lasted under SHORT_CONNECTION_S, within TAKEOVER_WINDOW_S, are read as one.
+SHORT_CONNECTION_S = 10.0
+TAKEOVER_DROPS = 3
+TAKEOVER_WINDOW_S = 120.0
+
 
 class Publisher:
     """Owns the broker connection of the daemon. Start once, stop once.
 
-    `labels` and `model` only enrich the Home Assistant discovery configs.
+    `labels`, `model` and `home_assistant` only shape the Home Assistant discovery configs.
     """
 
-    def __init__(self, settings: MqttSettings, spool: Spool, *, labels: Sequence[str] = (), model: str | None = None):
+    def __init__(
+        self,
+        settings: MqttSettings,
+        spool: Spool,
+        *,
+        labels: Sequence[str] = (),
+        model: str | None = None,
+        home_assistant: HomeAssistantOptions | None = None,
+    ):
+        home_assistant = home_assistant or HomeAssistantOptions()
         self.settings = settings
         self.spool = spool
         self.topics: Topics = settings.topics
-        self._discovery = (
-            discovery_messages(self.topics, discovery_prefix=settings.discovery_prefix, labels=labels, model=model)
-            if settings.discovery
-            else []
-        )
+        self._discovery = _discovery_payloads(settings, labels, model, home_assistant) if settings.discovery else []
+        self._ha_status_topic = home_assistant.status_topic if settings.discovery else ""
         self._client = make_client(settings, settings.daemon_client_id)
         self._client.will_set(self.topics.status, OFFLINE, qos=1, retain=True)
         # paho's hint says int, but it only adds the delay to a clock: fractions of a second work.
@@ -66,6 +87,7 @@ class Publisher:
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
+        self._client.on_message = self._on_ha_status
 
         self._cond = threading.Condition()
         self._kick = False
@@ -83,6 +105,11 @@ class Publisher:
         self._outage_since: float | None = None
         self._outage_logged = False
         self._announce_backlog = False
+        self._connected_at = 0.0
+        self._short_drops: deque[float] = deque(maxlen=TAKEOVER_DROPS)  # when short-lived connections ended
+        self._takeover_reported = False
+        self._quiet_reconnect = False  # after a reported take-over, its reconnects are not news
+        self._rediscover = False  # Home Assistant came online: send the discovery configs again
 
         # Worker-thread state.
         self._inflight: dict[int, int] = {}  # mid -> seq
@@ -107,7 +134,9 @@ class Publisher:
             self.settings.prefix,
             self.settings.device_id,
             self.settings.daemon_client_id,
-            "" if self.settings.discovery else ", Home Assistant discovery off",
+            f", Home Assistant discovery under {self.settings.discovery_prefix}/+/{node_id(self.topics)}/"
+            if self.settings.discovery
+            else ", Home Assistant discovery off",
         )
         self._outage_since = time.monotonic()
         self._announce_backlog = self.spool.depth > 0
@@ -150,9 +179,10 @@ class Publisher:
         return len(self._inflight)
 
     def wait_drained(self, timeout: float) -> bool:
-        """Wait until the spool is empty (every event acknowledged); False on timeout."""
+        """Wait until the spool is empty (every event acknowledged) and no event waits in memory; False on
+        timeout."""
         with self._cond:
-            return self._cond.wait_for(lambda: self.spool.depth == 0, timeout)
+            return self._cond.wait_for(lambda: self.spool.depth == 0 and self.spool.held == 0, timeout)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Let in-flight events be acknowledged, publish the retained "offline", disconnect.
@@ -195,6 +225,7 @@ class Publisher:
                 self._kick = False
                 stopping = self._stopping
             try:
+                self.spool.retry()  # events and acks a full disk left in memory
                 self._handle_acks()
                 if stopping:
                     if self.connected:
@@ -202,6 +233,7 @@ class Publisher:
                     return
                 self._warn_about_drops()
                 if self.connected:
+                    self._send_discovery_again()
                     self._send_state()
                     self._send_events()
                 self._last_error = None
@@ -269,6 +301,17 @@ class Publisher:
         if dirty and payload is not None:
             self._client.publish(self.topics.state, payload, qos=self.settings.qos, retain=True)
 
+    def _send_discovery_again(self) -> None:
+        with self._cond:
+            due, self._rediscover = self._rediscover, False
+        if due:
+            logger.info("Home Assistant is online (%s): discovery configs sent again", self._ha_status_topic)
+            self._publish_discovery()
+
+    def _publish_discovery(self) -> None:
+        for topic, payload in self._discovery:
+            self._client.publish(topic, payload, qos=1, retain=True)
+
     def _send_events(self) -> None:
         free = self.settings.inflight - len(self._inflight)
         if free <= 0:
@@ -309,7 +352,10 @@ class Publisher:
             self._generation += 1
             generation = self._generation
             self._up = True
-        if self._outage_logged and self._outage_since is not None:
+        self._connected_at = time.monotonic()
+        if self._quiet_reconnect:
+            logger.debug("MQTT: connected to broker %s again after a session take-over", self.settings.broker)
+        elif self._outage_logged and self._outage_since is not None:
             logger.info(
                 "MQTT: connected to broker %s again after %.0f s; %d events spooled meanwhile",
                 self.settings.broker,
@@ -322,10 +368,12 @@ class Publisher:
         # Birth first: its acknowledgement tells the worker that paho's re-sends are out (see module doc).
         info = client.publish(self.topics.status, ONLINE, qos=1, retain=True)
         self._birth = (info.mid, generation)
-        for topic, config in self._discovery:
-            client.publish(topic, json.dumps(config), qos=1, retain=True)
+        self._publish_discovery()
+        if self._ha_status_topic:
+            client.subscribe(self._ha_status_topic, qos=1)
 
     def _on_connect_fail(self, _client: mqtt.Client, _userdata) -> None:
+        self._short_drops.clear()  # the broker is away: not a take-over
         exc = sys.exc_info()[1]  # paho calls this from inside its `except OSError`
         why = (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__) if exc else "no answer"
         self._log_outage(f"broker {self.settings.broker} unreachable ({why}); spooling events and retrying")
@@ -334,11 +382,66 @@ class Publisher:
         with self._conn_lock:
             self._generation += 1
             was_up, self._up = self._up, False
-        if self._stopping or not was_up:
+        if self._stopping:
             return
-        self._outage_since = time.monotonic()
+        if not was_up:  # closed before the broker answered CONNECT
+            if not self._outage_logged:
+                self._log_outage(self._handshake_failure())
+            return
+        now = time.monotonic()
+        self._outage_since = now
+        self._quiet_reconnect = self._taken_over(reason, now)
+        if self._quiet_reconnect:
+            logger.debug("MQTT: session taken over by another client with id %s", self.settings.daemon_client_id)
+            self._outage_logged = True
+            return
         why = "connection closed" if reason.value == 0x80 else str(reason)  # 0x80: paho's code for a socket error
         self._log_outage(f"lost connection to broker {self.settings.broker} ({why}); spooling events and retrying")
+
+    def _taken_over(self, reason: mqtt.ReasonCode, now: float) -> bool:
+        """Whether another client with our client id pushed us off; logged once, with the fix."""
+        # MQTT 5 brokers may name the reason. Others (MQTT 3.1.1, mosquitto 2.0.11 also under 5) just close
+        # the connection: short connections in a row, each followed by a reconnect that worked at once (a
+        # broker that went away refuses the first attempts), tell a take-over apart.
+        if now - self._connected_at < SHORT_CONNECTION_S:
+            self._short_drops.append(now)
+        else:
+            self._short_drops.clear()
+        flapping = len(self._short_drops) == TAKEOVER_DROPS and now - self._short_drops[0] < TAKEOVER_WINDOW_S
+        if reason.value != SESSION_TAKEN_OVER and not flapping:
+            return False
+        if not self._takeover_reported:
+            logger.error(
+                "broker %s keeps dropping this connection for another client with the same client id %s "
+                "(session take-over); give every device its own mqtt.device_id, and each device its own "
+                "broker login restricted by an ACL so no other client can use its id (docs/reliability.md)",
+                self.settings.broker,
+                self.settings.daemon_client_id,
+            )
+            self._takeover_reported = True
+        return True
+
+    def _handshake_failure(self) -> str:
+        """The line for a broker that closed the connection before answering CONNECT."""
+        settings = self.settings
+        if not settings.uses_tls and speaks_tls(settings.host, settings.port):
+            return (
+                f"broker {settings.broker} speaks TLS on port {settings.port} but mqtt.tls is off; set "
+                f"mqtt.tls = true (and mqtt.tls_ca if needed) or use the broker's plain port (1883); retrying"
+            )
+        return (
+            f"broker {settings.broker} closed the connection before answering the MQTT handshake; check "
+            f"mqtt.port, mqtt.protocol and mqtt.tls against the broker's listener; retrying"
+        )
+
+    def _on_ha_status(self, _client: mqtt.Client, _userdata, message: mqtt.MQTTMessage) -> None:
+        # A retained "online" (where Home Assistant's birth is set to retain) comes with every connect, which
+        # sends the configs anyway; a live one means Home Assistant has just (re)started.
+        if message.topic == self._ha_status_topic and message.payload == ONLINE.encode() and not message.retain:
+            with self._cond:
+                self._rediscover = True
+                self._kick = True
+                self._cond.notify_all()
 
     def _on_publish(self, _client: mqtt.Client, _userdata, mid: int, reason: mqtt.ReasonCode | None, _props) -> None:
         self._acks.put((mid, reason))
@@ -352,3 +455,14 @@ class Publisher:
             logger.log(level, "%s", line)
             self._outage_logged = True
             self._announce_backlog = True
+
+
+def _discovery_payloads(
+    settings: MqttSettings, labels: Sequence[str], model: str | None, options: HomeAssistantOptions
+) -> list[tuple[str, bytes]]:
+    """The retained discovery messages: every config, then an empty payload (which removes the entity from
+    Home Assistant) for each entity the user switched off."""
+    prefix = settings.discovery_prefix
+    configs = discovery_messages(settings.topics, discovery_prefix=prefix, labels=labels, model=model, options=options)
+    retired = retired_topics(settings.topics, discovery_prefix=prefix, labels=labels, options=options)
+    return [(topic, json.dumps(config).encode()) for topic, config in configs] + [(topic, b"") for topic in retired]

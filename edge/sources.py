@@ -2,7 +2,9 @@
 
 Every source offers `live`, `description`, `read()` and `close()`. Two optional attributes are read by the
 frame grabber when present: `fps` (nominal rate, used to pace finite sources in realtime mode) and `corrupt`
-(images skipped because they could not be decoded).
+(images skipped because they could not be decoded, or not within the frame size limit).
+
+No source hands out a frame larger than frame_limit.MAX_FRAME_PIXELS; each says so once when it shrinks one.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from urllib.parse import urlsplit, urlunsplit
 import cv2
 import numpy as np
 
+from edge.contract import IMAGE_SUFFIXES
 from edge.errors import SourceError
+from edge.frame_limit import FrameTooLarge, decode_bounded, limit_text, shrunk
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"})
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 # FFmpeg would otherwise wait ~30 s on a dead stream before the grabber can start its back-off.
 STREAM_TIMEOUT_MS = 10_000
@@ -51,7 +54,7 @@ class FrameSource(Protocol):
         """Release the device or file."""
 
 
-def _hide_password(url: str) -> str:
+def hide_password(url: str) -> str:
     """Stream URLs often carry credentials; keep them out of logs and status payloads."""
     parts = urlsplit(url)
     if parts.password is None:
@@ -131,11 +134,19 @@ class OpenCVSource:
         self.live = live
         self.description = description
         self.fps = fps
+        self._shrink_logged = False
 
     def read(self) -> np.ndarray | None:
         ok, image = self._capture.read()
         if ok:
-            return image
+            small = shrunk(image)
+            if small is not image and not self._shrink_logged:
+                height, width = image.shape[:2]
+                logger.warning(
+                    "%s delivers %dx%d frames; shrinking them: %s", self.description, width, height, limit_text()
+                )
+                self._shrink_logged = True
+            return small
         if self.live:
             raise SourceLost(f"no frame from {self.description}")
         return None
@@ -144,21 +155,22 @@ class OpenCVSource:
         self._capture.release()
 
 
-def _decode_image(path: str) -> np.ndarray | None:
-    """Decode one image file; None if it is unreadable, not an image, or a truncated JPEG."""
+def _decode_image(path: str) -> tuple[np.ndarray | None, str | None]:
+    """Decode one image file within the frame size limit: (None if it is unreadable, not an image, or a
+    truncated JPEG; a note if it was read smaller than it is). Raises FrameTooLarge."""
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError:
-        return None
+        return None, None
     if data.size == 0:
-        return None
+        return None, None
     # A JPEG cut off mid-copy still decodes (grey lower part); its missing end-of-image marker gives it away.
     if data[:2].tobytes() == b"\xff\xd8" and not data[-4096:].tobytes().rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
-        return None
+        return None, None
     try:
-        return cv2.imdecode(data, cv2.IMREAD_COLOR)
+        return decode_bounded(data)
     except cv2.error:
-        return None
+        return None, None
 
 
 class ImageFilesSource:
@@ -172,13 +184,22 @@ class ImageFilesSource:
         self.description = description
         self.fps = fps
         self.corrupt = 0
+        self._shrink_logged = False
 
     def read(self) -> np.ndarray | None:
         while self._next < len(self._paths):
             path = self._paths[self._next]
             self._next += 1
-            image = _decode_image(path)
+            try:
+                image, note = _decode_image(path)
+            except FrameTooLarge as exc:
+                self.corrupt += 1
+                logger.warning("skipping image %s: %s; %s, scale it down", path, exc, limit_text())
+                continue
             if image is not None:
+                if note and not self._shrink_logged:
+                    logger.warning("image %s is %s: %s (said once per source)", path, note, limit_text())
+                    self._shrink_logged = True
                 return image
             self.corrupt += 1
             logger.warning("skipping unreadable image %s (corrupt, truncated or not an image)", path)
@@ -211,7 +232,7 @@ def _open_v4l2(device: str, width: int, height: int, fps: float) -> OpenCVSource
 
 
 def _open_stream(url: str, fps: float) -> OpenCVSource:
-    shown = _hide_password(url)
+    shown = hide_password(url)
     params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
     capture = cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
     if not capture.isOpened():

@@ -9,22 +9,32 @@ different event. Events arrive a few per second at most and acks are committed i
 fsyncs cost little.
 
 `seq` is strictly increasing and never reused: the last one handed out is kept in the same file and
-advanced in the same transaction as the insert, also when the spool is empty or events were dropped.
+advanced in the same transaction as the insert, also when the spool is empty or events were dropped. A
+high-water mark in a separate file (seq_mark.py) keeps it from going backwards when the spool file itself is
+moved aside or lost; its epoch goes into every event with the seq.
+
+When the spool cannot be written (disk full, I/O error), new events wait in a bounded memory queue, in
+order and without a seq yet; every later append and `retry()` tries to store them again. Acks that cannot
+be written are retried the same way. Nothing is lost unless the queue overflows (counted) or the process
+ends while it holds events.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from edge.errors import UserError
+from edge.seq_mark import RESERVE_BLOCK, SeqMark, new_epoch, read_mark, write_mark
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +52,14 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('last_seq', 0), ('dropped', 0);
 """
 
 
+# The epoch is kept in `meta` as an integer (the column's type), shown as 12 hex digits.
+EPOCH_KEY = "epoch"
+
+# A spool that cannot be opened for one of these may work again later (space freed, disk back): a restart
+# can fix it, so the service must not treat it as a configuration error.
+TRANSIENT_EXIT_STATUS = 75  # EX_TEMPFAIL
+
+
 class SpoolError(UserError):
     """The spool file cannot be opened or written."""
 
@@ -49,24 +67,41 @@ class SpoolError(UserError):
 class Spool:
     """Durable FIFO of JSON events keyed by seq; safe to use from several threads.
 
-    The pipeline thread appends, the publisher's thread reads `pending` and acks.
+    The pipeline thread appends; the publisher's thread reads `pending`, acks, and calls `retry`.
     """
 
-    def __init__(self, path: Path, max_events: int = 100_000, max_age_s: float = 7 * 86400):
-        if max_events < 1 or max_age_s <= 0:
-            raise ValueError("max_events must be >= 1 and max_age_s > 0")
+    def __init__(
+        self,
+        path: Path,
+        max_events: int = 100_000,
+        max_age_s: float = 7 * 86400,
+        memory_events: int = 10_000,
+        mark_path: Path | None = None,
+    ):
+        if max_events < 1 or max_age_s <= 0 or memory_events < 1:
+            raise ValueError("max_events and memory_events must be >= 1 and max_age_s > 0")
         self.path = Path(path)
+        # "spool.seq", not "spool.sqlite3.seq": moving `spool.sqlite3*` aside must leave the mark in place.
+        self.mark_path = Path(mark_path) if mark_path else self.path.with_name(self.path.stem + ".seq")
         self.max_events = max_events
         self.max_age_s = max_age_s
+        self.memory_events = memory_events
         self._lock = threading.Lock()
+        self._held: deque[tuple[float, dict[str, Any]]] = deque()  # (created, event): not written yet
+        self._held_dropped = 0
+        self._unwritten_acks: set[int] = set()
+        self._fault: str | None = None  # why the spool cannot be written right now
+        self._overflow_warned = False
         self._db = self._open()
         with self._lock, self._failures("open"):
             self._depth = self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
             self._last_seq = self._meta("last_seq")
-            self._dropped = self._meta("dropped")
-            dropped_before = self._dropped
+            self._dropped = dropped_before = self._meta("dropped")
+            self._epoch, self._reserved, self._epoch_saved = self._continue_counter()
             if self._depth:
-                self._transaction(self._enforce_bounds, time.time())
+                gone = self._write(self._drop_beyond_bounds, time.time(), self._depth)
+                self._depth -= gone
+                self._dropped += gone
         if self._dropped > dropped_before:
             logger.warning(
                 "spool %s: dropped %d events older than %.1f days or beyond %d events",
@@ -85,36 +120,57 @@ class Spool:
 
     # -- public ----------------------------------------------------------------------------------
 
-    def append(self, event: dict[str, Any]) -> int:
-        """Store `event` with the next seq (added to the stored JSON) and return that seq.
+    def append(self, event: dict[str, Any]) -> int | None:
+        """Store `event` with the next seq and the epoch (added to the stored JSON) and return that seq.
 
         Durable on return. Drops the oldest events beyond max_events / max_age_s in the same transaction.
+        When the spool cannot be written the event waits in memory and None is returned (module doc).
+        Raises ValueError or TypeError for an event that cannot be JSON.
         """
-        now = time.time()
-        with self._lock, self._failures("write to"):
-            return self._transaction(self._insert, event, now)
+        json.dumps(event, allow_nan=False)  # refuse it now, not when a held event is written later
+        with self._lock:
+            self._held.append((time.time(), event))
+            self._bound_held()
+            stored = self._store_held()
+        return stored[-1] if stored else None
 
     def pending(self, limit: int, after: int = 0) -> list[tuple[int, bytes]]:
         """Up to `limit` unacknowledged events with seq > `after`, oldest first, as (seq, JSON bytes)."""
         with self._lock, self._failures("read"):
             rows = self._db.execute(
-                "SELECT seq, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+                "SELECT seq, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, limit + len(self._unwritten_acks)),
             ).fetchall()
-        return [(seq, bytes(payload)) for seq, payload in rows]
+            unacked = [(seq, bytes(payload)) for seq, payload in rows if seq not in self._unwritten_acks]
+        return unacked[:limit]
 
     def ack_many(self, seqs: Iterable[int]) -> None:
         """The broker has these events: forget them, in one transaction (one fsync). Acking an unknown or
-        dropped seq does nothing."""
-        keys = [(int(s),) for s in seqs]
-        if not keys:
-            return
-        with self._lock, self._failures("write to"):
-            self._transaction(self._delete, keys)
+        dropped seq does nothing. An ack that cannot be written is kept and written by a later call."""
+        with self._lock:
+            self._unwritten_acks.update(int(s) for s in seqs)
+            self._write_acks()
+
+    def retry(self) -> None:
+        """Write what a failure left in memory (events, acks); does nothing when there is none."""
+        with self._lock:
+            self._write_acks()
+            self._store_held()
 
     @property
     def depth(self) -> int:
         """Events stored and not yet acknowledged."""
-        return self._depth
+        return max(0, self._depth - len(self._unwritten_acks))
+
+    @property
+    def held(self) -> int:
+        """Events waiting in memory because the spool cannot be written."""
+        return len(self._held)
+
+    @property
+    def held_dropped(self) -> int:
+        """Events lost since this start because the memory queue overflowed while the spool was unwritable."""
+        return self._held_dropped
 
     @property
     def dropped(self) -> int:
@@ -126,8 +182,22 @@ class Spool:
         """The seq handed out last (0 before the first event)."""
         return self._last_seq
 
+    @property
+    def epoch(self) -> str:
+        """The counter's epoch (12 hex digits), stored in every event beside its seq."""
+        return self._epoch
+
     def close(self) -> None:
         with self._lock:
+            self._write_acks()
+            self._store_held()
+            if self._held:
+                logger.error(
+                    "%d events kept in memory are lost: spool %s still cannot be written (%s)",
+                    len(self._held),
+                    self.path,
+                    self._fault,
+                )
             self._db.close()
 
     def __enter__(self) -> Spool:
@@ -136,7 +206,7 @@ class Spool:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- internals -------------------------------------------------------------------------------
+    # -- opening ---------------------------------------------------------------------------------
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -177,9 +247,12 @@ class Spool:
         if isinstance(exc, sqlite3.OperationalError) and any(
             s in text for s in ("unable to open", "readonly", "read-only", "disk I/O", "full")
         ):
-            return SpoolError(
-                f"spool {self.path} cannot be opened for writing ({text}); make its folder "
-                f"writable by this user and check free space, or set [spool] dir"
+            return _transient_if_it_may_clear(
+                SpoolError(
+                    f"spool {self.path} cannot be opened for writing ({text}); make its folder "
+                    f"writable by this user and check free space, or set [spool] dir"
+                ),
+                exc,
             )
         aside = self.path.parent / "broken-spool"
         return SpoolError(
@@ -187,21 +260,71 @@ class Spool:
             f"(mkdir {aside} && mv {self.path}* {aside}/) and start again; unsent events in it are lost"
         )
 
-    @contextmanager
-    def _failures(self, doing: str) -> Iterator[None]:
-        """Turns a SQLite failure during use (disk full, file removed, I/O error) into a one-line SpoolError."""
+    def _continue_counter(self) -> tuple[str, int, bool]:
+        """(epoch, reserved, whether the spool already stores that epoch), from the mark and the spool.
+
+        The spool continues the mark's counter when it stores the mark's epoch. A spool without it (a new
+        one after the old was moved aside, or one from before marks existed) continues above every seq the
+        mark may have handed out. Without a mark the spool's own epoch and last seq go on, or a new epoch
+        starts. Nothing is written here: the first append saves the choice.
+        """
+        mark = read_mark(self.mark_path)
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (EPOCH_KEY,)).fetchone()
+        stored = f"{int(row[0]):012x}" if row else None
+        if mark is not None and mark.epoch == stored:
+            return mark.epoch, max(mark.reserved, self._last_seq), True
+        if mark is not None:
+            if self._last_seq < mark.reserved:
+                logger.info(
+                    "spool %s is new: seq goes on after %d (epoch %s, from %s)",
+                    self.path,
+                    mark.reserved,
+                    mark.epoch,
+                    self.mark_path,
+                )
+            self._last_seq = max(self._last_seq, mark.reserved)
+            return mark.epoch, self._last_seq, False
+        if stored is not None:
+            return stored, self._last_seq, True
+        epoch = new_epoch()
+        if self._last_seq:
+            logger.info("spool %s: seq goes on after %d under the new epoch %s", self.path, self._last_seq, epoch)
+        return epoch, self._last_seq, False
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def _store_held(self) -> list[int]:
+        """Write every held event, oldest first, in one transaction; [] if that failed (they stay held)."""
+        if not self._held:
+            return []
         try:
-            yield
+            seqs, gone = self._write(self._insert_all, list(self._held))
+        except (sqlite3.Error, OSError) as exc:
+            self._failed(exc)
+            return []
+        self._held.clear()
+        self._last_seq = seqs[-1]
+        self._depth += len(seqs) - gone
+        self._dropped += gone
+        self._epoch_saved = True
+        if self._fault is not None:
+            logger.info("spool %s can be written again; %d events kept in memory are stored", self.path, len(seqs))
+            self._fault, self._overflow_warned = None, False
+        return seqs
+
+    def _write_acks(self) -> None:
+        if not self._unwritten_acks:
+            return
+        try:
+            removed = self._write(self._delete, sorted(self._unwritten_acks))
         except sqlite3.Error as exc:
-            raise SpoolError(
-                f"cannot {doing} spool {self.path} ({exc}); check free space and that the file "
-                f"is writable; move it aside if it is corrupt"
-            ) from None
+            self._failed(exc)
+            return
+        self._unwritten_acks.clear()
+        self._depth -= removed
 
-    def _meta(self, key: str) -> int:
-        return int(self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
-
-    def _transaction(self, work, *args):
+    def _write(self, work: Callable[..., Any], *args: Any) -> Any:
+        """Run `work` in one write transaction. In-memory counters change only after it committed."""
         # IMMEDIATE takes the write lock up front, so the seq read and its update cannot interleave
         # with another writer (e.g. a second process opened on the same file by mistake).
         self._db.execute("BEGIN IMMEDIATE")
@@ -209,49 +332,125 @@ class Spool:
             result = work(*args)
             self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
-            self._depth = self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-            self._last_seq, self._dropped = self._meta("last_seq"), self._meta("dropped")
+            if self._db.in_transaction:  # SQLite rolls back by itself on some failures (disk full)
+                self._db.execute("ROLLBACK")
             raise
         return result
 
-    def _insert(self, event: dict[str, Any], now: float) -> int:
-        seq = self._meta("last_seq") + 1
-        payload = json.dumps(_with_seq(event, seq), separators=(",", ":"), allow_nan=False).encode()
+    def _insert_all(self, held: list[tuple[float, dict[str, Any]]]) -> tuple[list[int], int]:
+        # The stored last seq, unless the mark moved it on at open (not saved until this first write).
+        seq = max(self._meta("last_seq"), self._last_seq)
+        seqs = []
+        for created, event in held:
+            seq += 1
+            self._reserve(seq)
+            payload = json.dumps(_stamped(event, seq, self._epoch), separators=(",", ":"), allow_nan=False)
+            self._db.execute(
+                "INSERT INTO events (seq, created, payload) VALUES (?, ?, ?)", (seq, created, payload.encode())
+            )
+            seqs.append(seq)
         self._db.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (seq,))
-        self._db.execute("INSERT INTO events (seq, created, payload) VALUES (?, ?, ?)", (seq, now, payload))
-        self._last_seq = seq
-        self._depth += 1
-        self._enforce_bounds(now)
-        return seq
+        if not self._epoch_saved:
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (EPOCH_KEY, int(self._epoch, 16))
+            )
+        return seqs, self._drop_beyond_bounds(time.time(), self._depth + len(seqs))
 
-    def _delete(self, keys: list[tuple[int]]) -> None:
+    def _reserve(self, seq: int) -> None:
+        """Move the mark past `seq` before `seq` is handed out (once per RESERVE_BLOCK seqs)."""
+        if seq > self._reserved:
+            reserved = seq + RESERVE_BLOCK - 1
+            write_mark(self.mark_path, SeqMark(self._epoch, reserved))
+            self._reserved = reserved
+
+    def _delete(self, seqs: list[int]) -> int:
         before = self._db.total_changes
-        self._db.executemany("DELETE FROM events WHERE seq = ?", keys)
-        self._depth -= self._db.total_changes - before
+        self._db.executemany("DELETE FROM events WHERE seq = ?", [(s,) for s in seqs])
+        return self._db.total_changes - before
 
-    def _enforce_bounds(self, now: float) -> None:
+    def _drop_beyond_bounds(self, now: float, depth: int) -> int:
+        """Delete events older than max_age_s and the oldest beyond max_events; returns how many."""
         gone = self._db.execute("DELETE FROM events WHERE created < ?", (now - self.max_age_s,)).rowcount
-        excess = self._depth - gone - self.max_events
+        excess = depth - gone - self.max_events
         if excess > 0:
             gone += self._db.execute(
                 "DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT ?)", (excess,)
             ).rowcount
         if gone:
             self._db.execute("UPDATE meta SET value = value + ? WHERE key = 'dropped'", (gone,))
-            self._depth -= gone
-            self._dropped += gone
+        return gone
+
+    # -- faults ----------------------------------------------------------------------------------
+
+    def _failed(self, exc: sqlite3.Error | OSError) -> None:
+        """One line when the spool stops being writable; the events wait in memory meanwhile."""
+        why = _cause(exc)
+        if self._fault is None:
+            logger.error(
+                "spool %s cannot be written (%s); keeping new events in memory (at most %d, stats: "
+                "spool_memory) and retrying; free space or fix the folder",
+                self.path,
+                why,
+                self.memory_events,
+            )
+        self._fault = why
+
+    def _bound_held(self) -> None:
+        while len(self._held) > self.memory_events:
+            self._held.popleft()
+            self._held_dropped += 1
+            if not self._overflow_warned:
+                logger.warning(
+                    "memory queue full (%d events) while spool %s cannot be written: dropping the oldest "
+                    "(stats: spool_memory_dropped)",
+                    self.memory_events,
+                    self.path,
+                )
+                self._overflow_warned = True
+
+    @contextmanager
+    def _failures(self, doing: str) -> Iterator[None]:
+        """Turns a SQLite failure during use (disk full, file removed, I/O error) into a one-line SpoolError."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise _transient_if_it_may_clear(
+                SpoolError(
+                    f"cannot {doing} spool {self.path} ({exc}); check free space and that the file "
+                    f"is writable; move it aside if it is corrupt"
+                ),
+                exc,
+            ) from None
+
+    def _meta(self, key: str) -> int:
+        return int(self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
 
 
-def _with_seq(event: dict[str, Any], seq: int) -> dict[str, Any]:
-    """A copy of `event` with "seq" right after "device" (or first), so payloads read naturally."""
+def _cause(exc: sqlite3.Error | OSError) -> str:
+    """ "disk full" for every way a full file system shows up; else the error's own text."""
+    if isinstance(exc, OSError):
+        return "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+    text = str(exc)
+    return "disk full" if getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL" or "full" in text else text
+
+
+def _transient_if_it_may_clear(error: SpoolError, exc: sqlite3.Error) -> SpoolError:
+    """A full disk or an I/O error may clear by itself: let the service restart for those."""
+    text = str(exc)
+    if "full" in text or "disk I/O" in text:
+        error.exit_status = TRANSIENT_EXIT_STATUS
+    return error
+
+
+def _stamped(event: dict[str, Any], seq: int, epoch: str) -> dict[str, Any]:
+    """A copy of `event` with "seq" and "epoch" right after "device" (or first), so payloads read naturally."""
     out: dict[str, Any] = {}
     if "device" not in event:
-        out["seq"] = seq
+        out.update(seq=seq, epoch=epoch)
     for key, value in event.items():
-        if key == "seq":
+        if key in ("seq", "epoch"):
             continue
         out[key] = value
         if key == "device":
-            out["seq"] = seq
+            out.update(seq=seq, epoch=epoch)
     return out

@@ -7,6 +7,9 @@ import resource
 import time
 from collections import defaultdict, deque
 
+# The stages the daemon times, in the order a frame meets them (Home Assistant's diagnostics list them).
+STAGES = ("capture_wait", "detect", "follow", "crop", "classify", "track", "publish", "total")
+
 
 class StageTimer:
     """Keeps the stage durations of the last `window` frames and the frame completion times.

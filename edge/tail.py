@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
 
 from edge.mqtt_client import MqttSettings, connect_or_raise, make_client, refused_error
-from edge.topics import parse, subscription
+from edge.topics import OFFLINE, parse, subscription
 
 DEFAULT_KINDS = ("events", "state", "status")
 
@@ -26,10 +28,14 @@ def run_tail(
     kinds: Sequence[str] = DEFAULT_KINDS,
     count: int | None = None,
     out: TextIO | None = None,
+    subscribed: threading.Event | None = None,
+    until_offline: bool = False,
+    stop: threading.Event | None = None,
 ) -> int:
-    """Print messages of this device (or of every device under the prefix) until Ctrl-C, or until
-    `count` messages were printed. Returns the exit status; raises BrokerError when the broker cannot
-    be reached or refuses the credentials."""
+    """Print messages of this device (or of every device under the prefix) until Ctrl-C, until `count`
+    messages were printed, until a device says it went offline (`until_offline`; a retained `offline` from
+    an earlier run does not count) or until `stop` is set. `subscribed` is set once messages can arrive.
+    Returns the exit status; raises BrokerError when the broker cannot be reached or refuses the credentials."""
     out = out or sys.stdout
     filters = [subscription(settings.prefix, kind, None if all_devices else settings.device_id) for kind in kinds]
     # Its own client id: reusing the daemon's would make the broker disconnect the daemon.
@@ -45,29 +51,49 @@ def run_tail(
             return
         client.subscribe([(f, 1) for f in filters])
 
+    def on_subscribe(*_args) -> None:
+        if subscribed is not None:
+            subscribed.set()
+
     def on_message(_client: mqtt.Client, _userdata, msg: mqtt.MQTTMessage) -> None:
         nonlocal printed
         line = raw_line(msg) if raw else human_line(settings.prefix, msg)
         print(line, file=out, flush=True)
         printed += 1
-        if count is not None and printed >= count:
+        went_offline = msg.topic.endswith("/status") and msg.payload == OFFLINE.encode() and not msg.retain
+        if (count is not None and printed >= count) or (until_offline and went_offline):
             done.set()
 
     client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
     client.on_message = on_message
-    connect_or_raise(client, settings)
-    client.loop_start()
-    try:
-        while not done.wait(0.2):  # short waits so Ctrl-C is handled promptly
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    with _ctrl_c_sets(done):
+        connect_or_raise(client, settings)
+        client.loop_start()
+        try:
+            while not done.wait(0.2):
+                if stop is not None and stop.is_set():
+                    break
+        finally:
+            client.disconnect()
+            client.loop_stop()
     if refused:
         raise refused_error(settings, refused[0])
     return 0
+
+
+@contextmanager
+def _ctrl_c_sets(done: threading.Event) -> Iterator[None]:
+    """Ctrl-C (SIGINT) sets `done` instead of raising KeyboardInterrupt wherever the main thread happens to
+    be, which could be inside a lock that paho's thread needs; off the main thread, signals are left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda _signum, _frame: done.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def raw_line(msg: mqtt.MQTTMessage) -> str:

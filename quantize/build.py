@@ -8,6 +8,10 @@
 Everything is written into a staging folder and moved in place at the very end, so a failure (including the
 INT8 accuracy gate) leaves earlier models untouched. Distillation checkpoints live in NAME.work/, so running
 the same command again after an interruption resumes training.
+
+The card is a dict in memory from export to the end. It is written twice and never read back: once when both
+models exist, because the evaluation opens them through the daemon's own loader, which reads the card beside
+them; and once more with the evaluation's figures and the build's records.
 """
 
 from __future__ import annotations
@@ -22,20 +26,27 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from quantize.card import make_card, read_card_dict, write_card
-from quantize.datasets import FaceSet, load_dataset
-from quantize.digest import file_sha256
-from quantize.distill import DistillConfig, distill, resize_faces, student_meta, teacher_logits
+from edge.contract import file_sha256, save_card
+from quantize.card import dataset_record, exported_card, metrics_section, student_section, with_variants
+from quantize.datasets import FaceSet
+from quantize.distill import distill
+from quantize.distill_config import DistillConfig
 from quantize.errors import QuantizeError
-from quantize.evaluate import Evaluation, evaluate, load_model, save_confusion_png
+from quantize.evaluate import Evaluation, evaluate_onnx, save_confusion_png
 from quantize.export import ExportReport, export_student
 from quantize.int8 import DEFAULT_MAX_DROP, calibration_faces, check_accuracy_drop, quantize_onnx
 from quantize.outputs import StagedOutputs
 from quantize.report import render_report, save_training_png
 from quantize.student import Student, views_label, zoom_crop
+from quantize.student_file import student_meta
+from quantize.student_input import student_inputs
+from quantize.teacher_targets import teacher_logits
 from quantize.teachers import Teacher, load_teacher
+from quantize.training_data import FaceOptions, load_training_data
 
 Log = Callable[[str], None]
+# Uint8 grey faces (N, h, w) -> the model's input batch, for calibration.
+Prepare = Callable[[np.ndarray], np.ndarray]
 
 
 def default_cache_dir() -> Path:
@@ -60,6 +71,7 @@ class BuildOptions:
     teachers: list[str]
     out: Path  # models/NAME, without suffix
     distill: DistillConfig = field(default_factory=DistillConfig)
+    faces: FaceOptions = field(default_factory=FaceOptions)
     quantize: QuantizeOptions = field(default_factory=QuantizeOptions)
     device: str = "cpu"
     teacher_precision: str = "fp32"
@@ -85,60 +97,17 @@ def output_name(out: Path) -> tuple[Path, str]:
 # ---------------------------------------------------------------- steps shared with the single commands
 
 
-def dataset_record(data: Path, splits: dict[str, FaceSet]) -> dict[str, Any]:
-    return {
-        "name": Path(data).name,
-        "sha256": file_sha256(Path(data)),
-        "splits": {role: faces.split for role, faces in splits.items()},
-        "counts": {role: faces.class_counts() for role, faces in splits.items()},
-    }
-
-
-def fp32_card(
-    meta: dict[str, Any],
-    name: str,
-    fp32_file: Path,
-    crop_margin: float,
-    flip_average: bool = False,
-    zoom_views: tuple[float, ...] = (),
-) -> dict[str, Any]:
-    """The card of an exported student before quantization: FP32 only."""
-    size = meta["input_size"]
-    return make_card(
-        name=name,
-        labels=meta["labels"],
-        channels=meta["channels"],
-        height=size,
-        width=size,
-        mean=meta["mean"],
-        std=meta["std"],
-        crop_margin=crop_margin,
-        precision="fp32",
-        variants={"fp32": fp32_file.name},
-        variant_sha256={"fp32": file_sha256(fp32_file)},
-        flip_average=flip_average,
-        zoom_views=list(zoom_views) or None,
-    )
-
-
-def student_inputs(images: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
-    """Faces prepared the way the student was trained (for the export parity check)."""
-    x = resize_faces(images, meta["input_size"]).astype(np.float32)[:, None] / 255.0
-    return ((x - meta["mean"][0]) / meta["std"][0]).astype(np.float32)
-
-
 def export_step(
     model: Student,
-    meta: dict[str, Any],
     staging: StagedOutputs,
     name: str,
     sample: np.ndarray,
-    crop_margin: float,
     exporter: str,
     log: Log,
     flip_average: bool = False,
     zoom_views: tuple[float, ...] = (),
 ) -> tuple[Path, ExportReport]:
+    """The student as staged NAME.fp32.onnx, checked against torch on `sample` (prepared inputs)."""
     fp32 = staging.path(f"{name}.fp32.onnx")
     report = export_student(model, fp32, sample, exporter, flip_average, zoom_views)
     views = views_label(flip_average, zoom_views)
@@ -146,65 +115,52 @@ def export_step(
         f"exported {fp32.name} with the {report.exporter} exporter, opset {report.opset}, "
         f"max |onnxruntime - torch| {report.max_abs_diff:.1e}{f', views: face + {views}' if views else ''}"
     )
-    write_card(fp32_card(meta, name, fp32, crop_margin, flip_average, zoom_views), staging.path(f"{name}.json"))
     return fp32, report
 
 
 @dataclass
 class Int8Outcome:
-    int8: Path
+    card: dict[str, Any]  # the card as staged, naming both variants
     evaluations: dict[str, Evaluation]  # fp32, int8, int8_qoperator
     quantization: dict[str, Any]
     latency: dict[str, Any]
 
-
-def _rounded(top1: float | None) -> float | None:
-    return None if top1 is None else round(top1, 4)
+    def metrics(self, split: str) -> dict[str, Any]:
+        return metrics_section(self.evaluations, self.latency, split)
 
 
 def int8_step(
     staging: StagedOutputs,
     name: str,
     card: dict[str, Any],
+    prepare: Prepare,
     train: FaceSet,
     eval_faces: FaceSet,
     opts: QuantizeOptions,
     log: Log,
 ) -> Int8Outcome:
-    """Quantize the staged FP32 model (QDQ shipped, QOperator for comparison), evaluate all three, apply the gate,
-    and stage the card listing both variants. `card` is the staged FP32 card."""
+    """Quantize the staged FP32 model that `card` names (QDQ shipped, QOperator for comparison), stage the card
+    naming both, evaluate all three and apply the accuracy gate. `prepare` turns calibration faces into inputs."""
     fp32 = staging.dir / card["variants"]["fp32"]
     calib = calibration_faces(train, opts.calibration_faces, opts.seed)
-    inputs = load_model(fp32).preprocess(list(calib.images))
+    inputs = prepare(calib.images)
     int8 = staging.path(f"{name}.onnx")
     quantize_onnx(fp32, int8, inputs, method=opts.calibration, fmt="qdq", activations=opts.activations)
     # The QOperator variant gets a card of its own in a side folder, so it is evaluated like a shipped model.
     side = staging.dir / "qoperator"
     side.mkdir(exist_ok=True)
-    quantize_onnx(
-        fp32, side / f"{name}.onnx", inputs, method=opts.calibration, fmt="qoperator", activations=opts.activations
-    )
-    variants = {"fp32": fp32.name, "int8": int8.name}
-    shas = {"fp32": file_sha256(fp32), "int8": file_sha256(int8)}
-    staged_card = {**card, "precision": "int8", "variants": variants, "variant_sha256": shas, "sha256": shas["int8"]}
-    write_card(staged_card, staging.path(f"{name}.json"))
-    write_card(
-        {
-            **card,
-            "precision": "int8",
-            "variants": {"int8": f"{name}.onnx"},
-            "variant_sha256": {"int8": file_sha256(side / f"{name}.onnx")},
-            "sha256": file_sha256(side / f"{name}.onnx"),
-        },
-        side / f"{name}.json",
-    )
+    qoperator = side / f"{name}.onnx"
+    quantize_onnx(fp32, qoperator, inputs, method=opts.calibration, fmt="qoperator", activations=opts.activations)
+    staged = with_variants(card, {"fp32": fp32, "int8": int8}, "int8")
+    save_card(staged, staging.path(f"{name}.json"))
+    save_card(with_variants(card, {"int8": qoperator}, "int8"), side / f"{name}.json")
 
     evaluations: dict[str, Evaluation] = {}
-    for key, path in (("fp32", fp32), ("int8", int8), ("int8_qoperator", side / f"{name}.onnx")):
-        evaluations[key] = evaluate(path, eval_faces, latency_runs=opts.latency_runs)
-        ev = evaluations[key]
-        latency = f", {ev.latency_ms['median']:.3f} ms/face" if ev.latency_ms else ""
-        log(f"{key}: top-1 {ev.accuracy * 100:.2f}% on {ev.count} {eval_faces.split} faces{latency}")
+    for key, path, precision in (("fp32", fp32, "fp32"), ("int8", int8, "int8"), ("int8_qoperator", qoperator, "int8")):
+        ev = evaluate_onnx(path, eval_faces, precision=precision, latency_runs=opts.latency_runs)
+        evaluations[key] = ev
+        timing = f", {ev.latency_ms['median']:.3f} ms/face" if ev.latency_ms else ""
+        log(f"{key}: top-1 {ev.accuracy * 100:.2f}% on {ev.count} {eval_faces.split} faces{timing}")
     fp, q = evaluations["fp32"], evaluations["int8"]
     drop = check_accuracy_drop(fp.accuracy, q.accuracy, opts.max_drop, opts.allow_drop)
     quantization = {
@@ -220,7 +176,7 @@ def int8_step(
         "agreement": round(float((fp.probs.argmax(1) == q.probs.argmax(1)).mean()), 4),
         "mean_abs_prob_diff": round(float(np.abs(fp.probs - q.probs).mean()), 5),
     }
-    latency = {
+    latency: dict[str, Any] = {
         key: {k: round(v, 4) for k, v in ev.latency_ms.items()} for key, ev in evaluations.items() if ev.latency_ms
     }
     latency.update(
@@ -231,15 +187,7 @@ def int8_step(
             "machine": f"{platform.machine()} {platform.processor() or platform.system()}".strip(),
         }
     )
-    return Int8Outcome(int8, evaluations, quantization, latency)
-
-
-def metrics_section(outcome: Int8Outcome, split: str) -> dict[str, Any]:
-    return {
-        "eval_split": split,
-        **{k: ev.metrics() for k, ev in outcome.evaluations.items()},
-        "latency_ms": outcome.latency,
-    }
+    return Int8Outcome(staged, evaluations, quantization, latency)
 
 
 def teacher_accuracy(teacher: Teacher, sha256: str, faces: FaceSet, cache_dir: Path | None, log: Log) -> float:
@@ -259,8 +207,9 @@ def build(opts: BuildOptions, log: Log = print) -> list[Path]:
     for zoom in opts.zoom_views:  # refused now, not after hours of training
         zoom_crop(opts.distill.input_size, zoom)
     cache_dir = opts.cache_dir or default_cache_dir()
-    train = load_dataset(opts.data, "train")
-    eval_faces = load_dataset(opts.data, opts.quantize.eval_split)
+    data = load_training_data(opts.data, opts.quantize.eval_split, opts.faces, cache_dir, log)
+    train, eval_faces = data.train, data.eval
+    assert eval_faces is not None, "an eval split was asked for"
     log(f"data {opts.data}: {len(train)} training faces, {len(eval_faces)} {opts.quantize.eval_split} faces")
     teachers = [
         load_teacher(spec, device=opts.device, precision=opts.teacher_precision, trust_pickle=opts.trust_pickle)
@@ -281,39 +230,22 @@ def build(opts: BuildOptions, log: Log = print) -> list[Path]:
         progress=opts.progress,
         log=log,
     )
-    meta = student_meta(result)
+    meta = student_meta(result, data.faces_record())
 
     with StagedOutputs(folder) as staging:
         sample = student_inputs(eval_faces.images[:64], meta)
-        _, export_report = export_step(
-            result.model,
-            meta,
-            staging,
-            name,
-            sample,
-            opts.crop_margin,
-            opts.exporter,
-            log,
-            opts.flip_average,
-            opts.zoom_views,
+        fp32, export_report = export_step(
+            result.model, staging, name, sample, opts.exporter, log, opts.flip_average, opts.zoom_views
         )
+        card = exported_card(meta, name, fp32, opts.crop_margin, opts.flip_average, opts.zoom_views)
         outcome = int8_step(
-            staging, name, read_card_dict(staging.path(f"{name}.json")), train, eval_faces, opts.quantize, log
+            staging, name, card, lambda faces: student_inputs(faces, meta), train, eval_faces, opts.quantize, log
         )
-        teacher_rows = [{**record, "accuracy": round(acc, 4)} for record, acc in zip(result.teachers, accuracies)]
         card = {
-            **read_card_dict(staging.path(f"{name}.json")),  # the card int8_step staged, with both variants
-            "metrics": metrics_section(outcome, eval_faces.split),
-            "student": {
-                "arch": meta["arch"],
-                "params": meta["params"],
-                "input_size": meta["input_size"],
-                "best_epoch": result.best_epoch,
-                "val_top1": _rounded(result.best_val_top1),
-                "train_faces": result.train_faces,
-                "val_faces": result.val_faces,
-            },
-            "teachers": teacher_rows,
+            **outcome.card,
+            "metrics": outcome.metrics(eval_faces.split),
+            "student": student_section(result, meta),
+            "teachers": [{**record, "accuracy": round(acc, 4)} for record, acc in zip(result.teachers, accuracies)],
             "dataset": dataset_record(opts.data, {"train": train, "eval": eval_faces}),
             "distillation": result.settings,
             "quantization": {
@@ -323,7 +255,7 @@ def build(opts: BuildOptions, log: Log = print) -> list[Path]:
                 "export_max_abs_diff": export_report.max_abs_diff,
             },
         }
-        write_card(card, staging.path(f"{name}.json"))
+        save_card(card, staging.path(f"{name}.json"))
         images = {
             "fp32": f"{name}.confusion-fp32.png",
             "int8": f"{name}.confusion-int8.png",

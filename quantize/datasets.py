@@ -11,18 +11,18 @@ import gzip
 import hashlib
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from edge.contract import CANONICAL_LABELS, IMAGE_SUFFIXES
 from quantize.errors import QuantizeError
-from quantize.labels import CANONICAL_LABELS, map_label_name
+from quantize.labels import map_label_name
 from quantize.outputs import write_atomically
 
 SIZE = 48
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm"}
 # Requested split -> FER2013 Usage value.
 CSV_SPLITS = {"train": "Training", "test": "PublicTest", "private": "PrivateTest"}
 # Requested split -> folder names used by the public image-folder exports.
@@ -36,20 +36,38 @@ _CACHE_VERSION = "1"
 
 @dataclass
 class FaceSet:
-    """Grey 48x48 faces with canonical label indices."""
+    """Grey 48x48 faces with canonical label indices.
+
+    A label source that gives each face a distribution over the classes (annotator votes, quantize.label_sources)
+    sets `targets`; the hard term of quantize.distill_loss then learns those instead of `labels`."""
 
     images: np.ndarray  # uint8 (N, 48, 48)
     labels: np.ndarray  # int64 (N,), indices into CANONICAL_LABELS
     source: str
     split: str
     skipped: int = 0  # unreadable images left out (only with skip_corrupt)
+    rows: np.ndarray | None = None  # int64 (N,): each face's data row in a CSV file (None for image folders)
+    targets: np.ndarray | None = None  # float32 (N, len(CANONICAL_LABELS)): per-face class distributions
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, idx: np.ndarray | list[int] | slice) -> FaceSet:
         """The faces at `idx` (indices, boolean mask or slice) as a new set."""
-        return FaceSet(self.images[idx], self.labels[idx], self.source, self.split)
+        return replace(
+            self,
+            images=self.images[idx],
+            labels=self.labels[idx],
+            skipped=0,
+            rows=None if self.rows is None else self.rows[idx],
+            targets=None if self.targets is None else self.targets[idx],
+        )
+
+    def target_distributions(self) -> np.ndarray:
+        """(N, classes) float32: the label source's distributions, or each hard label as a one-hot row."""
+        if self.targets is not None:
+            return self.targets
+        return np.eye(len(CANONICAL_LABELS), dtype=np.float32)[self.labels]
 
     def class_counts(self) -> dict[str, int]:
         """Faces per canonical label, all seven listed (zero where a set lacks a class)."""
@@ -158,7 +176,7 @@ def _load_csv_split(path: Path, split: str, cache: bool) -> FaceSet:
                 f"{path} has no Usage column, so it holds only one split; ask for split 'train' "
                 "or give a file with Usage"
             )
-        return FaceSet(images, labels, str(path), split)
+        return FaceSet(images, labels, str(path), split, rows=np.arange(len(labels)))
     wanted = CSV_SPLITS.get(split.lower(), split)
     match = next((i for i, u in enumerate(usage_names) if u.lower() == wanted.lower()), None)
     if match is None:
@@ -167,7 +185,7 @@ def _load_csv_split(path: Path, split: str, cache: bool) -> FaceSet:
             f"use one of {', '.join(CSV_SPLITS)} or a Usage value"
         )
     mask = usage == match
-    return FaceSet(images[mask], labels[mask], str(path), split)
+    return FaceSet(images[mask], labels[mask], str(path), split, rows=np.flatnonzero(mask))
 
 
 def _cache_file(path: Path) -> Path:

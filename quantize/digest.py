@@ -1,4 +1,4 @@
-"""Content fingerprints: sha256 of files (teachers, models, data sets) and of face arrays (cache keys)."""
+"""Content fingerprints: sha256 of files and folders (teachers, models, data sets) and of face arrays (cache keys)."""
 
 from __future__ import annotations
 
@@ -7,18 +7,18 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.classifier import file_sha256 as edge_file_sha256
+from edge.contract import file_sha256
 
 
-def file_sha256(path: Path) -> str:
+def path_sha256(path: Path) -> str:
     """Hex sha256 of a file (as the daemon checks models), or for a folder, of every file's relative path
     and sha256 in sorted path order."""
     if not path.is_dir():
-        return edge_file_sha256(path)
+        return file_sha256(path)
     digest = hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         digest.update(str(file.relative_to(path)).encode())
-        digest.update(edge_file_sha256(file).encode())
+        digest.update(file_sha256(file).encode())
     return digest.hexdigest()
 
 

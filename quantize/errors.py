@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edge.errors import UserError
+from edge.contract import UserError
 
 
 class QuantizeError(UserError):

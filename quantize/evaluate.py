@@ -16,21 +16,26 @@ from typing import Any
 import numpy as np
 
 from edge.classifier import ExpressionModel
-from edge.model_card import card_path_for, load_card
+from edge.contract import CANONICAL_LABELS, card_path_for, load_card
 from quantize.datasets import FaceSet
 from quantize.errors import QuantizeError
-from quantize.labels import CANONICAL_LABELS, map_label_name
+from quantize.labels import map_label_name
 
 PREDICT_CHUNK = 512
 
 
-def load_model(path: Path, threads: int = 2) -> ExpressionModel:
-    """The daemon's loader, pinned to the precision its card gives `path` (never a timed choice)."""
-    if not Path(path).is_file():
+def card_precision(path: Path) -> str:
+    """The precision the card beside `path` gives that file ("auto" when it says none)."""
+    card = load_card(card_path_for(path))
+    return next((p for p, f in card.variants.items() if f == path.name), None) or card.precision or "auto"
+
+
+def load_daemon_model(path: Path, precision: str | None = None, threads: int = 2) -> ExpressionModel:
+    """The daemon's loader, pinned to `precision` (by default the one its card gives `path`), never a timed choice."""
+    path = Path(path)
+    if not path.is_file():
         raise QuantizeError(f"model {path} not found; give the .onnx written by `quantize build`")
-    card = load_card(card_path_for(Path(path)))
-    precision = next((p for p, f in card.variants.items() if f == Path(path).name), None)
-    return ExpressionModel.load(Path(path), precision=precision or card.precision or "auto", threads=threads)
+    return ExpressionModel.load(path, precision=precision or card_precision(path), threads=threads)
 
 
 def predict(model: ExpressionModel, images: np.ndarray) -> np.ndarray:
@@ -39,9 +44,8 @@ def predict(model: ExpressionModel, images: np.ndarray) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, len(model.labels)), np.float32)
 
 
-def measure_latency(path: Path, face: np.ndarray, runs: int = 200, warmup: int = 20) -> dict[str, float]:
-    """Milliseconds per face (preprocessing included) at batch 1 on one thread: median and 90th percentile."""
-    model = load_model(path, threads=1)
+def time_per_face(model: ExpressionModel, face: np.ndarray, runs: int = 200, warmup: int = 20) -> dict[str, float]:
+    """Milliseconds per face (preprocessing included) at batch 1: median and 90th percentile."""
     for _ in range(warmup):
         model.predict([face])
     times = np.empty(runs)
@@ -50,6 +54,11 @@ def measure_latency(path: Path, face: np.ndarray, runs: int = 200, warmup: int =
         model.predict([face])
         times[i] = time.perf_counter() - start
     return {"median": float(np.median(times) * 1e3), "p90": float(np.percentile(times, 90) * 1e3)}
+
+
+def measure_latency(path: Path, face: np.ndarray, runs: int = 200, warmup: int = 20) -> dict[str, float]:
+    """Milliseconds per face (preprocessing included) of the model at `path`, batch 1 on one thread."""
+    return time_per_face(load_daemon_model(path, threads=1), face, runs, warmup)
 
 
 @dataclass
@@ -100,11 +109,15 @@ class Evaluation:
         return out
 
 
-def evaluate(model_path: Path, faces: FaceSet, *, latency_runs: int = 200, threads: int = 2) -> Evaluation:
-    """Top-1, recall, F1 and confusion of `model_path` on `faces`; latency too when latency_runs > 0.
+def evaluate_onnx(
+    model_path: Path, faces: FaceSet, *, precision: str | None = None, latency_runs: int = 200
+) -> Evaluation:
+    """Top-1, recall, F1 and confusion of the ONNX model at `model_path` (at `precision`, by default the one its
+    card gives the file) on `faces`; latency too when latency_runs > 0.
 
-    Faces of a class the model does not know (disgust for a six-class model) are left out and counted."""
-    model = load_model(model_path, threads=threads)
+    The model is loaded once, on one thread: the setting latency is quoted at. Faces of a class the model does
+    not know (disgust for a six-class model) are left out and counted."""
+    model = load_daemon_model(model_path, precision, threads=1)
     to_model = np.full(len(CANONICAL_LABELS), -1)
     to_model[[map_label_name(name) for name in model.labels]] = np.arange(len(model.labels))
     truth = to_model[faces.labels]
@@ -112,7 +125,7 @@ def evaluate(model_path: Path, faces: FaceSet, *, latency_runs: int = 200, threa
     probs = predict(model, faces.images[known])
     confusion = np.zeros((len(model.labels), len(model.labels)), dtype=np.int64)
     np.add.at(confusion, (truth[known], probs.argmax(axis=1)), 1)
-    latency = measure_latency(model_path, faces.images[0], runs=latency_runs) if latency_runs > 0 else None
+    latency = time_per_face(model, faces.images[0], runs=latency_runs) if latency_runs > 0 else None
     return Evaluation(
         list(model.labels), confusion, probs, int((~known).sum()), Path(model_path).stat().st_size, latency
     )

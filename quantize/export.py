@@ -20,6 +20,7 @@ import torch
 
 from quantize.errors import QuantizeError
 from quantize.student import Student, ViewAveraged, fold_batchnorm
+from quantize.training import to_memory_format
 
 PARITY_ATOL = 1e-4
 OPSET = 18
@@ -88,11 +89,13 @@ def export_student(
 
     exporter "auto" tries dynamo then legacy and keeps the first that passes parity. With `flip_average` and/or
     `zooms` the graph returns the mean of the logits of each face's views (student.ViewAveraged)."""
-    model = model.float().to(memory_format=torch.contiguous_format).eval().cpu()
-    folded: torch.nn.Module = fold_batchnorm(model)
+    student = to_memory_format(model.float(), torch.contiguous_format).eval().cpu()
+    # `reference` is what the graph must compute; `folded` is what gets exported.
+    reference: torch.nn.Module = student
+    folded: torch.nn.Module = fold_batchnorm(student)
     if flip_average or zooms:
         size = sample.shape[-1]
-        model = ViewAveraged(model, size, flip_average, zooms).eval()
+        reference = ViewAveraged(student, size, flip_average, zooms).eval()
         folded = ViewAveraged(folded, size, flip_average, zooms).eval()
     example = torch.from_numpy(sample[:2].copy())
     failures: list[str] = []
@@ -103,7 +106,7 @@ def export_student(
             first_line = (str(exc).strip().splitlines() or [""])[0][:160]
             failures.append(f"{name}: {type(exc).__name__}: {first_line}")
             continue
-        diff = parity(path, model, sample)
+        diff = parity(path, reference, sample)
         if diff < PARITY_ATOL:
             return ExportReport(name, OPSET, diff)
         failures.append(f"{name}: onnxruntime differs from torch by {diff:.2e} (limit {PARITY_ATOL:.0e})")

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.contract import CANONICAL_LABELS
 from quantize.errors import QuantizeError
-from quantize.labels import CANONICAL_LABELS
 
 VOTE_COLUMNS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF")
 # Vote column of each canonical label, in CANONICAL_LABELS order (angry, disgust, fear, happy, sad, surprise, neutral).

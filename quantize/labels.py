@@ -1,10 +1,10 @@
-"""The canonical expression labels (FER2013 order) and the mapping of data-set class names onto them."""
+"""Class names as data sets and teachers spell them (a class folder, a teacher spec's label list), mapped onto
+the canonical labels of edge.contract."""
 
 from __future__ import annotations
 
+from edge.contract import CANONICAL_LABELS
 from quantize.errors import QuantizeError
-
-CANONICAL_LABELS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
 # Spellings found in public data sets and checkpoints; "suprise" is the folder name of a popular Kaggle export.
 _ALIASES: dict[str, str] = {

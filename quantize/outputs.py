@@ -13,7 +13,7 @@ from typing import BinaryIO
 from quantize.errors import QuantizeError
 
 
-def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
+def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Call `write` on a temporary file beside `path`, then rename it over `path`: readers (and a resumed
     run after a crash) see the old file or the whole new one, never half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -99,7 +99,7 @@ class ViewAveraged(nn.Module):
 
     The views are the face itself, one centre zoom per factor in `zooms` (the middle size/zoom pixels of the
     face, resized back to `size` bilinearly), and with `flip` the mirror image of each of those. Flipping gained
-    student m 0.8 top-1 points on FER2013; see the README for what the zoom views gain."""
+    student m 0.8 top-1 points on FER2013; docs/model.md has what the zoom views gain."""
 
     def __init__(self, net: nn.Module, size: int, flip: bool = True, zooms: tuple[float, ...] = ()) -> None:
         super().__init__()
@@ -155,7 +155,9 @@ def fold_batchnorm(model: Student) -> Student:
     folded = copy.deepcopy(model).eval()
     for module in folded.modules():
         if isinstance(module, ConvBN) and len(module) == 2:
-            fused = fuse_conv_bn_eval(module[0], module[1])
+            conv, bn = module[0], module[1]
+            assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+            fused = fuse_conv_bn_eval(conv, bn)
             del module[1]
             module[0] = fused
     return folded

@@ -21,9 +21,9 @@ CONF=$CONF_DIR/config.toml
 UNIT_DIR=/etc/systemd/system
 STATE_DIRS=(/var/lib/edge-mood /var/lib/private/edge-mood)
 
-# YuNet face detector (OpenCV Model Zoo, MIT licence), pinned: a different file is refused.
-YUNET_URL=https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/face_detection_yunet_2023mar.onnx
-YUNET_SHA256=8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4
+# YuNet face detector: fetched and checked by edge/yunet_fetch.py (the pinned URL and sha256 live there).
+YUNET_URL=""
+YUNET_SHA256=""
 
 # Staging root, like DESTDIR: everything is written under it, while the paths written into the
 # config and unit stay the final ones. Set, it skips apt, the group, ownership and systemctl.
@@ -47,8 +47,8 @@ Options:
   --source SPEC        what to pip install: a checkout folder, a wheel or sdist, a URL, a version
                        (e.g. 0.2.0) or a requirement (default: $CHECKOUT)
   --yunet-file PATH    use this local YuNet .onnx instead of downloading it (checksum still checked)
-  --yunet-url URL      download YuNet from here instead (default: the OpenCV Model Zoo)
-  --yunet-sha256 HEX   expected sha256 of the YuNet file (default: the pinned 2023mar release)
+  --yunet-url URL      download YuNet from here instead (default: the OpenCV Model Zoo's 2023mar release)
+  --yunet-sha256 HEX   expected sha256 of the YuNet file (default: the pinned one of that release)
   --no-apt             do not apt-get install the system packages
   --no-start           install and enable nothing in systemd beyond the unit file
   --uninstall          stop and disable the service, remove the unit, venv and models;
@@ -88,7 +88,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 [ "$PURGE" = 1 ] && [ "$UNINSTALL" = 0 ] && die "--purge goes with --uninstall"
-[[ $YUNET_SHA256 =~ ^[0-9a-f]{64}$ ]] || die "--yunet-sha256 must be 64 lowercase hex digits"
+[ -z "$YUNET_SHA256" ] || [[ $YUNET_SHA256 =~ ^[0-9a-f]{64}$ ]] || die "--yunet-sha256 must be 64 lowercase hex digits"
 
 if [ -n "$ROOT" ]; then
     ROOT=$(mkdir -p "$ROOT" && cd "$ROOT" && pwd)
@@ -186,41 +186,19 @@ install_venv() {
     "$ROOT$VENV/bin/edge" --version >/dev/null || die "the installed 'edge' command does not start"
 }
 
-sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
-
-# Puts the YuNet model in place, from --yunet-file or the pinned URL; a checksum mismatch is fatal.
+# Puts the checked YuNet model in place, from --yunet-file or the pinned URL, with the same Python code the
+# daemon uses on first use (standard library only, so the system Python runs it before the venv exists).
 install_yunet() {
-    local name target tmp
-    if [ -n "$YUNET_FILE" ]; then name=$(basename "$YUNET_FILE"); else name=$(basename "$YUNET_URL"); fi
-    target=$ROOT$MODEL_DIR/$name
-    YUNET_PATH=$MODEL_DIR/$name
-    mkdir -p "$ROOT$MODEL_DIR"
-    if [ -f "$target" ] && [ "$(sha256_of "$target")" = "$YUNET_SHA256" ]; then
-        say "YuNet already in place: $YUNET_PATH"
-        return
+    local args=(--dir "$ROOT$MODEL_DIR") out
+    [ -n "$YUNET_FILE" ] && args+=(--file "$YUNET_FILE")
+    [ -n "$YUNET_URL" ] && args+=(--url "$YUNET_URL")
+    [ -n "$YUNET_SHA256" ] && args+=(--sha256 "$YUNET_SHA256")
+    [ -n "$YUNET_FILE" ] || say "fetching the YuNet face detector"
+    if ! out=$(PYTHONPATH="$CHECKOUT" "$PYTHON" -m edge.yunet_fetch "${args[@]}" 2>&1); then
+        die "$out"
     fi
-    tmp=$(mktemp "$ROOT$MODEL_DIR/.yunet.XXXXXX")
-    if [ -n "$YUNET_FILE" ]; then
-        [ -f "$YUNET_FILE" ] || { rm -f "$tmp"; die "--yunet-file $YUNET_FILE does not exist"; }
-        cp "$YUNET_FILE" "$tmp"
-    else
-        say "downloading YuNet from $YUNET_URL"
-        if ! "$PYTHON" -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' \
-            "$YUNET_URL" "$tmp" 2>/dev/null; then
-            rm -f "$tmp"
-            die "could not download $YUNET_URL; copy the file onto the Pi and pass --yunet-file PATH"
-        fi
-    fi
-    local got
-    got=$(sha256_of "$tmp")
-    if [ "$got" != "$YUNET_SHA256" ]; then
-        rm -f "$tmp"
-        die "YuNet checksum mismatch: got $got, expected $YUNET_SHA256; refusing this file" \
-            "(a different release needs --yunet-sha256)"
-    fi
-    chmod 0644 "$tmp"
-    mv -f "$tmp" "$target"
-    say "YuNet installed: $YUNET_PATH"
+    YUNET_PATH=${out#"$ROOT"}
+    say "YuNet in place: $YUNET_PATH"
 }
 
 # The expression model ships in the checkout's models/; a wheel or index install carries its own.

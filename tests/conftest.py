@@ -13,6 +13,11 @@ amqtt broker (pip install amqtt, MQTT 3.1.1 only) stands in; with neither, broke
 EDGE_TEST_BROKER=mosquitto|amqtt picks one explicitly. `broker.protocol` is the newest MQTT version the
 running broker speaks ("5" or "3.1.1"); `broker_factory(...)` makes brokers with a password file,
 persistence or extra mosquitto config lines.
+
+For the whole run, the daemon downloads nothing (detector.yunet_url is empty) and its data folder is a
+fresh temporary one, so no test reaches the internet or sees a detector fetched on this machine before.
+At the end, the run says how many tests were skipped because ../shared (the team's data) is absent, and
+what they cover.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +45,52 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 START_TIMEOUT_S = 15.0
 WAIT_TIMEOUT_S = 20.0  # generous: the test machines are small and shared
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+_collected_per_module: Counter[str] = Counter()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Subprocesses started by tests inherit both.
+    os.environ["EDGE_MOOD_DETECTOR_YUNET_URL"] = ""
+    data_home = tempfile.mkdtemp(prefix="edge-mood-test-data-")
+    os.environ["XDG_DATA_HOME"] = data_home
+    config.add_cleanup(lambda: shutil.rmtree(data_home, ignore_errors=True))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    _collected_per_module.update(item.nodeid.split("::")[0] for item in items)
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    return str(longrepr[2]) if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+
+
+def _module_summary(path: str, width: int = 110) -> str:
+    """The first sentence of a test module's docstring (what its tests cover), cut to `width` characters."""
+    module = sys.modules.get(path.removesuffix(".py").replace("/", "."))
+    paragraph = " ".join((getattr(module, "__doc__", None) or "").strip().split("\n\n")[0].split())
+    sentence = paragraph.split(". ")[0].rstrip(".")
+    return sentence if len(sentence) <= width else sentence[: width - 3].rsplit(" ", 1)[0] + "..."
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """How many tests did not run for lack of ../shared, and what they cover: a newcomer's run passes
+    without it, and should say so rather than look complete."""
+    lacking = [r for r in terminalreporter.stats.get("skipped", []) if "shared" in _skip_reason(r).lower()]
+    if not lacking:
+        return
+    per_module = Counter(report.nodeid.split("::")[0] for report in lacking)
+    where = "is absent" if not SHARED.is_dir() else "lacks some files"
+    terminalreporter.write_sep("=", f"{len(lacking)} tests skipped because {SHARED} {where}")
+    for module, count in sorted(per_module.items()):
+        of = _collected_per_module.get(module, count)
+        terminalreporter.write_line(f"  {module}: {count} of {of}. {_module_summary(module)}")
+    terminalreporter.write_line(
+        "  They need the team's real photos, FER2013, teachers or the YuNet model (../shared/README.md); "
+        "every other test ran."
+    )
 
 
 def _mosquitto_binary() -> str | None:

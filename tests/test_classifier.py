@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -76,6 +77,36 @@ def test_crops_are_resized_and_converted_to_the_card(tmp_path: Path) -> None:
     batch = model.preprocess([bright_rgb])
     assert batch.shape == (1, 3, 40, 32) and batch.dtype == np.float32
     assert np.allclose(batch, (230 / 255 - 0.5) / 0.5, atol=1e-6)
+
+
+def _with_illumination(model_path: Path, illumination: str) -> ExpressionModel:
+    card_path = model_path.with_suffix(".json")
+    card = json.loads(card_path.read_text())
+    card["input"]["illumination"] = illumination
+    card_path.write_text(json.dumps(card))
+    return ExpressionModel.load(model_path)
+
+
+def _smooth_face(low: int, high: int) -> np.ndarray:
+    noise = np.random.default_rng(3).integers(0, 256, (48, 48)).astype(np.uint8)
+    face = cv2.normalize(cv2.GaussianBlur(noise, (0, 0), 2), None, 0, 1, cv2.NORM_MINMAX, cv2.CV_32F)
+    return (low + face * (high - low)).astype(np.uint8)
+
+
+def test_equalized_crops_look_alike_whatever_the_light(tmp_path: Path) -> None:
+    """A dim, low-contrast face and the same face in bright light reach the model alike once equalised."""
+    dim, bright = _smooth_face(20, 80), _smooth_face(120, 250)
+    plain = ExpressionModel.load(write_tiny_model(tmp_path))
+    assert np.abs(plain.preprocess([dim]) - plain.preprocess([bright])).mean() > 0.5
+    equalized = _with_illumination(plain.path, "equalize")
+    assert np.abs(equalized.preprocess([dim]) - equalized.preprocess([bright])).mean() < 0.05
+
+
+def test_clahe_stretches_the_contrast_of_a_flat_crop(tmp_path: Path) -> None:
+    flat = _smooth_face(100, 140)
+    plain = ExpressionModel.load(write_tiny_model(tmp_path))
+    clahe = _with_illumination(plain.path, "clahe")
+    assert clahe.preprocess([flat]).std() > 1.5 * plain.preprocess([flat]).std()
 
 
 def test_probabilities_output_is_not_softmaxed_again(tmp_path: Path) -> None:

@@ -11,10 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.crop import crop_face, eye_angle
+from edge.contract import ModelCard, parse_card
+from edge.crop import box_transform, crop_face, eye_angle, similarity_transform
 from edge.errors import ConfigError, ModelError
 from edge.faces import Face, make_detector
-from edge.model_card import ModelCard, parse_card
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 PHOTO = SHARED / "data" / "photos" / "12_angry_men.jpg"
@@ -25,12 +25,15 @@ needs_shared = pytest.mark.skipif(
 )
 
 
-def card(size: int = 48, color: str = "gray", margin: float = 0.1) -> ModelCard:
+TEMPLATE = [[0.3, 0.38], [0.7, 0.38], [0.5, 0.58], [0.34, 0.76], [0.66, 0.76]]
+
+
+def card(size: int = 48, color: str = "gray", margin: float = 0.1, template: list | None = None) -> ModelCard:
     channels = 1 if color == "gray" else 3
     return parse_card(
         {
             "labels": ["happy", "sad"],
-            "crop": {"margin": margin},
+            "crop": {"margin": margin, **({"align_template": template} if template else {})},
             "input": {"shape": [1, channels, size, size], "color": color},
         },
         Path("test-card.json"),
@@ -202,3 +205,38 @@ def test_face_at_the_frame_edge_is_padded_by_replication(photo: np.ndarray) -> N
     assert crop.shape == (48, 48)
     assert np.abs(crop[:10, 20].astype(int) - int(crop[12, 20])).max() <= 3
     assert abs(int(crop[12, 12]) - int(grey[0, 0])) <= 12
+
+
+def test_similarity_transform_recovers_a_known_rotation_scale_and_shift() -> None:
+    points = np.array(TEMPLATE) * 200 + 37
+    angle = math.radians(25)
+    truth = 0.4 * np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    moved = points @ truth.T + np.array([5.0, -3.0])
+    found = similarity_transform(points, moved)
+    assert np.allclose(found[:, :2], truth) and np.allclose(found[:, 2], [5.0, -3.0])
+
+
+@needs_shared
+def test_aligned_crop_puts_the_landmarks_on_the_template(photo: np.ndarray) -> None:
+    """With a template in the card, YuNet's five points land where the template says, on a tilted face too.
+    The template is this face's own points in its upright box crop, so a perfect fit exists."""
+    detector = make_detector("yunet", yunet_path=YUNET, detect_width=photo.shape[1])
+    face = max(detector.detect(photo), key=lambda f: f.box[2])
+    boxed = card(96, "gray", margin=0.0)
+    upright = face.landmarks @ box_transform(face, boxed)[:, :2].T + box_transform(face, boxed)[:, 2]
+    aligned = card(96, "gray", template=(upright / 96).tolist())
+
+    def miss(image: np.ndarray, found: Face, model_card: ModelCard) -> float:
+        """Mean distance in pixels of 96 between where YuNet finds the points in the crop and the template."""
+        crop = crop_face(image, found, model_card)
+        again = nearest(detector.detect(cv2.copyMakeBorder(crop, 48, 48, 48, 48, cv2.BORDER_REPLICATE)), 96, 96)
+        return float(np.linalg.norm(again.landmarks - 48 - upright, axis=1).mean())
+
+    x, y, w, h = face.box
+    tilted, _ = rotate_about(photo, (x + w / 2, y + h / 2), 20)
+    found = nearest(detector.detect(tilted), x + w / 2, y + h / 2)
+    assert miss(photo, face, aligned) < 4
+    assert miss(tilted, found, aligned) < 0.5 * miss(tilted, replace(found, landmarks=None), boxed)
+    # Haar gives no landmarks: the same card falls back to the box crop.
+    no_points = replace(face, landmarks=None)
+    assert np.array_equal(crop_face(photo, no_points, aligned), crop_face(photo, no_points, card(96, "gray")))

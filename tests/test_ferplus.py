@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge.contract import CANONICAL_LABELS
 from quantize.errors import QuantizeError
 from quantize.ferplus import NO_LABEL, majority_labels, read_votes, vote_distributions
-from quantize.labels import CANONICAL_LABELS
 
 HEADER = "usage,row,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"
 SHARED_VOTES = (

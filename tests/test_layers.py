@@ -12,10 +12,11 @@ from pathlib import Path
 EDGE = Path(__file__).resolve().parents[1] / "edge"
 
 LAYERS = {
-    1: {"__init__", "errors", "config", "config_sections", "locations", "model_card", "boxes", "topics"}
-    | {"payloads", "discovery", "tracker", "stats", "sdnotify"},
-    2: {"sources", "capture", "faces", "follow", "crop", "classifier", "analyzer", "spool", "mqtt_client", "publisher"},
-    3: {"wiring", "pipeline", "check", "bench", "tail", "cli", "__main__"},
+    1: {"__init__", "errors", "config", "config_sections", "locations", "contract", "boxes", "topics"}
+    | {"payloads", "discovery", "tracker", "stats", "sdnotify", "yunet_fetch"},
+    2: {"frame_limit", "sources", "capture", "faces", "follow", "crop", "illumination", "classifier", "analyzer"}
+    | {"seq_mark", "spool", "mqtt_client", "publisher", "local_broker"},
+    3: {"wiring", "pipeline", "check", "bench", "tail", "demo", "cli", "__main__"},
 }
 LAYER_OF = {module: layer for layer, modules in LAYERS.items() for module in modules}
 

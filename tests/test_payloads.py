@@ -59,7 +59,7 @@ def test_event_payload_fields_and_rounding():
     assert event["scores"]["happy"] == 0.9123 and set(event["scores"]) == set(LABELS)
     assert event["bbox"] == {"x": 0.25, "y": 0.1, "w": 0.2, "h": 0.3}
     assert event["previous"] == "neutral"
-    assert "seq" not in event  # the spool adds it
+    assert "seq" not in event and "epoch" not in event  # the spool adds them
 
 
 def test_event_bbox_is_clipped_to_the_frame():
@@ -80,18 +80,20 @@ def test_event_bbox_is_clipped_to_the_frame():
 )
 def test_every_event_type_fits_the_schema(kind, extra, expression):
     event = make_event(kind, extra=extra, expression=expression, confidence=0.8 if expression else None)
-    validator("event").validate({**event, "seq": 7})
+    validator("event").validate({**event, "seq": 7, "epoch": "0123456789ab"})
 
 
 def test_the_schema_rejects_what_consumers_must_not_see():
     check = validator("event")
-    good = {**make_event(), "seq": 1}
+    good = {**make_event(), "seq": 1, "epoch": "0123456789ab"}
     assert check.is_valid(good)
     assert not check.is_valid({k: v for k, v in good.items() if k != "seq"})
+    assert not check.is_valid({k: v for k, v in good.items() if k != "epoch"})
+    assert not check.is_valid({**good, "epoch": "not hex"})
     assert not check.is_valid({**good, "type": "smile"})
     assert not check.is_valid({**good, "bbox": {"x": 1.5, "y": 0, "w": 0, "h": 0}})
     assert not check.is_valid({k: v for k, v in good.items() if k != "previous"})  # expression needs previous
-    leave = {**make_event("face_leave", extra={}), "seq": 2}
+    leave = {**make_event("face_leave", extra={}), "seq": 2, "epoch": "0123456789ab"}
     assert not check.is_valid(leave)  # face_leave needs duration_s
 
 
@@ -100,6 +102,8 @@ def test_event_payload_refuses_bad_input():
         make_event("wave")
     with pytest.raises(ValueError, match="overwrite"):
         make_event(extra={"seq": 5})
+    with pytest.raises(ValueError, match="overwrite"):
+        make_event(extra={"epoch": "0123456789ab"})
     with pytest.raises(ValueError, match="finite"):
         make_event(confidence=float("nan"))
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
 
 from quantize.cli import main  # noqa: E402
 from tests.quantize_support import synthetic_faces, write_fer_csv  # noqa: E402
@@ -185,6 +186,7 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     )
 
 
+@pytest.mark.slow
 def test_python_dash_m_quantize_errors_the_same_way(data, tmp_path):
     done = _run("-m", "quantize", "eval", "--model", str(tmp_path / "gone.onnx"), "--data", str(data))
     assert done.returncode == 2

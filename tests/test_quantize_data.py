@@ -9,9 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
+from edge.contract import CANONICAL_LABELS
 from quantize.datasets import FaceSet, load_dataset, stratified_split
 from quantize.errors import QuantizeError
-from quantize.labels import CANONICAL_LABELS, map_label_name, map_label_names
+from quantize.labels import map_label_name, map_label_names
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FER_CSV = SHARED / "data" / "fer2013" / "fer2013.csv.gz"

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
 onnx = pytest.importorskip("onnx")
 
 import onnxruntime as ort  # noqa: E402
@@ -77,6 +78,7 @@ def test_unknown_student_names_the_known_ones():
         build_student("huge")
 
 
+@pytest.mark.slow
 def test_folding_batchnorm_keeps_the_outputs():
     model = _with_bn_statistics("xs")
     folded = fold_batchnorm(model)
@@ -87,7 +89,7 @@ def test_folding_batchnorm_keeps_the_outputs():
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()), "the original must stay untouched"
 
 
-@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+@pytest.mark.parametrize("exporter", [pytest.param("dynamo", marks=pytest.mark.slow), "legacy"])
 def test_export_matches_torch_with_dynamic_batch(tmp_path, exporter):
     model = _with_bn_statistics("xs")
     sample = np.random.default_rng(0).uniform(-1, 1, (6, 1, 48, 48)).astype(np.float32)
@@ -120,6 +122,7 @@ def _tells_left_from_right() -> tuple[torch.nn.Module, np.ndarray]:
     return model.eval(), faces[:5]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
 def test_flip_averaged_export_answers_the_mean_of_face_and_mirror(tmp_path, exporter):
     model, faces = _tells_left_from_right()
@@ -153,6 +156,7 @@ def _zoomed(faces: np.ndarray, first: int, side: int) -> np.ndarray:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
 def test_zoom_view_export_answers_the_mean_of_face_zoom_and_their_mirrors(tmp_path, exporter):
     model, faces = _tells_left_from_right()
@@ -172,6 +176,7 @@ def test_zoom_view_export_answers_the_mean_of_face_zoom_and_their_mirrors(tmp_pa
     assert "Resize" in ops and ops <= allowed, ops - allowed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["qdq", "qoperator"])
 def test_zoom_view_quantizes_without_warnings_and_keeps_its_answers(tmp_path, caplog, fmt):
     model, faces = _tells_left_from_right()
@@ -194,6 +199,7 @@ def test_zoom_views_outside_one_to_two_are_refused(zoom):
         zoom_crop(48, zoom)
 
 
+@pytest.mark.slow
 def test_export_refuses_when_onnxruntime_disagrees(tmp_path, monkeypatch):
     """Parity is really checked: a model whose torch output differs from its export is rejected, file removed."""
     model = _with_bn_statistics("xs")

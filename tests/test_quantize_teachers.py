@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
 from torch import nn  # noqa: E402
 
+from edge.contract import CANONICAL_LABELS  # noqa: E402
 from quantize.archs import (  # noqa: E402
     ARCH_NAMES,
     build_arch,
@@ -23,13 +25,15 @@ from quantize.archs import (  # noqa: E402
     model_from_state_dict,
     unwrap_checkpoint,
 )
-from quantize.augment import Augmentation  # noqa: E402
+from quantize.cli_options import add_train_teacher_options  # noqa: E402
+from quantize.commands import run_train_teacher  # noqa: E402
 from quantize.datasets import load_dataset  # noqa: E402
 from quantize.errors import QuantizeError  # noqa: E402
-from quantize.labels import CANONICAL_LABELS  # noqa: E402
-from quantize.preprocess import Preprocessing, preprocessing_from_spec  # noqa: E402
-from quantize.teachers import load_teacher, parse_teacher_arg  # noqa: E402
-from quantize.train_teacher import add_train_teacher_arguments, run_train_teacher, train_teacher  # noqa: E402
+from quantize.teacher_augment import Augmentation  # noqa: E402
+from quantize.teacher_input import Preprocessing, preprocessing_from_spec  # noqa: E402
+from quantize.teacher_spec import parse_teacher_arg  # noqa: E402
+from quantize.teachers import load_teacher  # noqa: E402
+from quantize.train_teacher import train_teacher  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FER_CSV = SHARED / "data" / "fer2013" / "fer2013.csv.gz"
@@ -273,6 +277,7 @@ def test_augmentation_at_zero_strength_is_the_evaluation_resize() -> None:
     not (SHARED_TEACHER.exists() and FER_CSV.exists()),
     reason=f"shared teacher or FER2013 CSV absent ({SHARED_TEACHER}, {FER_CSV})",
 )
+@pytest.mark.slow
 def test_shared_teacher_loads_from_its_card_and_is_accurate(tmp_path: Path) -> None:
     rows = ["emotion,pixels,Usage"]
     with gzip.open(FER_CSV, "rt") as f:  # PublicTest rows follow the 28709 Training rows
@@ -451,6 +456,7 @@ def _tiny_fer_csv(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_train_teacher_writes_a_loadable_teacher_and_resumes(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     data = _tiny_fer_csv(tmp_path / "fer.csv")
@@ -466,7 +472,7 @@ def test_train_teacher_writes_a_loadable_teacher_and_resumes(tmp_path: Path, mon
 
     # The subcommand wiring the CLI uses; same options resume the run instead of starting over.
     parser = argparse.ArgumentParser()
-    add_train_teacher_arguments(parser)
+    add_train_teacher_options(parser)
     args = parser.parse_args(
         [
             "--data",

@@ -206,6 +206,7 @@ def log_tail(log: Path) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-25:])
 
 
+@pytest.mark.slow
 def test_ready_watchdog_stall_recovery_and_clean_stop(broker, subscriber, stream, workdir):
     state_dir = workdir / "state"
     state_dir.mkdir()
@@ -259,7 +260,7 @@ def test_ready_watchdog_stall_recovery_and_clean_stop(broker, subscriber, stream
         late = subscriber(broker, f"edge-mood/{DEVICE}/status")
         retained = late.wait_for(1)[0]
         assert retained.retain and retained.text == "offline"
-        assert (state_dir / "spool.sqlite3").exists(), "spool not kept in $STATE_DIRECTORY"
+        assert (state_dir / DEVICE / "spool.sqlite3").exists(), "spool not kept in $STATE_DIRECTORY"
     finally:
         if daemon.poll() is None:
             daemon.kill()

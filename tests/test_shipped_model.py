@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from edge.classifier import ExpressionModel
+from edge.contract import card_path_for, load_card
 from edge.locations import default_model
-from edge.model_card import card_path_for, load_card
 from quantize.datasets import load_dataset
 
 FER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fer2013" / "fer2013.csv.gz"

@@ -1,11 +1,6 @@
 """torchvision-layout architectures: build them by name, and recognise them from a checkpoint's keys and shapes.
 
-A head spec names the classifier that replaces `fc` (ResNet) or `classifier` (DenseNet):
-  "linear" (or None)                 plain nn.Linear(features, num_classes), keys fc.weight / fc.bias
-  "dropout:0.3,linear"               nn.Sequential(Dropout(0.3), Linear(features, num_classes)), keys fc.1.*
-  "linear:256,relu,dropout,linear"   nn.Sequential(Linear(features, 256), ReLU, Dropout, Linear(256, num_classes))
-  "seq:linear"                       nn.Sequential(Linear(features, num_classes)), keys fc.0.*
-Tokens: linear (the output layer, last), linear:N (hidden), bn (BatchNorm1d), relu, dropout[:p].
+The classifier head each may carry is described by a head spec (quantize.archs.heads).
 """
 
 from __future__ import annotations
@@ -19,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from quantize.archs.densenet import DENSENET_CONFIGS, DenseNet
+from quantize.archs.heads import head_attr, infer_head, make_head
 from quantize.archs.resnet import RESNET_CONFIGS, ResNet
 from quantize.errors import QuantizeError
 
@@ -43,58 +39,13 @@ class ArchInfo:
     stem: str = "imagenet"
 
 
-def head_attr(arch: str) -> str:
-    """Name of the replaceable classifier module of an architecture."""
-    return "fc" if arch.startswith("resnet") else "classifier"
-
-
-def _head_tokens(spec: str | None) -> tuple[bool, list[str]]:
-    """(is a Sequential, tokens) of a head spec."""
-    spec = (spec or "linear").strip().lower().replace(" ", "")
-    sequential = spec.startswith("seq:")
-    tokens = [t for t in spec.removeprefix("seq:").split(",") if t]
-    return sequential or tokens != ["linear"], tokens
-
-
-def make_head(spec: str | None, in_features: int, num_classes: int) -> nn.Module:
-    """The classifier module a head spec describes."""
-    sequential, tokens = _head_tokens(spec)
-    if not tokens or tokens[-1] != "linear" or tokens.count("linear") != 1:
-        raise QuantizeError(
-            f"head spec {spec!r} must end with exactly one 'linear' (the output layer), "
-            "e.g. 'linear' or 'dropout:0.3,linear' or 'linear:256,relu,dropout,linear'"
-        )
-    layers: list[nn.Module] = []
-    width = in_features
-    for token in tokens:
-        kind, _, arg = token.partition(":")
-        try:
-            if kind == "linear":
-                out = int(arg) if arg else num_classes
-                layers.append(nn.Linear(width, out))
-                width = out
-            elif kind == "bn":
-                layers.append(nn.BatchNorm1d(width))
-            elif kind == "relu":
-                layers.append(nn.ReLU(inplace=True))
-            elif kind == "dropout":
-                layers.append(nn.Dropout(float(arg) if arg else 0.5))
-            else:
-                raise ValueError(kind)
-        except ValueError:
-            raise QuantizeError(
-                f"head spec {spec!r}: bad layer {token!r}; use linear, linear:N, bn, relu, dropout or dropout:P"
-            ) from None
-    return nn.Sequential(*layers) if sequential else layers[0]
-
-
 def build_arch(
     name: str, num_classes: int, head_spec: str | None = None, *, in_channels: int = 3, stem: str = "imagenet"
 ) -> nn.Module:
     """A freshly initialised torchvision-layout network with the given classifier head."""
     name = name.lower()
     if name in RESNET_CONFIGS:
-        model: nn.Module = ResNet(name, num_classes, in_channels=in_channels, stem=stem)
+        model: ResNet | DenseNet = ResNet(name, num_classes, in_channels=in_channels, stem=stem)
     elif name in DENSENET_CONFIGS:
         if stem != "imagenet":
             raise QuantizeError(f"{name} has only the ImageNet stem; drop stem={stem!r}")
@@ -138,46 +89,6 @@ def _strip_prefixes(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     return {(_LEGACY_DENSE.sub(lambda m: m.group(1) + m.group(2), k)): v for k, v in sd.items()}
 
 
-def _infer_head(sd: Mapping[str, Tensor], prefix: str) -> tuple[str, int] | None:
-    """(head spec, num_classes) from the keys under `prefix` ("fc." or "classifier."), None if there are none."""
-    sub = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
-    if not sub:
-        return None
-    weight = sub.get("weight")
-    if weight is not None and weight.ndim == 2:
-        return "linear", int(weight.shape[0])
-    layers: dict[int, dict[str, Tensor]] = {}
-    for key, value in sub.items():
-        index, _, param = key.partition(".")
-        if not index.isdigit():
-            return None
-        layers.setdefault(int(index), {})[param] = value
-    tokens: list[str] = []
-    after_param_layer = False
-    for i in range(max(layers) + 1):
-        params = layers.get(i)
-        if params is None:
-            # Parameter-free slot: ReLU right after a layer with weights, Dropout elsewhere (ReLU is a no-op on the
-            # non-negative pooled features, Dropout is one in eval mode, so the guess cannot change the output).
-            tokens.append("relu" if after_param_layer else "dropout")
-            after_param_layer = False
-            continue
-        if "running_mean" in params:
-            tokens.append("bn")
-        elif "weight" in params and params["weight"].ndim == 2:
-            tokens.append(f"linear:{params['weight'].shape[0]}")
-        else:
-            return None
-        after_param_layer = True
-    last = max(i for i, t in enumerate(tokens) if t.startswith("linear") or t == "bn")
-    if not tokens[last].startswith("linear:"):
-        return None
-    num_classes = int(tokens[last].split(":")[1])
-    tokens[last] = "linear"
-    del tokens[last + 1 :]
-    return ("seq:" if tokens == ["linear"] else "") + ",".join(tokens), num_classes
-
-
 def _layer_counts(sd: Mapping[str, Tensor], pattern: str) -> tuple[int, ...]:
     counts: dict[int, int] = {}
     for key in sd:
@@ -194,7 +105,7 @@ def _guess(sd: Mapping[str, Tensor]) -> ArchInfo | None:
         blocks = tuple(b + 1 for b in blocks)  # block indices start at 0
         bottleneck = "layer1.0.conv3.weight" in sd
         arch = next((n for n, c in RESNET_CONFIGS.items() if c == (bottleneck, blocks)), None)
-        head = _infer_head(sd, "fc.")
+        head = infer_head(sd, "fc.")
         if arch is None or head is None:
             return None
         conv1 = sd["conv1.weight"]
@@ -207,7 +118,7 @@ def _guess(sd: Mapping[str, Tensor]) -> ArchInfo | None:
             return None
         config = (int(sd[growth_key].shape[0]), blocks, int(sd["features.conv0.weight"].shape[0]))
         arch = next((n for n, c in DENSENET_CONFIGS.items() if c == config), None)
-        head = _infer_head(sd, "classifier.")
+        head = infer_head(sd, "classifier.")
         if arch is None or head is None:
             return None
         return ArchInfo(arch, head[0], head[1], int(sd["features.conv0.weight"].shape[1]))
@@ -225,7 +136,7 @@ def _mismatch_error(sd: Mapping[str, Tensor], wanted: str | None = None) -> Quan
     given = {k for k in sd if not k.endswith("num_batches_tracked")}
     best: tuple[int, str, list[str], list[str]] | None = None
     for arch in [wanted] if wanted else ARCH_NAMES:
-        head = _infer_head(sd, head_attr(arch) + ".")
+        head = infer_head(sd, head_attr(arch) + ".")
         try:
             expected = _expected_keys(arch, head[0] if head else None, head[1] if head else 7)
         except QuantizeError:
@@ -278,7 +189,7 @@ def model_from_state_dict(
         arch = arch.lower()
         if arch not in ARCH_NAMES:
             raise QuantizeError(f"unknown architecture {arch!r}; known: {', '.join(ARCH_NAMES)}")
-        inferred_head = _infer_head(sd, head_attr(arch) + ".")
+        inferred_head = infer_head(sd, head_attr(arch) + ".")
         first_conv = sd.get("conv1.weight" if arch in RESNET_CONFIGS else "features.conv0.weight")
         if inferred_head is None or first_conv is None:
             raise _mismatch_error(sd, arch)

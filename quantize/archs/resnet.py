@@ -69,6 +69,12 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     """torchvision ResNet; `stem="cifar"` is the 3x3/stride-1 first conv without max-pool that FER repos use."""
 
+    # Set by name in __init__ (torchvision's attribute names, which the checkpoints' keys carry).
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(self, name: str, num_classes: int = 1000, in_channels: int = 3, stem: str = "imagenet") -> None:
         super().__init__()
         bottleneck, blocks = RESNET_CONFIGS[name]

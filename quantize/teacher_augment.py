@@ -1,4 +1,5 @@
-"""Training-time augmentation of grey face batches as whole-batch tensor ops (fast on CPU, runs on the GPU too).
+"""The teachers' training-time augmentation: grey face batches as whole-batch tensor ops (fast on CPU, runs on
+the GPU too). The student has its own, per face (quantize.student_augment).
 
 One affine warp per face does the random resized crop, shift, rotation, mirror and the resize to the model's
 input size in a single grid_sample; then brightness/contrast jitter and random erasing.

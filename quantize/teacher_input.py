@@ -1,4 +1,8 @@
-"""How a model wants its input: 48x48 grey faces -> resized, channel-replicated, normalised float32 NCHW."""
+"""How a teacher wants its input: 48x48 grey faces -> resized, channel-replicated, normalised float32 NCHW.
+
+This is the teachers' convention (read from their specs, and that of the networks `quantize train-teacher`
+trains); the student's input is quantize.student_input's business.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Give one edge-mood device its own mosquitto login and its Home Assistant discovery topics in the ACL.
+#
+#   sudo docs/mosquitto/add-device.sh livingroom      asks for the device's new password twice
+#
+# Then set mqtt.username = mqtt.device_id = livingroom and the password (mqtt.password_file) on that
+# device, and reload mosquitto: `sudo systemctl reload mosquitto`. Running it again changes the password.
+set -euo pipefail
+
+PASSWD=${MOSQUITTO_PASSWD_FILE:-/etc/mosquitto/passwd}
+ACL=${MOSQUITTO_ACL_FILE:-/etc/mosquitto/edge-mood.acl}
+PREFIX=${EDGE_MOOD_TOPIC_PREFIX:-edge-mood}                   # mqtt.prefix of the devices
+DISCOVERY_PREFIX=${EDGE_MOOD_DISCOVERY_PREFIX:-homeassistant}  # mqtt.discovery_prefix
+
+die() { printf 'add-device: error: %s\n' "$*" >&2; exit 2; }
+
+device=${1:-}
+[ -n "$device" ] || die "usage: $0 DEVICE_ID"
+# Such an id is its own Home Assistant slug, which the node id below is built from (edge/discovery.py).
+[[ $device =~ ^[a-z0-9]+(_[a-z0-9]+)*$ ]] ||
+    die "device id '$device': use lowercase letters and digits, words joined by single _"
+case $device in
+    homeassistant | consumer) die "'$device' is a consumer login in $ACL; pick another device id" ;;
+esac
+[ -f "$ACL" ] || die "$ACL not found; copy edge-mood.acl there first"
+command -v mosquitto_passwd >/dev/null || die "mosquitto_passwd not found (apt install mosquitto)"
+
+create=()
+[ -f "$PASSWD" ] || create=(-c)
+if [ -n "${EDGE_MOOD_DEVICE_PASSWORD:-}" ]; then  # for scripts; interactive use asks instead
+    mosquitto_passwd "${create[@]}" -b "$PASSWD" "$device" "$EDGE_MOOD_DEVICE_PASSWORD"
+else
+    mosquitto_passwd "${create[@]}" "$PASSWD" "$device"
+fi
+
+# The node id names the device's discovery topics: edge_mood_<slug>_<sha256 of "<prefix>/<device>", 8 hex>.
+digest=$(printf '%s' "$PREFIX/$device" | sha256sum | cut -c1-8)
+node="edge_mood_${device}_${digest}"
+if ! grep -qx "user $device" "$ACL"; then
+    printf '\nuser %s\ntopic write %s/+/%s/+/config\n' "$device" "$DISCOVERY_PREFIX" "$node" >>"$ACL"
+fi
+printf 'add-device: %s can log in and write edge-mood/%s/*; reload mosquitto to apply\n' "$device" "$device"

@@ -1,0 +1,185 @@
+"""Opening a teacher file: ONNX through onnxruntime, TorchScript, or a PyTorch checkpoint rebuilt as a
+torchvision-layout network (quantize.archs). Each gives a forward function on uint8 grey faces and the input
+convention the file and its spec agree on; quantize.teachers checks the outputs against the labels."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from quantize.archs import model_from_state_dict, unwrap_checkpoint
+from quantize.errors import QuantizeError
+from quantize.teacher_input import Preprocessing, preprocessing_from_spec
+from quantize.training import to_memory_format
+
+TORCHSCRIPT_MARKERS = ("constants.pkl", "/code/")
+
+
+@dataclass
+class OpenedModel:
+    """A teacher file ready to run, before its outputs are matched to labels."""
+
+    preprocessing: Preprocessing
+    forward: Callable[[np.ndarray], np.ndarray]  # uint8 grey faces (N, H, W) -> scores (N, outputs)
+    num_params: int | None
+    arch: str | None
+    backend: str  # "torch", "torchscript" or "onnx"
+    device: str
+    max_batch: int | None = None  # ONNX models exported with a fixed batch of 1
+
+
+def _require_size(spec: Mapping[str, Any], where: str, path: Path) -> None:
+    section = spec.get("input") or {}
+    if "size" not in section and "shape" not in section:
+        raise QuantizeError(
+            f"{where}: input size unknown; write {path.with_suffix('.json').name} beside it "
+            f"(see docs/quantize.md) or pass --teacher '{path}:size=96,mean=imagenet'"
+        )
+
+
+# ---------------------------------------------------------------- ONNX
+
+
+def open_onnx(path: Path, spec: dict[str, Any], where: str, device: str) -> OpenedModel:
+    import onnxruntime as ort
+
+    providers = (
+        ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
+    )
+    try:
+        session = ort.InferenceSession(str(path), providers=providers)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types for a bad file
+        raise QuantizeError(f"{where}: onnxruntime cannot load it ({str(exc).splitlines()[0][:160]})") from None
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or len(inputs[0].shape) != 4:
+        raise QuantizeError(f"{where}: expected one NCHW image input, found {[(i.name, i.shape) for i in inputs]}")
+    batch_dim, channels, height, width = inputs[0].shape
+    static = all(isinstance(d, int) for d in (channels, height, width))
+    section = dict(spec.get("input") or {})
+    if static:
+        stated = preprocessing_from_spec(section, channels) if section else None
+        if stated is not None and ("size" in section or "shape" in section) and stated.size != (height, width):
+            raise QuantizeError(
+                f"{where}: spec says input {stated.size[0]}x{stated.size[1]} but the ONNX model "
+                f"takes {height}x{width}; fix the spec"
+            )
+        if stated is not None and "channels" in section and stated.channels != channels:
+            raise QuantizeError(f"{where}: spec says {stated.channels} channels but the ONNX model takes {channels}")
+        section.setdefault("size", [height, width])
+        section.setdefault("channels", channels)
+    else:
+        _require_size(spec, where, path)
+    preprocessing = preprocessing_from_spec(section, int(channels) if isinstance(channels, int) else 3)
+    name = inputs[0].name
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run(None, {name: preprocessing.apply_numpy(batch)})[0], dtype=np.float32)
+
+    return OpenedModel(
+        preprocessing,
+        forward,
+        num_params=None,
+        arch=spec.get("arch"),
+        backend="onnx",
+        device=device,
+        max_batch=batch_dim if batch_dim == 1 else None,
+    )
+
+
+# ---------------------------------------------------------------- PyTorch
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith(TORCHSCRIPT_MARKERS) or "/code/" in n for n in z.namelist())
+
+
+def open_torch(
+    path: Path, spec: dict[str, Any], where: str, device: str, precision: str, trust_pickle: bool
+) -> OpenedModel:
+    arch: str | None = None
+    if _is_torchscript(path):
+        try:
+            with warnings.catch_warnings():  # deprecated for new work, but users still hold TorchScript files
+                warnings.simplefilter("ignore", DeprecationWarning)
+                model: nn.Module = torch.jit.load(str(path), map_location=device)
+        except Exception as exc:  # noqa: BLE001 - TorchScript raises RuntimeError subclasses of many kinds
+            raise QuantizeError(f"{where}: cannot load TorchScript ({str(exc).splitlines()[0][:160]})") from None
+        backend, channels = "torchscript", None
+    else:
+        obj = _torch_load(path, where, trust_pickle)
+        backend = "torch"
+        if isinstance(obj, nn.Module):  # a pickled whole model (trust_pickle): any architecture works
+            model, channels = obj, None
+            arch = spec.get("arch") or type(obj).__name__
+        else:
+            state = unwrap_checkpoint(obj)
+            try:
+                model, info = model_from_state_dict(state, spec.get("arch"), spec.get("head"))
+            except QuantizeError as exc:
+                raise QuantizeError(f"{where}: {exc}") from None
+            arch, channels = info.arch, info.in_channels
+    _require_size(spec, where, path)
+    section = dict(spec.get("input") or {})
+    if channels is not None:
+        if "channels" in section and int(section["channels"]) != channels:
+            raise QuantizeError(
+                f"{where}: spec says {section['channels']} channels but the first conv takes {channels}; fix the spec"
+            )
+        section["channels"] = channels
+    preprocessing = preprocessing_from_spec(section, channels or 3)
+    model.eval().to(device)
+    # TorchScript modules keep their own layout.
+    channels_last = backend == "torch"
+    if channels_last:
+        to_memory_format(model, torch.channels_last)
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        x = preprocessing.apply(batch, device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = model(x)
+        return out.float().cpu().numpy()
+
+    num_params = sum(p.numel() for p in model.parameters())
+    return OpenedModel(preprocessing, forward, num_params=num_params, arch=arch, backend=backend, device=device)
+
+
+def _torch_load(path: Path, where: str, trust_pickle: bool) -> Any:
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):  # garbage bytes fail in the same unpickler
+            raise QuantizeError(
+                f"{where}: not a readable PyTorch checkpoint (unpickling failed); check the file"
+            ) from None
+        raise QuantizeError(
+            f"{where}: the file pickles Python objects, not just weights; re-save it with "
+            "torch.save(model.state_dict(), ...), or pass --trust-pickle if you trust its "
+            "source"
+        ) from None
+    except (
+        RuntimeError,
+        OSError,
+        EOFError,
+        ValueError,
+        AttributeError,
+        ModuleNotFoundError,
+        KeyError,
+        IndexError,
+        TypeError,
+    ) as exc:  # a damaged file fails in many ways inside torch.load
+        raise QuantizeError(f"{where}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0][:160]})") from None

@@ -1,0 +1,102 @@
+"""What a teacher expects, from a spec: `<file>.json` or `<file>.toml` beside the model, overridden by options on the
+command line (`--teacher PATH:size=96,channels=3,mean=imagenet,labels=fer2013`). Spec keys:
+  arch    resnet18..152 | densenet121/161/169/201 (checkpoints only; inferred from the keys when absent)
+  head    classifier head spec, see quantize.archs (inferred when absent)
+  labels  the model's output order: a list, "fer2013" (the canonical seven) or names joined by "/" on the command line
+  input   {channels, size, mean, std, resize, scale}; mean/std may be "imagenet", "half" or "none"
+  output  "logits" (default) or "probabilities" (a model ending in softmax; its log is used as logits)
+An edge model card (input.shape / input.color) is accepted as a spec too.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from edge.contract import CANONICAL_LABELS
+from quantize.errors import QuantizeError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
+
+INPUT_KEYS = ("channels", "size", "mean", "std", "resize", "scale")
+TOP_KEYS = ("arch", "head", "labels", "output", "name")
+
+
+def parse_teacher_arg(text: str) -> tuple[Path, dict[str, Any]]:
+    """(path, spec overrides) from `PATH` or `PATH:key=value,key=value` (lists inside a value joined by "/")."""
+    split_at = None
+    for i, ch in enumerate(text):
+        if ch == ":" and (Path(text[:i]).is_file() or "=" in text[i + 1 :].split(",")[0]):
+            split_at = i
+            break
+    if split_at is None:
+        return Path(text), {}
+    path, options = Path(text[:split_at]), text[split_at + 1 :]
+    spec: dict[str, Any] = {}
+    for item in filter(None, options.split(",")):
+        key, sep, value = item.partition("=")
+        key = key.strip().lower()
+        if not sep or key not in INPUT_KEYS + TOP_KEYS:
+            raise QuantizeError(
+                f"teacher option {item!r} in {text!r}: use key=value with keys {', '.join(INPUT_KEYS + TOP_KEYS)}"
+            )
+        if key in INPUT_KEYS:
+            spec.setdefault("input", {})[key] = value
+        elif key == "head":
+            spec["head"] = value.replace("+", ",")  # head tokens are joined by "+" on the command line
+        else:
+            spec[key] = value
+    return path, spec
+
+
+def find_spec_file(model_path: Path) -> Path | None:
+    """The spec beside a teacher: `<stem>.json`, `<stem>.toml`, `<file>.json` or `<file>.toml`."""
+    for candidate in (
+        model_path.with_suffix(".json"),
+        model_path.with_suffix(".toml"),
+        model_path.with_name(model_path.name + ".json"),
+        model_path.with_name(model_path.name + ".toml"),
+    ):
+        if candidate != model_path and candidate.is_file():
+            return candidate
+    return None
+
+
+def read_spec_file(path: Path) -> dict[str, Any]:
+    """A teacher spec from JSON or TOML."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise QuantizeError(f"cannot read teacher spec {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise QuantizeError(f"teacher spec {path} must be an object with arch/labels/input keys")
+    return data
+
+
+def merge_specs(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """`override` on top of `base`, merging their "input" sections key by key."""
+    merged = dict(base)
+    for key, value in override.items():
+        if key == "input" and isinstance(value, Mapping):
+            merged["input"] = {**dict(base.get("input") or {}), **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_labels(value: Any, where: str) -> list[str]:
+    """A label list from a list, "fer2013"/"canonical", or names joined by "/" or ","."""
+    if isinstance(value, str):
+        if value.strip().lower() in ("fer2013", "canonical", "default"):
+            return list(CANONICAL_LABELS)
+        value = [v for v in value.replace("/", ",").split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise QuantizeError(f"{where}: labels must be a list of expression names or 'fer2013'")
+    return [str(v).strip() for v in value]

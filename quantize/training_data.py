@@ -1,0 +1,81 @@
+"""The first link of the chain: a data set's splits as the student will learn from them, with their label
+source (the data set's own labels, or annotator votes: quantize.label_sources) and, when asked, aligned the way
+the daemon aligns a camera's faces (quantize.face_align)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge.faces import find_yunet
+from edge.locations import model_dirs
+from quantize.datasets import FaceSet, load_dataset
+from quantize.errors import QuantizeError
+from quantize.face_align import align_faces, detect_landmarks, landmark_template
+from quantize.label_sources import own_labels_record, with_vote_targets
+
+
+@dataclass
+class FaceOptions:
+    votes: Path | None = None  # a FER+ vote file for a FER2013-layout CSV
+    votes_weight: float = 1.0  # share of the votes in each face's target, the rest its own label
+    align: bool = False  # align faces to their median landmarks, and have the daemon do the same
+    yunet: Path | None = None  # YuNet ONNX for the landmarks (default: the daemon's own)
+
+
+@dataclass
+class TrainingData:
+    train: FaceSet
+    eval: FaceSet | None
+    labels: dict[str, Any]  # the card's record of the label source
+    align_template: list[list[float]] | None  # landmark template as fractions of the face side, when aligned
+    alignment: dict[str, Any] | None  # the card's record of the alignment
+
+    def faces_record(self) -> dict[str, Any]:
+        """What the student file and the card keep of the label source and the alignment."""
+        return {"labels_source": self.labels, "align_template": self.align_template, "alignment": self.alignment}
+
+
+def load_training_data(
+    data: Path, eval_split: str | None, opts: FaceOptions, cache_dir: Path | None, log: Callable[[str], None]
+) -> TrainingData:
+    """The training split (and `eval_split`, if given) with targets and alignment as `opts` asks."""
+    train = load_dataset(data, "train")
+    eval_faces = load_dataset(data, eval_split) if eval_split else None
+    labels = own_labels_record(train)
+    if opts.votes is not None:
+        train, labels = with_vote_targets(train, opts.votes, opts.votes_weight)
+        log(
+            f"labels: votes from {opts.votes.name} for {labels['faces_with_votes']} of {len(train)} training faces, "
+            f"weight {opts.votes_weight:g}"
+        )
+    if not opts.align:
+        return TrainingData(train, eval_faces, labels, None, None)
+    yunet = _yunet(opts.yunet)
+    train_points = detect_landmarks(train, yunet, cache_dir, log)
+    template = landmark_template(train_points, train.images.shape[1])
+    train = align_faces(train, train_points, template)
+    if eval_faces is not None:
+        eval_faces = align_faces(eval_faces, detect_landmarks(eval_faces, yunet, cache_dir, log), template)
+    alignment = {"detector": yunet.name, "template": template, "found": _found_share(train_points)}
+    return TrainingData(train, eval_faces, labels, template, alignment)
+
+
+def _found_share(points: Any) -> float:
+    return round(float((points[:, 0, 0] == points[:, 0, 0]).mean()), 4)  # NaN != NaN where none was found
+
+
+def _yunet(path: Path | None) -> Path:
+    if path is not None:
+        if not path.is_file():
+            raise QuantizeError(f"YuNet model {path} not found; give the path of face_detection_yunet_*.onnx")
+        return path
+    found = find_yunet(model_dirs())
+    if found is None:
+        raise QuantizeError(
+            "--align needs the YuNet face detector for landmarks and none was found in the daemon's model folders; "
+            "give its path with --yunet (face_detection_yunet_2023mar.onnx from the OpenCV Zoo)"
+        )
+    return found

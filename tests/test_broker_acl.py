@@ -1,0 +1,213 @@
+"""Nobody else on the broker can disturb a device: the shipped mosquitto ACL and per-device logins
+(docs/mosquitto/) against a real mosquitto, and a session take-over (another client with the daemon's
+client id) detected and logged once with the fix."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.discovery import discovery_messages
+from edge.payloads import event_payload
+from edge.publisher import TAKEOVER_DROPS, MqttSettings, Publisher
+from edge.spool import Spool
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "mosquitto"
+LOGINS = {"cam1": "pw-cam1", "cam2": "pw-cam2", "consumer": "pw-consumer", "homeassistant": "pw-ha"}
+LABELS = ["happy", "sad"]
+
+
+def acl_broker(broker_factory, tmp_path: Path, devices: tuple[str, ...]):
+    """mosquitto with docs/mosquitto/edge-mood.conf and a copy of edge-mood.acl, the consumer logins made
+    by the fixture and each device added by add-device.sh, as the docs tell; then reloaded (SIGHUP)."""
+    acl = tmp_path / "edge-mood.acl"
+    shutil.copy(DOCS / "edge-mood.acl", acl)
+    settings = []
+    for line in (DOCS / "edge-mood.conf").read_text().splitlines():
+        key = line.split(" ", 1)[0]
+        if not line or line.startswith("#") or key in ("password_file", "allow_anonymous"):
+            continue  # the fixture sets these (its own password file)
+        settings.append(f"acl_file {acl}" if key == "acl_file" else line)
+    assert f"acl_file {acl}" in settings and "use_username_as_clientid true" in settings
+    consumers = {name: LOGINS[name] for name in ("consumer", "homeassistant")}
+    broker = broker_factory(users=consumers, extra_config=tuple(settings))
+    for device in devices:
+        added = subprocess.run(
+            [str(DOCS / "add-device.sh"), device],
+            env={
+                **os.environ,
+                "MOSQUITTO_PASSWD_FILE": str(broker.workdir / "passwd"),
+                "MOSQUITTO_ACL_FILE": str(acl),
+                "EDGE_MOOD_DEVICE_PASSWORD": LOGINS[device],
+            },
+            capture_output=True,
+            text=True,
+        )
+        assert added.returncode == 0, added.stderr
+    os.kill(broker.process.pid, signal.SIGHUP)
+    time.sleep(0.5)  # mosquitto reloads between two network loops
+    return broker
+
+
+def make_event(device: str, i: int) -> dict:
+    return event_payload(
+        device=device,
+        type="face_enter",
+        frame=i,
+        ts=time.time(),
+        track_id=i,
+        expression=None,
+        confidence=None,
+        scores={"happy": 0.5, "sad": 0.5},
+        bbox_norm=(0.1, 0.1, 0.2, 0.2),
+        model="m@1",
+    )
+
+
+def client(broker, client_id: str, username: str | None = None, protocol: str = "5") -> mqtt.Client:
+    c = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311,
+    )
+    if username:
+        c.username_pw_set(username, LOGINS[username])
+    connected = threading.Event()
+    c.on_connect = lambda *args: connected.set()
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    assert connected.wait(10)
+    return c
+
+
+@pytest.fixture
+def publishers(tmp_path):
+    made: list[Publisher] = []
+
+    def start(broker, device: str = "cam1", **changes) -> Publisher:
+        values = dict(
+            host=broker.host,
+            port=broker.port,
+            protocol=broker.protocol,
+            device_id=device,
+            reconnect_min_s=0.05,
+            reconnect_max_s=0.3,
+            discovery=False,
+        )
+        values.update(changes)
+        publisher = Publisher(MqttSettings(**values), Spool(tmp_path / f"{device}{len(made)}.sqlite3"), labels=LABELS)
+        made.append(publisher)
+        publisher.start()
+        return publisher
+
+    yield start
+    for publisher in made:
+        publisher.stop(timeout=2)
+        publisher.spool.close()
+
+
+def wait_until(condition, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def test_with_the_shipped_acl_a_device_writes_only_its_own_topics_and_no_one_else_can(
+    broker_factory, subscriber, publishers, caplog, tmp_path
+):
+    if not shutil.which("mosquitto_passwd"):
+        pytest.skip("mosquitto_passwd not found (apt install mosquitto)")
+    broker = acl_broker(broker_factory, tmp_path, devices=("cam1", "cam2"))
+    ha = LOGINS["homeassistant"]
+    sub = subscriber(broker, "edge-mood/#", "homeassistant/#", username="homeassistant", password=ha)
+    caplog.set_level(logging.INFO, logger="edge")
+    device = publishers(broker, username="cam1", password=LOGINS["cam1"], discovery=True)
+    device.spool.append(make_event("cam1", 0))
+    device.wake()
+    assert device.wait_drained(20)
+    # Everything the device publishes gets through: events, status, and the discovery configs.
+    sub.wait_for(1, topic="edge-mood/cam1/events")
+    sub.wait_until(lambda ms: [m.text for m in ms] == ["online"], topic="edge-mood/cam1/status")
+    configs = {topic for topic, payload in device._discovery if payload}  # what the publisher sends, retired ones aside
+    assert {topic for topic, _ in discovery_messages(device.topics, labels=LABELS)} <= configs
+    sub.wait_until(lambda ms: {m.topic for m in ms if m.payload} == configs, topic="homeassistant/#")
+    device.publish_state({"schema": 1, "device": "cam1", "faces": []})
+    sub.wait_for(1, topic="edge-mood/cam1/state")
+    assert "refused" not in caplog.text
+    # The device may read Home Assistant's birth message, which makes it send the configs again. (Sent by
+    # the subscriber itself: a second client on the homeassistant login would take over its session.)
+    sub.client.publish("homeassistant/status", "online", qos=1).wait_for_publish(10)
+    wait_until(lambda: "discovery configs sent again" in caplog.text, "the configs sent again")
+
+    # Another device's login, even asking for cam1's client id, and a consumer's login cannot write there.
+    forged = json.dumps({**make_event("cam1", 99), "seq": 999999, "epoch": "0123456789ab"})
+    intruders = [client(broker, "edge-mood-cam1", "cam2"), client(broker, "sneaky", "consumer")]
+    for intruder in intruders:
+        intruder.publish("edge-mood/cam1/events", forged, qos=1).wait_for_publish(10)
+        intruder.publish("edge-mood/cam1/status", "offline", qos=1, retain=True).wait_for_publish(10)
+    device.spool.append(make_event("cam1", 1))
+    device.wake()
+    assert device.wait_drained(20)
+    events = [m.json() for m in sub.wait_for(2, topic="edge-mood/cam1/events")]
+    time.sleep(0.5)  # not a timing assertion: gives a forged message the chance to show up
+    assert [e["seq"] for e in events] == [1, 2]
+    assert len(sub.received("edge-mood/cam1/events")) == 2
+    assert [m.text for m in sub.received("edge-mood/cam1/status")] == ["online"]
+    # use_username_as_clientid: cam2 asking for "edge-mood-cam1" did not push the device off.
+    assert device.connected and "take-over" not in caplog.text and "lost connection" not in caplog.text
+    for intruder in intruders:
+        intruder.disconnect()
+        intruder.loop_stop()
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_a_session_take_over_is_logged_once_with_the_fix(broker, subscriber, publishers, caplog, protocol):
+    if protocol == "5" and broker.protocol != "5":
+        pytest.skip(f"{broker.kind} speaks MQTT 3.1.1 only")
+    sub = subscriber(broker, "edge-mood/cam1/events")
+    caplog.set_level(logging.INFO, logger="edge")
+    device = publishers(broker, protocol=protocol)
+    wait_until(lambda: device.connected, "the device's connection")
+    # A second client with the same id that reconnects by itself, as a second camera with the same
+    # device id would: the two push each other off again and again.
+    rogue = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=device.settings.daemon_client_id,
+        protocol=mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311,
+    )
+    rogue.reconnect_delay_set(0.2, 0.2)
+    drops = []
+    rogue.on_disconnect = lambda *args: drops.append(time.monotonic())
+    rogue.connect(broker.host, broker.port)
+    rogue.loop_start()
+    try:
+        wait_until(lambda: len(drops) >= 2 * TAKEOVER_DROPS, "the two clients to push each other off")
+    finally:
+        rogue.disconnect()
+        rogue.loop_stop()
+    takeovers = [r for r in caplog.records if "take-over" in r.getMessage()]
+    assert len(takeovers) == 1 and takeovers[0].levelno == logging.ERROR
+    line = takeovers[0].getMessage()
+    assert "edge-mood-cam1" in line and "mqtt.device_id" in line and "ACL" in line
+    # Until the take-over is recognised, the first drops look like ordinary outages (a broker that names
+    # the reason, MQTT 5 "Session taken over", is recognised at the first).
+    lost = [r for r in caplog.records if "lost connection" in r.getMessage()]
+    assert len(lost) <= TAKEOVER_DROPS - 1
+    # Once the other client is gone, the device is back and publishing.
+    wait_until(lambda: device.connected, "the device's connection after the take-overs")
+    device.spool.append(make_event("cam1", 0))
+    device.wake()
+    assert sub.wait_for(1)[0].json()["seq"] == 1

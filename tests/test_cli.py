@@ -1,0 +1,34 @@
+"""The `edge` command line: each command offers only the options that do something there."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge.cli import build_parser
+
+
+@pytest.mark.parametrize(
+    ("command", "unused"),
+    [("tail", "--source"), ("tail", "--model"), ("bench", "--broker"), ("bench", "--device-id")],
+)
+def test_a_command_refuses_a_shortcut_that_does_nothing_there(command, unused, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, unused, "x"])
+    assert f"unrecognized arguments: {unused}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    assert unused not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["run", "check", "demo"])
+def test_commands_that_run_the_pipeline_take_every_shortcut(command):
+    args = build_parser().parse_args(
+        [command, "--source", "0", "--model", "m.onnx", "--broker", "b:1", "--device-id", "d"]
+    )
+    assert (args.source, args.model, args.broker, args.device_id) == ("0", "m.onnx", "b:1", "d")
+
+
+def test_run_help_names_the_exit_status_for_unsent_events(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--help"])
+    assert "exit status 3 when some could not be sent" in " ".join(capsys.readouterr().out.split())

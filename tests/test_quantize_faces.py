@@ -1,0 +1,194 @@
+"""What the student learns from and how its faces are prepared: vote targets, landmark alignment, the camera
+augmentation, grey-level normalisation and logit adjustment, end to end into a card the daemon follows."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
+
+from edge.classifier import ExpressionModel  # noqa: E402
+from edge.contract import CANONICAL_LABELS  # noqa: E402
+from edge.crop import crop_face  # noqa: E402
+from edge.faces import Face  # noqa: E402
+from quantize.cli import main  # noqa: E402
+from quantize.datasets import load_dataset  # noqa: E402
+from quantize.errors import QuantizeError  # noqa: E402
+from quantize.face_align import align_faces, detect_landmarks, landmark_template  # noqa: E402
+from quantize.label_sources import with_vote_targets  # noqa: E402
+from quantize.student_augment import StudentAugmentation  # noqa: E402
+from tests.quantize_support import FER_CSV, SHARED, real_fer_rows, synthetic_faces, write_fer_csv  # noqa: E402
+
+YUNET = SHARED / "models" / "face_detection_yunet_2026may.onnx"
+needs_shared = pytest.mark.skipif(
+    not (FER_CSV.exists() and YUNET.exists()), reason=f"needs FER2013 and YuNet under {SHARED}"
+)
+VOTE_HEADER = "usage,row,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"
+
+
+def _votes_file(path: Path, rows: list[str]) -> Path:
+    with gzip.open(path, "wt") as handle:
+        handle.write("\n".join([VOTE_HEADER, *rows]) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------- label source
+
+
+def test_votes_mix_with_each_faces_own_label_and_follow_the_csv_rows(tmp_path: Path) -> None:
+    images, _ = synthetic_faces(1, seed=0)
+    labels = np.array([CANONICAL_LABELS.index(n) for n in ("angry", "happy", "sad", "neutral")] * 2)
+    csv = write_fer_csv(
+        tmp_path / "d.csv", {"PublicTest": (images[:2], labels[:2]), "Training": (images[:4], labels[4:])}
+    )
+    votes = _votes_file(
+        tmp_path / "v.csv.gz",
+        [
+            "PublicTest,0,10,0,0,0,0,0,0,0,0,0",
+            "PublicTest,1,10,0,0,0,0,0,0,0,0,0",
+            "Training,2,0,0,0,0,10,0,0,0,0,0",  # anger, and FER2013 says angry too
+            "Training,3,8,0,0,2,0,0,0,0,0,0",  # mostly neutral, FER2013 says happy
+            "Training,4,,,,,,,,,,",  # no votes: keeps its own label
+            "Training,5,0,0,0,0,0,0,0,0,10,0",  # unknown only: keeps its own label
+        ],
+    )
+    train = load_dataset(csv, "train", cache=False)
+    assert train.rows is not None and train.rows.tolist() == [2, 3, 4, 5]
+    mixed, record = with_vote_targets(train, votes, weight=0.75)
+    angry, happy, sad, neutral = (CANONICAL_LABELS.index(n) for n in ("angry", "happy", "sad", "neutral"))
+    assert mixed.targets is not None and np.allclose(mixed.targets.sum(axis=1), 1.0)
+    assert mixed.targets[0, angry] == pytest.approx(1.0)
+    assert mixed.targets[1, neutral] == pytest.approx(0.75 * 0.8)
+    assert mixed.targets[1, sad] == pytest.approx(0.75 * 0.2)
+    assert mixed.targets[1, happy] == pytest.approx(0.25)
+    assert mixed.targets[2].argmax() == train.labels[2] and mixed.targets[2].max() == 1.0
+    assert mixed.targets[3].argmax() == train.labels[3] and mixed.targets[3].max() == 1.0
+    assert record["faces_with_votes"] == 2 and record["weight"] == 0.75
+    # A subset keeps each face's rows and targets with it.
+    assert np.array_equal(mixed.subset([1, 3]).targets, mixed.targets[[1, 3]])
+
+
+def test_votes_need_the_csv_they_were_made_for(tmp_path: Path) -> None:
+    images, labels = synthetic_faces(1, seed=0)
+    csv = write_fer_csv(tmp_path / "d.csv", {"Training": (images, labels)})
+    short = _votes_file(tmp_path / "v.csv.gz", ["Training,0,10,0,0,0,0,0,0,0,0,0"])
+    with pytest.raises(QuantizeError, match="give the vote file made for this CSV"):
+        with_vote_targets(load_dataset(csv, "train", cache=False), short, 1.0)
+    with pytest.raises(QuantizeError, match="weight"):
+        with_vote_targets(load_dataset(csv, "train", cache=False), short, 1.5)
+
+
+# ---------------------------------------------------------------- alignment
+
+
+@needs_shared
+def test_alignment_moves_training_faces_onto_their_median_landmarks(tmp_path: Path) -> None:
+    faces = load_dataset(FER_CSV, "test").subset(slice(0, 150))
+    points = detect_landmarks(faces, YUNET, tmp_path, log=lambda _: None)
+    found = np.isfinite(points[:, 0, 0])
+    assert found.mean() > 0.7
+    assert np.array_equal(detect_landmarks(faces, YUNET, tmp_path, log=lambda _: None), points, equal_nan=True)
+    template = landmark_template(points, 48)
+    eyes = np.array(template[:2])
+    assert eyes[0, 0] < 0.5 < eyes[1, 0] and eyes[0, 1] == pytest.approx(eyes[1, 1])  # level and mirrored
+    assert template[0][0] == pytest.approx(1 - template[1][0]) and template[2][0] == pytest.approx(0.5)
+    aligned = align_faces(faces, points, template)
+    after = detect_landmarks(aligned, YUNET, None, log=lambda _: None)
+    both = found & np.isfinite(after[:, 0, 0])
+    spread_before = np.linalg.norm(points[both] - np.array(template) * 48, axis=2).mean()
+    spread_after = np.linalg.norm(after[both] - np.array(template) * 48, axis=2).mean()
+    assert spread_after < 0.6 * spread_before
+    assert np.array_equal(aligned.images[~found], faces.images[~found])  # faces YuNet missed stay as they were
+
+
+# ---------------------------------------------------------------- augmentation
+
+
+def test_camera_augmentation_is_reproducible_and_reports_the_mirror() -> None:
+    face = synthetic_faces(1, seed=2)[0][3]
+    camera = StudentAugmentation("camera")
+    first = [camera(face, np.random.default_rng(5)) for _ in range(2)]
+    assert np.array_equal(first[0][0], first[1][0]) and first[0][1] == first[1][1]
+    outputs = [camera(face, np.random.default_rng(seed)) for seed in range(60)]
+    assert all(out.shape == face.shape and out.dtype == np.uint8 for out, _ in outputs)
+    assert 10 < sum(mirrored for _, mirrored in outputs) < 50
+    sharpness = [cv2.Laplacian(out, cv2.CV_64F).var() for out, _ in outputs]
+    assert min(sharpness) < 0.5 * np.median(sharpness)  # some faces came out blurred or low-resolution
+    # Mirroring alone (no pose, no light change): the output is the mirror image.
+    mirror_only = StudentAugmentation("basic", rotate_deg=0, scale=(1, 1), shift=0, mirror_p=1.0)
+    out, mirrored = mirror_only(face, np.random.default_rng(0))
+    assert mirrored and np.corrcoef(out.ravel(), face[:, ::-1].ravel())[0, 1] > 0.95
+    assert StudentAugmentation("none")(face, np.random.default_rng(0)) == (face, False)
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@needs_shared
+def test_a_build_with_votes_alignment_equalisation_and_logit_adjustment_tells_the_daemon(tmp_path: Path) -> None:
+    rows = real_fer_rows(train=420, test=140)
+    csv = write_fer_csv(tmp_path / "fer.csv.gz", rows)
+    n_train, n_test = len(rows["Training"][1]), len(rows["PublicTest"][1])
+    votes = _votes_file(
+        tmp_path / "votes.csv.gz",
+        [f"{'Training' if i < n_train else 'PublicTest'},{i},6,1,0,3,0,0,0,0,0,0" for i in range(n_train + n_test)],
+    )
+    out = tmp_path / "models" / "m"
+    (tmp_path / "models").mkdir()
+    status = main(
+        ["build", "--data", str(csv)]
+        + [
+            "--votes",
+            str(votes),
+            "--votes-weight",
+            "0.5",
+            "--align",
+            "--yunet",
+            str(YUNET),
+            "--illumination",
+            "equalize",
+            "--augment",
+            "camera",
+            "--logit-adjust",
+            "1",
+            "--student",
+            "xs",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "64",
+            "--calibration-faces",
+            "60",
+            "--latency-runs",
+            "5",
+            "--allow-drop",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--out",
+            str(out),
+        ]  # fmt: skip
+    )
+    assert status == 0
+    model = ExpressionModel.load(out.with_suffix(".onnx"), precision="fp32", threads=1)
+    card = model.card
+    assert card.illumination == "equalize"
+    assert card.align_template is not None and card.raw["alignment"]["found"] > 0.7
+    assert card.raw["labels_source"]["kind"] == "votes" and card.raw["labels_source"]["weight"] == 0.5
+    assert card.raw["distillation"]["logit_adjust"] == 1.0 and card.raw["distillation"]["augment"] == "camera"
+    # The daemon's crop of a face with landmarks now follows the card's template.
+    face = Face(box=(10.0, 10.0, 100.0, 100.0), score=1.0, landmarks=np.array(card.align_template) * 100 + 10)
+    noise = np.random.default_rng(0).integers(0, 256, (160, 160, 3), dtype=np.uint8)
+    frame = cv2.GaussianBlur(noise, (0, 0), 4)  # smooth, so resampling differences stay small
+
+    def region(x: int, y: int) -> np.ndarray:
+        grey = cv2.cvtColor(frame[y : y + 100, x : x + 100], cv2.COLOR_BGR2GRAY)
+        return cv2.resize(grey, (48, 48), interpolation=cv2.INTER_AREA).astype(int)
+
+    crop = crop_face(frame, face, card).astype(int)
+    assert np.abs(crop - region(10, 10)).mean() < 0.3 * np.abs(crop - region(20, 10)).mean()
