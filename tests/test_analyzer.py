@@ -13,8 +13,7 @@ from edge.classifier import ExpressionModel
 from edge.faces import Detector, Face, make_detector
 from edge.follow import RegionFollower
 from edge.stats import StageTimer
-from tests.scenes import PHOTO, YUNET
-from tests.test_follow import frame_with_faces
+from tests.scenes import PHOTO, YUNET, frame_with_faces
 from tests.tiny_model import write_tiny_model
 
 pytestmark = pytest.mark.skipif(
@@ -61,7 +60,7 @@ def analyzer_for(model: ExpressionModel, cadence: Cadence) -> tuple[FrameAnalyze
     detector = RecordingDetector(make_detector("yunet", yunet_path=YUNET))
     recording = RecordingModel(model)
     follower = RegionFollower(detector, min_face_px=24) if cadence.detect_every > 1 else None
-    return FrameAnalyzer(detector, recording, StageTimer(), cadence, follower), detector, recording  # type: ignore[arg-type]
+    return FrameAnalyzer(detector, recording, StageTimer(), cadence, follower), detector, recording
 
 
 def analyze_all(analyzer: FrameAnalyzer, detector: RecordingDetector, frames: list[np.ndarray]):

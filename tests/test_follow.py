@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 
 from edge.faces import ADAPTIVE_FACE_PX, WIDTH_STEP_PX, Face, adaptive_detect_width, make_detector
 from edge.follow import RegionFollower
 from edge.tracker import iou
-from tests.scenes import PHOTO, YUNET, real_face
+from tests.scenes import PHOTO, YUNET, frame_with_faces
 
 pytestmark = pytest.mark.skipif(
     not (PHOTO.is_file() and YUNET.is_file()), reason="needs ../shared (a real photo and the YuNet model)"
 )
-
-
-def frame_with_faces(*corners: tuple[int, int], side: int = 180) -> np.ndarray:
-    """A 640x480 wall with the real face pasted, `side` px square, at each (x, y) top-left corner."""
-    frame = np.full((480, 640, 3), 110, np.uint8)
-    face = cv2.resize(real_face(), (side, side), interpolation=cv2.INTER_AREA)
-    for x, y in corners:
-        x0, y0 = max(0, x), max(0, y)
-        x1, y1 = min(640, x + side), min(480, y + side)
-        frame[y0:y1, x0:x1] = face[y0 - y : y1 - y, x0 - x : x1 - x]
-    return frame
 
 
 def only(faces: list[Face]) -> Face:
