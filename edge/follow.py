@@ -1,7 +1,7 @@
 """Following a face between full-frame detections: look for it again only in a small region around its box.
 
 The region is a square of REGION_PX times a whole factor, centred where the face was: the factor nearest to
-REGION_CONTEXT face sizes, so the region is 1.3 to 3 face sizes wide (more for faces under 64 px, which are
+REGION_CONTEXT face sizes, so the region is 1.3 to 2.7 face sizes wide (more for faces under 64 px, which are
 not shrunk) and a face of 64 px or more is 48-96 px wide once the region is shrunk to REGION_PX, large
 enough for YuNet to score it well. A whole factor keeps the shrinking cheap. A detector working at
 REGION_PX searches it: a fraction of a full-frame search, with a fresh box and fresh landmarks, so the crop
