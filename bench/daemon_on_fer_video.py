@@ -41,8 +41,8 @@ from edge.locations import default_model
 FPS = 10.0
 
 
-def write_video(path: Path, faces: np.ndarray, hold: int, gap: int) -> None:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, FRAME)
+def write_video(path: Path, faces: np.ndarray, hold: int, gap: int, fps: float = FPS) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, FRAME)
     empty = empty_frame()
     for i, face in enumerate(faces):
         frame = face_frame(face, "right" if i % 2 else "left")
@@ -119,6 +119,19 @@ def run_daemon(video: Path, port: int, device: str, workdir: Path, model: Path, 
     return time.monotonic() - started
 
 
+def outcome_by_face(events: list[dict], period: int) -> tuple[set[int], dict[int, str]]:
+    """The faces the daemon announced, and for each face the expression its face_leave reports.
+
+    A face_enter's frame tells the face; face_leave comes frames later (after leave_after_s), so it is
+    matched through its track id."""
+    face_of_track = {e["track_id"]: e["frame"] // period for e in events if e["type"] == "face_enter"}
+    settled: dict[int, str] = {}
+    for event in events:
+        if event["type"] == "face_leave" and event["expression"] is not None:
+            settled[face_of_track[event["track_id"]]] = event["expression"]
+    return set(face_of_track.values()), settled
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, help="expression .onnx with its card (default: the shipped one)")
@@ -153,14 +166,7 @@ def main() -> None:
             broker.terminate()
             broker.wait()
 
-    # A face_enter's frame tells the face; face_leave comes frames later (after leave_after_s), so it is
-    # matched through its track id.
-    face_of_track = {e["track_id"]: e["frame"] // period for e in events if e["type"] == "face_enter"}
-    entered = set(face_of_track.values())
-    settled: dict[int, str] = {}  # face index -> the expression its face_leave reports
-    for event in events:
-        if event["type"] == "face_leave" and event["expression"] is not None:
-            settled[face_of_track[event["track_id"]]] = event["expression"]
+    entered, settled = outcome_by_face(events, period)
     model_ids = {e["model"] for e in events}
 
     label_names = model.labels

@@ -39,30 +39,44 @@ WARMUP_FRAMES = 5
 SLOTS = [(20, 130), (220, 100), (420, 150)]  # top-left corners of up to three pasted heads
 
 
-def build_frames(photo: np.ndarray, yunet: Path) -> dict[int, np.ndarray]:
-    """640x480 frames with 1, 2 and 3 real heads cut from the photo."""
+def cut_heads(photo: np.ndarray, yunet: Path, count: int, face_px: int = FACE_PX) -> list[np.ndarray]:
+    """The `count` most confident heads of the photo, each a square BGR patch with its face `face_px` wide."""
     faces = make_detector("yunet", yunet_path=yunet, detect_width=photo.shape[1]).detect(photo)
-    faces = sorted(faces, key=lambda f: -f.score)[:3]
-    background = cv2.resize(cv2.GaussianBlur(photo, (0, 0), 25), (FRAME_W, FRAME_H), interpolation=cv2.INTER_AREA)
     heads = []
-    for face in faces:
+    for face in sorted(faces, key=lambda f: -f.score)[:count]:
         x, y, w, h = face.box
         cx, cy, side = x + w / 2, y + h / 2, 1.6 * max(w, h)
-        scale = FACE_PX / w
+        scale = face_px / w
         size = round(side * scale)
         matrix = np.array([[scale, 0, size / 2 - scale * cx], [0, scale, size / 2 - scale * cy]])
         heads.append(cv2.warpAffine(photo, matrix, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE))
+    return heads
+
+
+def blurred_background(photo: np.ndarray) -> np.ndarray:
+    return cv2.resize(cv2.GaussianBlur(photo, (0, 0), 25), (FRAME_W, FRAME_H), interpolation=cv2.INTER_AREA)
+
+
+def paste_head(frame: np.ndarray, head: np.ndarray, left: int, top: int) -> None:
+    """Blend the head into the float32 frame in place as an oval, feathered cut-out: only this person's head,
+    none of the neighbours' in the photo."""
+    size = head.shape[0]
+    mask = np.zeros((size, size), np.float32)
+    cv2.ellipse(mask, (size // 2, size // 2), (int(size * 0.36), int(size * 0.46)), 0, 0, 360, 1.0, -1)
+    mask = cv2.GaussianBlur(mask, (0, 0), size * 0.03)[..., None]
+    region = frame[top : top + size, left : left + size]
+    region[:] = mask * head + (1 - mask) * region
+
+
+def build_frames(photo: np.ndarray, yunet: Path) -> dict[int, np.ndarray]:
+    """640x480 frames with 1, 2 and 3 real heads cut from the photo."""
+    heads = cut_heads(photo, yunet, 3)
+    background = blurred_background(photo)
     frames = {}
     for count in (1, 2, 3):
         frame = background.astype(np.float32)
         for head, (left, top) in zip(heads[:count], SLOTS):
-            size = head.shape[0]
-            # An oval, feathered cut-out: only this juror's head, none of his neighbours'.
-            mask = np.zeros((size, size), np.float32)
-            cv2.ellipse(mask, (size // 2, size // 2), (int(size * 0.36), int(size * 0.46)), 0, 0, 360, 1.0, -1)
-            mask = cv2.GaussianBlur(mask, (0, 0), size * 0.03)[..., None]
-            region = frame[top : top + size, left : left + size]
-            region[:] = mask * head + (1 - mask) * region
+            paste_head(frame, head, left, top)
         frames[count] = frame.astype(np.uint8)
     return frames
 

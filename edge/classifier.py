@@ -64,8 +64,12 @@ class ExpressionModel:
         self.model_id = f"{card.name}@{sha256[:12]}"
 
     @classmethod
-    def load(cls, path: Path, precision: str = "auto", threads: int = 2) -> ExpressionModel:
-        """Load and check model + card; with precision "auto" time the card's variants and keep the faster."""
+    def load(cls, path: Path, precision: str = "auto", threads: int = 1, spin_wait: bool = False) -> ExpressionModel:
+        """Load and check model + card; with precision "auto" time the card's variants and keep the faster.
+
+        `threads` > 1 runs one model call on several cores; with `spin_wait` those threads keep a core busy
+        between calls to start the next one a little sooner, which on a daemon that calls the model a few
+        times a second costs far more CPU than the work itself."""
         if precision not in PRECISIONS:
             raise ModelError(f"model precision {precision!r} is unknown; use {', '.join(PRECISIONS)}")
         path = Path(path).expanduser()
@@ -101,7 +105,7 @@ class ExpressionModel:
                 f"no {precision} variant; set the model precision to auto or build an {precision} "
                 f"model with `quantize build`"
             )
-        models = [cls._open(f, p, card, card_path, threads) for p, f in candidates.items()]
+        models = [cls._open(f, p, card, card_path, threads, spin_wait) for p, f in candidates.items()]
         if len(models) == 1:
             chosen = models[0]
         else:
@@ -122,10 +126,15 @@ class ExpressionModel:
         return chosen
 
     @classmethod
-    def _open(cls, path: Path, precision: str, card: ModelCard, card_path: Path, threads: int) -> ExpressionModel:
+    def _open(
+        cls, path: Path, precision: str, card: ModelCard, card_path: Path, threads: int, spin_wait: bool
+    ) -> ExpressionModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        spinning = "1" if spin_wait else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+        options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # onnxruntime's own warnings would bypass our logging

@@ -106,11 +106,17 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "detect_width": Key(int, 320, "a positive number of pixels", _positive),
         "score_threshold": Key(float, 0.7, "a number in (0, 1]", _fraction),
         "min_face_px": Key(int, 24, "a positive number of pixels", _positive),
+        "detect_every": Key(int, 5, "a positive number of frames", _positive),
+        "adaptive_width": Key(bool, False, "true or false"),
+        "idle_fps": Key(float, 3.0, "a number of frames per second >= 0 (0: every frame)", _non_negative),
+        "threads": Key(int, 1, "a number >= 0 (0: OpenCV's default, one per core)", _non_negative),
     },
     "model": {
         "path": Key(str, "", "a path to an expression .onnx with its .json card, or empty for the shipped model"),
         "precision": Key(str, "auto", choices=("auto", "int8", "fp32")),
-        "threads": Key(int, 2, "a positive number", _positive),
+        "threads": Key(int, 1, "a positive number", _positive),
+        "spin_wait": Key(bool, False, "true or false"),
+        "classify_every": Key(int, 2, "a positive number of frames", _positive),
     },
     "tracking": {
         "iou_threshold": Key(float, 0.3, "a number in (0, 1]", _fraction),

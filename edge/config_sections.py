@@ -37,12 +37,18 @@ class DetectorSection(Section):
     detect_width: int
     score_threshold: float
     min_face_px: int
+    detect_every: int
+    adaptive_width: bool
+    idle_fps: float
+    threads: int
 
 
 class ModelSection(Section):
     path: str
     precision: str
     threads: int
+    spin_wait: bool
+    classify_every: int
 
 
 class TrackingSection(Section):

@@ -1,12 +1,14 @@
 """Face detection: YuNet (cv2.FaceDetectorYN) when its ONNX file is available, Haar cascade otherwise.
 
 Both detect on a copy scaled down to `detect_width` (never up) and report boxes and landmarks in
-full-frame pixels, clipped to the frame.
+full-frame pixels, clipped to the frame. A caller that knows how big the faces in view are may pass a
+narrower width for one call (`adaptive_detect_width`); a narrower copy is cheaper to search.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -27,6 +29,10 @@ YUNET_TOP_K = 500
 HAAR_SCALE_FACTOR = 1.1
 HAAR_MIN_NEIGHBORS = 5
 HAAR_WINDOW_PX = 24  # the cascade's trained window; smaller faces are invisible to it
+# YuNet scores a face under about 40 px wide (at detection scale) below its usual 0.7 threshold; an adapted
+# width keeps the smallest face in view at least this wide, with room for it to turn or step back.
+ADAPTIVE_FACE_PX = 56
+WIDTH_STEP_PX = 32  # adapted widths are multiples of this, so the detector's input size changes rarely
 
 
 @dataclass
@@ -39,9 +45,21 @@ class Face:
 
 class Detector(Protocol):
     name: str
+    detect_width: int
 
-    def detect(self, image: np.ndarray) -> list[Face]:
-        """Faces in a BGR (HxWx3) or grey (HxW) uint8 frame."""
+    def detect(self, image: np.ndarray, width: int | None = None) -> list[Face]:
+        """Faces in a BGR (HxWx3) or grey (HxW) uint8 frame, searched at `width` (default `detect_width`)."""
+
+    def at_width(self, detect_width: int) -> Detector:
+        """The same kind of detector, working at another width and keeping faces of any size."""
+
+
+def adaptive_detect_width(smallest_face_px: float, frame_width: int, detect_width: int) -> int:
+    """The narrowest width (a multiple of WIDTH_STEP_PX, at most `detect_width`) at which a face of
+    `smallest_face_px` full-frame pixels is still ADAPTIVE_FACE_PX wide."""
+    needed = frame_width * ADAPTIVE_FACE_PX / max(smallest_face_px, 1.0)
+    stepped = WIDTH_STEP_PX * math.ceil(needed / WIDTH_STEP_PX)
+    return max(WIDTH_STEP_PX, min(detect_width, stepped))
 
 
 def _downscale(image: np.ndarray, detect_width: int) -> tuple[np.ndarray, float]:
@@ -72,10 +90,14 @@ class YuNetDetector:
         self._input_size = (detect_width, detect_width)
         self.model_path = model_path
         self.detect_width = detect_width
+        self.score_threshold = score_threshold
         self.min_face_px = min_face_px
 
-    def detect(self, image: np.ndarray) -> list[Face]:
-        small, scale = _downscale(image, self.detect_width)
+    def at_width(self, detect_width: int) -> YuNetDetector:
+        return YuNetDetector(self.model_path, detect_width, self.score_threshold, min_face_px=1)
+
+    def detect(self, image: np.ndarray, width: int | None = None) -> list[Face]:
+        small, scale = _downscale(image, width or self.detect_width)
         if small.ndim == 2:  # YuNet takes 3 channels; converting the small copy is cheap
             small = cv2.cvtColor(small, cv2.COLOR_GRAY2BGR)
         size = (small.shape[1], small.shape[0])
@@ -116,8 +138,11 @@ class HaarDetector:
         self.detect_width = detect_width
         self.min_face_px = min_face_px
 
-    def detect(self, image: np.ndarray) -> list[Face]:
-        small, scale = _downscale(image, self.detect_width)
+    def at_width(self, detect_width: int) -> HaarDetector:
+        return HaarDetector(detect_width, min_face_px=1)
+
+    def detect(self, image: np.ndarray, width: int | None = None) -> list[Face]:
+        small, scale = _downscale(image, width or self.detect_width)
         grey = small if small.ndim == 2 else cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
         grey = cv2.equalizeHist(grey)  # the cascade is sensitive to contrast; this is its usual companion
         min_side = max(HAAR_WINDOW_PX, round(self.min_face_px * scale))

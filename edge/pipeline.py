@@ -3,6 +3,10 @@
 Capture runs on its own thread and always hands over the newest frame; this loop analyses it, turns
 tracker events into payloads, writes them to the on-disk spool (so nothing is lost while the broker is
 away) and wakes the publisher. It feeds the systemd watchdog only while frames keep flowing.
+
+While no face is in view and no face is still tracked, the loop analyses frames at `detector.idle_fps`
+only and lets the others pass; the first face seen brings back every frame. How each analysed frame finds
+and classifies its faces (every frame, or following them between detections) is the analyzer's `Cadence`.
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ from typing import Any
 
 import cv2
 
-from edge.analyzer import FrameAnalyzer, is_usable_frame
+from edge.analyzer import EVERY_FRAME, Cadence, FrameAnalyzer, is_usable_frame
 from edge.boxes import normalized
 from edge.capture import Frame, FrameGrabber
 from edge.classifier import ExpressionModel
 from edge.config import Config
 from edge.errors import EXIT_EVENTS_UNSENT
 from edge.faces import Detector
+from edge.follow import RegionFollower
 from edge.payloads import event_payload, state_payload, stats_payload
 from edge.publisher import Publisher
 from edge.sdnotify import SystemdNotifier
@@ -49,6 +54,8 @@ class Daemon:
         grabber: FrameGrabber,
         spool: Spool,
         publisher: Publisher,
+        cadence: Cadence = EVERY_FRAME,
+        follower: RegionFollower | None = None,
         once: bool = False,
     ):
         self.config = config
@@ -60,7 +67,10 @@ class Daemon:
 
         self.model = model
         self.detector = detector
-        self.analyzer = FrameAnalyzer(detector, model, self.timer)
+        self.analyzer = FrameAnalyzer(detector, model, self.timer, cadence, follower)
+        idle_fps = config.detector.idle_fps
+        self._idle_period = 1.0 / idle_fps if idle_fps > 0 else 0.0
+        self._analysed_at: float | None = None  # frame clock of the last analysed frame
         self.tracker = tracker
         self.grabber = grabber
         self.spool = spool
@@ -157,11 +167,15 @@ class Daemon:
         if not is_usable_frame(frame.image):
             self._count_bad_frame(frame, "not an 8-bit image")
             return
+        if self._idle(clock):
+            self._frame_done(started)
+            return
         try:
             scored = self.analyzer.analyze(frame.image)
         except cv2.error as exc:
             self._count_bad_frame(frame, str(exc).strip().splitlines()[-1])
             return
+        self._analysed_at = clock
         tracked = time.perf_counter()
         height, width = frame.image.shape[:2]
         # Tracks, events and the state message carry boxes as fractions of the frame they were seen in.
@@ -174,6 +188,17 @@ class Daemon:
         if events or time.monotonic() - self._last_state_at > STATE_REFRESH_S:
             self._publish_state()
         self.timer.add("publish", time.perf_counter() - published)
+        self._frame_done(started)
+
+    def _idle(self, clock: float) -> bool:
+        """Whether this frame may pass unanalysed: nothing in view or tracked, and the idle rate's next
+        frame is not due yet. The frame clock decides, so files read at full speed give the same events."""
+        if not self._idle_period or self.analyzer.following or self.tracker.tracking or self._analysed_at is None:
+            return False
+        # A frame within a tenth of the period counts as due: camera timestamps jitter.
+        return clock - self._analysed_at < 0.9 * self._idle_period
+
+    def _frame_done(self, started: float) -> None:
         self.timer.add("total", time.perf_counter() - started)
         self.timer.frame_done()
         self._last_frame_at = time.monotonic()

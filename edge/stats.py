@@ -8,24 +8,30 @@ import time
 from collections import defaultdict, deque
 
 # The stages the daemon times, in the order a frame meets them (Home Assistant's diagnostics list them).
-STAGES = ("capture_wait", "detect", "crop", "classify", "track", "publish", "total")
+STAGES = ("capture_wait", "detect", "follow", "crop", "classify", "track", "publish", "total")
 
 
 class StageTimer:
-    """Keeps the last `window` durations of each stage and the frame completion times."""
+    """Keeps the stage durations of the last `window` frames and the frame completion times.
+
+    A stage may run on some frames only (the detector every few frames, say): its mean is taken over every
+    frame of the window, so the stages add up to what a frame costs on average."""
 
     def __init__(self, window: int = 200):
-        self._durations: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=window))
+        self._frames: deque[dict[str, float]] = deque(maxlen=window)
+        self._current: dict[str, float] = defaultdict(float)  # stages of the frame in progress
         self._frame_times: deque[float] = deque(maxlen=window)
         self._cpu_mark = (time.monotonic(), time.process_time())
         self.started = time.monotonic()
         self.frames = 0
 
     def add(self, stage: str, seconds: float) -> None:
-        self._durations[stage].append(seconds)
+        self._current[stage] += seconds
 
     def frame_done(self) -> None:
         self.frames += 1
+        self._frames.append(dict(self._current))
+        self._current.clear()
         self._frame_times.append(time.monotonic())
 
     def fps(self) -> float:
@@ -35,10 +41,14 @@ class StageTimer:
         return (len(self._frame_times) - 1) / span if span > 0 else 0.0
 
     def stage_ms(self) -> dict[str, float]:
-        """Mean milliseconds per stage over the window."""
-        return {
-            stage: round(1000 * sum(values) / len(values), 2) for stage, values in self._durations.items() if values
-        }
+        """Mean milliseconds per frame of each stage over the window (0 on frames where it did not run)."""
+        if not self._frames:
+            return {}
+        totals: dict[str, float] = defaultdict(float)
+        for stages in self._frames:
+            for stage, seconds in stages.items():
+                totals[stage] += seconds
+        return {stage: round(1000 * seconds / len(self._frames), 2) for stage, seconds in totals.items()}
 
     def cpu_percent(self) -> float:
         """CPU time of this process since the last call, as % of one core."""

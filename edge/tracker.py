@@ -103,6 +103,11 @@ class Tracker:
         """Announced faces, oldest first: what the retained state topic shows."""
         return [t.state(self.labels) for t in self._tracks if t.announced]
 
+    @property
+    def tracking(self) -> bool:
+        """Whether any face is tracked, announced or not; one that went out of view counts until it leaves."""
+        return bool(self._tracks)
+
     def update(self, detections: list[Detection], now: float) -> list[TrackEvent]:
         """Match this frame's detections to tracks and return the events they cause, in order."""
         events: list[TrackEvent] = []

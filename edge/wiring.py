@@ -12,12 +12,16 @@ import logging
 import os
 from pathlib import Path
 
+import cv2
+
+from edge.analyzer import Cadence
 from edge.capture import FrameGrabber
 from edge.classifier import ExpressionModel
 from edge.config import Config
 from edge.discovery import HomeAssistantOptions
 from edge.errors import ModelError
 from edge.faces import Detector, find_yunet, make_detector
+from edge.follow import RegionFollower
 from edge.locations import data_dir, default_model, model_dirs
 from edge.mqtt_client import MqttSettings
 from edge.pipeline import Daemon
@@ -34,12 +38,17 @@ SPOOL_FILE = "spool.sqlite3"
 
 def load_model(config: Config) -> ExpressionModel:
     path = Path(config.model.path).expanduser() if config.model.path else default_model()
-    return ExpressionModel.load(path, precision=config.model.precision, threads=config.model.threads)
+    return ExpressionModel.load(
+        path, precision=config.model.precision, threads=config.model.threads, spin_wait=config.model.spin_wait
+    )
 
 
 def build_detector(config: Config, model: ExpressionModel) -> Detector:
     """The configured detector. YuNet is searched beside the expression model first, then in the model folders
     and the data folder; where none is found it is fetched there (see `first_use_yunet`)."""
+    # OpenCV's thread pool is process-wide: detection, the resizes and the crop's warp all share it.
+    if config.detector.threads:
+        cv2.setNumThreads(config.detector.threads)
     yunet = Path(config.detector.yunet_model).expanduser() if config.detector.yunet_model else None
     search_dirs = list(dict.fromkeys([model.path.parent, *model_dirs(), data_dir()]))
     if yunet is None and config.detector.kind != "haar" and find_yunet(search_dirs) is None:
@@ -69,6 +78,21 @@ def first_use_yunet(config: Config) -> Path | None:
         return None
     logger.info("YuNet face detector fetched into %s", path)
     return path
+
+
+def analyzer_cadence(config: Config) -> Cadence:
+    return Cadence(
+        detect_every=config.detector.detect_every,
+        classify_every=config.model.classify_every,
+        adaptive_width=config.detector.adaptive_width,
+    )
+
+
+def build_follower(config: Config, detector: Detector) -> RegionFollower | None:
+    """What follows faces between full detections; none is needed when every frame gets one."""
+    if config.detector.detect_every == 1:
+        return None
+    return RegionFollower(detector, config.detector.min_face_px)
 
 
 def open_frame_source(config: Config) -> FrameSource:
@@ -142,5 +166,7 @@ def build_daemon(config: Config, once: bool = False) -> Daemon:
         grabber=grabber,
         spool=spool,
         publisher=publisher,
+        cadence=analyzer_cadence(config),
+        follower=build_follower(config, detector),
         once=once,
     )

@@ -52,6 +52,17 @@ def render(segment_brightness: float | None, frame_number: int) -> np.ndarray:
     return frame
 
 
+def frame_with_faces(*corners: tuple[int, int], side: int = 180) -> np.ndarray:
+    """A 640x480 wall with the real face pasted, `side` px square, at each (x, y) top-left corner."""
+    frame = np.full((480, 640, 3), 110, np.uint8)
+    face = cv2.resize(real_face(), (side, side), interpolation=cv2.INTER_AREA)
+    for x, y in corners:
+        x0, y0 = max(0, x), max(0, y)
+        x1, y1 = min(640, x + side), min(480, y + side)
+        frame[y0:y1, x0:x1] = face[y0 - y : y1 - y, x0 - x : x1 - x]
+    return frame
+
+
 def write_video(path: Path, segments: list[Segment], fps: float = 10.0) -> int:
     """Write the scene as an MJPG .avi; returns the number of frames."""
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, FRAME_SIZE)

@@ -196,3 +196,14 @@ def test_variant_with_the_wrong_hash_is_refused(tmp_path: Path) -> None:
     edit_card(path, variant_sha256={"fp32": "f" * 64})
     message = one_line_error(path, precision="fp32")
     assert "tiny.fp32.onnx" in message and "sha256" in message
+
+
+@pytest.mark.parametrize("spin_wait, expected", [(False, "0"), (True, "1")])
+def test_onnxruntime_threads_spin_only_when_asked(tmp_path: Path, spin_wait: bool, expected: str) -> None:
+    """Spinning threads keep a core busy between calls; the session must not allow it unless configured."""
+    model = ExpressionModel.load(write_tiny_model(tmp_path), threads=2, spin_wait=spin_wait)
+    options = model._session.get_session_options()
+    assert options.intra_op_num_threads == 2
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == expected
+    assert options.get_session_config_entry("session.inter_op.allow_spinning") == expected
+    assert model.predict([grey(240)]).argmax() == FER_LABELS.index("happy")

@@ -14,7 +14,7 @@ EDGE = Path(__file__).resolve().parents[1] / "edge"
 LAYERS = {
     1: {"__init__", "errors", "config", "config_sections", "locations", "contract", "boxes", "topics"}
     | {"payloads", "discovery", "tracker", "stats", "sdnotify", "yunet_fetch"},
-    2: {"frame_limit", "sources", "capture", "faces", "crop", "illumination", "classifier", "analyzer"}
+    2: {"frame_limit", "sources", "capture", "faces", "follow", "crop", "illumination", "classifier", "analyzer"}
     | {"seq_mark", "spool", "mqtt_client", "publisher", "local_broker"},
     3: {"wiring", "pipeline", "check", "bench", "tail", "demo", "cli", "__main__"},
 }
