@@ -50,6 +50,38 @@ def _views_sentence(card: dict[str, Any]) -> str:
     return f" The graph averages the logits of {count} views of each face: {listed}; all figures below include it."
 
 
+def _learnt_from(card: dict[str, Any]) -> str:
+    dataset, source, teachers = card["dataset"], card.get("labels_source") or {}, card["teachers"]
+    on = f"`{dataset['name']}` (sha256 {dataset['sha256'][:12]}...)"
+    if source.get("kind") == "votes":
+        on += (
+            f" with annotators' votes from `{source['file']}` for {source['faces_with_votes']:,} faces "
+            f"(weight {source['weight']:g} against the data set's own label)"
+        )
+    if not teachers:
+        return f"trained on {on}, without teachers"
+    return f"distilled from {len(teachers)} teacher{'s' if len(teachers) > 1 else ''} on {on}"
+
+
+def _faces_sentence(card: dict[str, Any]) -> str:
+    parts = []
+    if card["crop"].get("align_template"):
+        found = (card.get("alignment") or {}).get("found")
+        share = f" ({found * 100:.0f}% of training faces had landmarks)" if found else ""
+        parts.append(f"faces are aligned by their five landmarks to the card's template{share}")
+    if card["input"].get("illumination", "none") != "none":
+        parts.append(f"grey levels are normalised (`{card['input']['illumination']}`)")
+    text = f" In training and in the daemon alike, {' and '.join(parts)}." if parts else ""
+    calibration = card.get("calibration")
+    if calibration:
+        text += (
+            f" Confidence calibrated on the hold-out faces with temperature {calibration['temperature']:.2f}, built "
+            f"into the graph (expected calibration error {calibration['ece_before']:.3f} -> "
+            f"{calibration['ece_after']:.3f})."
+        )
+    return text
+
+
 def _training_summary(student: dict[str, Any], distill: dict[str, Any], epochs_run: int) -> str:
     if not student["val_faces"]:
         return (
@@ -89,8 +121,7 @@ def render_report(card: dict[str, Any], history: list[dict[str, Any]], images: d
         "",
         f"Built {card['created']} by quantize {card['tool']['version']}: student `{student['arch']}` "
         f"({student['params']:,} parameters, input {'x'.join(map(str, card['input']['shape'][1:]))} "
-        f"{card['input']['color']}) distilled from {len(card['teachers'])} teacher(s) on "
-        f"`{dataset['name']}` (sha256 {dataset['sha256'][:12]}...)." + _views_sentence(card),
+        f"{card['input']['color']}) {_learnt_from(card)}." + _faces_sentence(card) + _views_sentence(card),
         "",
         f"## Summary ({split} split, {metrics['fp32']['faces']} faces)",
         "",
@@ -106,7 +137,7 @@ def render_report(card: dict[str, Any], history: list[dict[str, Any]], images: d
         "",
         f"INT8 against FP32: top-1 {quant['top1_drop_points']:+.2f} points lost (limit {quant['max_drop_points']:g}), "
         f"same prediction on {quant['agreement'] * 100:.1f}% of faces, mean |probability difference| "
-        f"{quant['mean_abs_prob_diff']:.4f}. Calibration: {quant['calibration']} on {quant['calibration_faces']} "
+        f"{quant['mean_abs_prob_diff']:.4f}. INT8 calibration: {quant['calibration']} on {quant['calibration_faces']} "
         f"training faces, {quant['format']} format, {quant['weights']} weights, {quant['activations']} activations.",
         "",
         "## Latency",
@@ -151,9 +182,9 @@ def render_report(card: dict[str, Any], history: list[dict[str, Any]], images: d
         "| setting | value |",
         "|---|---|",
     ]
+    teacher_settings = ("temperature", "alpha", "online_teacher") if card["teachers"] else ()
     for key in (
-        "temperature",
-        "alpha",
+        *teacher_settings,
         "label_smoothing",
         "class_balance",
         "optimizer",
@@ -162,7 +193,6 @@ def render_report(card: dict[str, Any], history: list[dict[str, Any]], images: d
         "batch_size",
         "epochs",
         "augment",
-        "online_teacher",
         "precision",
         "seed",
     ):
@@ -192,8 +222,14 @@ def render_report(card: dict[str, Any], history: list[dict[str, Any]], images: d
         "Expect lower accuracy on side views, harsh lighting, children and faces under about 40 pixels.",
         f"- `{rarest}` is the rarest class ({counts[rarest]} evaluation faces): its recall "
         f"({_pct(metrics['int8']['recall'].get(rarest))} INT8) is the least certain number here.",
-        "- Accuracy is measured on the data set's own crops. In the daemon the detector's box plus the card's "
-        f"crop margin ({card['crop']['margin']}) frames the face instead, which can cost a few points.",
+        "- Accuracy is measured on the data set's own faces. In the daemon the detector frames the face instead "
+        + (
+            "(aligned to the template with YuNet's landmarks; cut from the box with Haar, which this model did not "
+            "learn), "
+            if card["crop"].get("align_template")
+            else f"(its box plus the card's crop margin, {card['crop']['margin']}), "
+        )
+        + "which can cost a few points; `bench/generalisation.py` measures that path.",
         "- Latency was measured on the build machine, not on the Raspberry Pi; `edge bench` measures the target.",
         "- Expression labels describe visible facial movement, not a person's feelings.",
         "",

@@ -261,6 +261,24 @@ def test_report_of_a_build_without_validation_says_the_last_epoch_is_kept(built,
     assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
+def test_report_says_what_a_teacherless_aligned_model_learnt_from(built):
+    card = json.loads((built / "syn.json").read_text())
+    card["teachers"] = []
+    card["labels_source"] = {"kind": "votes", "file": "votes.csv", "weight": 0.5, "faces_with_votes": 90}
+    card["crop"]["align_template"] = [[0.3, 0.4], [0.7, 0.4], [0.5, 0.6], [0.35, 0.75], [0.65, 0.75]]
+    card["alignment"] = {"found": 0.9}
+    card["input"]["illumination"] = "equalize"
+    card["calibration"] = {"temperature": 1.19, "ece_before": 0.045, "ece_after": 0.036}
+    report = render_report(card, [{}] * 3, {"fp32": "f.png", "int8": "i.png", "training": "t.png"})
+    assert "without teachers" in report and "teacher(s)" not in report
+    assert "votes from `votes.csv` for 90 faces (weight 0.5" in report
+    assert "aligned by their five landmarks to the card's template (90% of training faces" in report
+    assert "normalised (`equalize`)" in report and "temperature 1.19" in report
+    assert "| alpha |" not in report, "distillation settings mean nothing without teachers"
+    assert "cut from the box with Haar" in report
+
+
 def test_online_teacher_sees_every_augmented_batch_and_caches_nothing(synthetic, tmp_path):
     teacher = load_teacher(synthetic.teachers["onnx"])
     forward, batches = teacher._forward, []
