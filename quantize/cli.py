@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True, help="FP32 model with its card, e.g. models/NAME.fp32.onnx")
     p.add_argument("--data", type=Path, required=True, help="data set for calibration (train) and evaluation")
     add_int8_options(p)
+    p.add_argument(
+        "--yunet",
+        type=Path,
+        default=None,
+        help="YuNet ONNX for the landmarks of an aligned model's faces (default: the daemon's)",
+    )
     p.set_defaults(func=commands.run_int8)
 
     p = sub.add_parser("eval", help="accuracy, confusion and latency of an ONNX model through its card")
@@ -73,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="split to evaluate (default %(default)s)")
     p.add_argument("--png", type=Path, default=None, help="also save the confusion matrix as this PNG")
     p.add_argument("--latency-runs", type=int, default=200, help="timed single-face runs, 0 to skip")
+    p.add_argument(
+        "--yunet",
+        type=Path,
+        default=None,
+        help="YuNet ONNX for the landmarks of an aligned model's faces (default: the daemon's)",
+    )
     p.set_defaults(func=commands.run_eval)
 
     p = sub.add_parser("build", help="the whole chain: distill, export, INT8, card, report")

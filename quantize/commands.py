@@ -203,10 +203,11 @@ def run_int8(args: argparse.Namespace) -> int:
     import shutil
 
     from edge.contract import card_path_for, load_card, save_card
-    from quantize.build import int8_step
+    from quantize.build import default_cache_dir, int8_step
     from quantize.datasets import load_dataset
     from quantize.evaluate import load_daemon_model
     from quantize.outputs import StagedOutputs
+    from quantize.training_data import framed_for_card
 
     opts = _quantize_options(args)
     card_path = card_path_for(args.model)
@@ -216,8 +217,9 @@ def run_int8(args: argparse.Namespace) -> int:
             f"{args.model} is not the fp32 variant named by its card {card_path}; give the "
             f".fp32.onnx written by `quantize export`"
         )
-    train = load_dataset(args.data, "train")
-    eval_faces = load_dataset(args.data, opts.eval_split)
+    # An aligned model is calibrated and checked on faces aligned as in its build.
+    train = framed_for_card(load_dataset(args.data, "train"), card, args.yunet, default_cache_dir(), log)
+    eval_faces = framed_for_card(load_dataset(args.data, opts.eval_split), card, args.yunet, default_cache_dir(), log)
     name = card_path.stem
     # Calibration faces are prepared by the daemon's loader, from the model as given and its card.
     fp32_model = load_daemon_model(args.model, "fp32")
@@ -235,14 +237,19 @@ def run_int8(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from edge.contract import card_path_for, load_card
+    from quantize.build import default_cache_dir
     from quantize.datasets import load_dataset
     from quantize.evaluate import confusion_table, evaluate_onnx, save_confusion_png
     from quantize.outputs import StagedOutputs
+    from quantize.training_data import framed_for_card
 
-    faces = load_dataset(args.data, args.split)
+    card = load_card(card_path_for(args.model)).raw
+    faces = framed_for_card(load_dataset(args.data, args.split), card, args.yunet, default_cache_dir(), log)
     ev = evaluate_onnx(args.model, faces, latency_runs=args.latency_runs)
     print(
         f"{args.model} on {args.data} [{args.split}]: {ev.count} faces"
+        + (" aligned to the card's template" if card["crop"].get("align_template") else "")
         + (f" ({ev.excluded} of classes the model lacks left out)" if ev.excluded else "")
     )
     print(f"top-1 {ev.accuracy * 100:.2f}%  macro F1 {ev.macro_f1:.4f}  size {ev.size_bytes / 1024:.0f} KiB")

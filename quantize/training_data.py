@@ -68,6 +68,17 @@ def load_training_data(
     return TrainingData(train, eval_faces, *originals, labels, template, alignment)
 
 
+def framed_for_card(
+    faces: FaceSet, card: dict[str, Any], yunet: Path | None, cache_dir: Path | None, log: Callable[[str], None]
+) -> FaceSet:
+    """`faces` framed the way the model of `card` learnt its faces: aligned to the card's template when it has
+    one (as the build aligned its evaluation faces), else as they are."""
+    template = (card.get("crop") or {}).get("align_template")
+    if not template:
+        return faces
+    return align_faces(faces, detect_landmarks(faces, _yunet(yunet), cache_dir, log), template)
+
+
 def _found_share(points: Any) -> float:
     return round(float((points[:, 0, 0] == points[:, 0, 0]).mean()), 4)  # NaN != NaN where none was found
 
@@ -80,7 +91,8 @@ def _yunet(path: Path | None) -> Path:
     found = find_yunet(model_dirs())
     if found is None:
         raise QuantizeError(
-            "--align needs the YuNet face detector for landmarks and none was found in the daemon's model folders; "
+            "aligning faces needs the YuNet face detector for landmarks and none was found in the daemon's model "
+            "folders; "
             "give its path with --yunet (face_detection_yunet_2023mar.onnx from the OpenCV Zoo)"
         )
     return found

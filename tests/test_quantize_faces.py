@@ -131,7 +131,9 @@ def test_camera_augmentation_is_reproducible_and_reports_the_mirror() -> None:
 
 
 @needs_shared
-def test_a_build_with_votes_alignment_equalisation_and_logit_adjustment_tells_the_daemon(tmp_path: Path) -> None:
+def test_a_build_with_votes_alignment_equalisation_and_logit_adjustment_tells_the_daemon(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
     rows = real_fer_rows(train=420, test=140)
     csv = write_fer_csv(tmp_path / "fer.csv.gz", rows)
     n_train, n_test = len(rows["Training"][1]), len(rows["PublicTest"][1])
@@ -193,6 +195,14 @@ def test_a_build_with_votes_alignment_equalisation_and_logit_adjustment_tells_th
 
     crop = crop_face(frame, face, card).astype(int)
     assert np.abs(crop - region(10, 10)).mean() < 0.3 * np.abs(crop - region(20, 10)).mean()
+    # `quantize eval` frames the faces as the build did, so it repeats the card's figure.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    capsys.readouterr()
+    args = ["eval", "--model", str(out.with_suffix(".onnx")), "--data", str(csv), "--yunet", str(YUNET)]
+    assert main([*args, "--latency-runs", "0"]) == 0
+    report = capsys.readouterr().out
+    assert "aligned to the card's template" in report
+    assert f"top-1 {card.raw['metrics']['int8']['top1'] * 100:.2f}%" in report, report.splitlines()[:2]
 
 
 def test_teachers_answer_on_the_data_sets_own_faces_while_the_student_sees_its_own(tmp_path: Path) -> None:
