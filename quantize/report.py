@@ -224,8 +224,7 @@ def render_report(card: dict[str, Any], history: list[dict[str, Any]], images: d
         f"({_pct(metrics['int8']['recall'].get(rarest))} INT8) is the least certain number here.",
         "- Accuracy is measured on the data set's own faces. In the daemon the detector frames the face instead "
         + (
-            "(aligned to the template with YuNet's landmarks; cut from the box with Haar, which this model did not "
-            "learn), "
+            "(aligned to the template with YuNet's landmarks; cut from the box with Haar, which gives none), "
             if card["crop"].get("align_template")
             else f"(its box plus the card's crop margin, {card['crop']['margin']}), "
         )
