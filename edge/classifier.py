@@ -23,7 +23,8 @@ TIMED_RUNS = 50
 REBUILD_HINT = "re-run `quantize build` or restore the file shipped with its card"
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (N, L) logits."""
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
 
@@ -192,7 +193,7 @@ class ExpressionModel:
         if not crops:
             return np.zeros((0, len(self.labels)), np.float32)
         scores = self._run(self.preprocess(crops))
-        return (_softmax(scores) if self._apply_softmax else scores).astype(np.float32)
+        return (softmax(scores) if self._apply_softmax else scores).astype(np.float32)
 
 
 def _check_io(session: ort.InferenceSession, card: ModelCard, path: Path, card_path: Path) -> None:

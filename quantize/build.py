@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from edge.classifier import softmax
 from edge.contract import file_sha256, save_card
 from quantize.calibration import (
     expected_calibration_error,
     exported_logits,
     fit_temperature,
-    softmax,
     with_temperature,
 )
 from quantize.card import dataset_record, exported_card, metrics_section, student_section, with_variants

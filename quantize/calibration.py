@@ -58,11 +58,6 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     return float(total)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
-
-
 def exported_logits(model: Student, inputs: np.ndarray, size: int, flip: bool, zooms: tuple[float, ...]) -> np.ndarray:
     """The logits the exported graph gives for prepared inputs (N, 1, S, S): the same views, averaged."""
     graph = ViewAveraged(model, size, flip, zooms).eval() if flip or zooms else model.eval()

@@ -237,13 +237,14 @@ def run_int8(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from edge.contract import card_path_for, load_card
     from quantize.build import default_cache_dir
     from quantize.datasets import load_dataset
-    from quantize.evaluate import confusion_table, evaluate_onnx, load_daemon_model, save_confusion_png
+    from quantize.evaluate import confusion_table, evaluate_onnx, existing_model, save_confusion_png
     from quantize.outputs import StagedOutputs
     from quantize.training_data import framed_for_card
 
-    card = load_daemon_model(args.model).card.raw  # the loader names a missing model, card or hash first
+    card = load_card(card_path_for(existing_model(args.model))).raw  # a missing model is named before its card
     faces = framed_for_card(load_dataset(args.data, args.split), card, args.yunet, default_cache_dir(), log)
     ev = evaluate_onnx(args.model, faces, latency_runs=args.latency_runs)
     print(

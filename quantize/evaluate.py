@@ -32,10 +32,16 @@ def card_precision(path: Path) -> str:
 
 def load_daemon_model(path: Path, precision: str | None = None, threads: int = 2) -> ExpressionModel:
     """The daemon's loader, pinned to `precision` (by default the one its card gives `path`), never a timed choice."""
+    path = existing_model(path)
+    return ExpressionModel.load(path, precision=precision or card_precision(path), threads=threads)
+
+
+def existing_model(path: Path) -> Path:
+    """`path`, or a one-line error naming it when there is no such file."""
     path = Path(path)
     if not path.is_file():
         raise QuantizeError(f"model {path} not found; give the .onnx written by `quantize build`")
-    return ExpressionModel.load(path, precision=precision or card_precision(path), threads=threads)
+    return path
 
 
 def predict(model: ExpressionModel, images: np.ndarray) -> np.ndarray:

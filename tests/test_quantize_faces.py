@@ -233,7 +233,8 @@ def test_teachers_answer_on_the_data_sets_own_faces_while_the_student_sees_its_o
 
 
 def test_a_fitted_temperature_makes_confidence_match_accuracy_without_changing_any_answer() -> None:
-    from quantize.calibration import expected_calibration_error, fit_temperature, softmax, with_temperature
+    from edge.classifier import softmax
+    from quantize.calibration import expected_calibration_error, fit_temperature, with_temperature
     from quantize.student import build_student
 
     rng = np.random.default_rng(0)
