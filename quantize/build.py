@@ -49,7 +49,7 @@ from quantize.student_file import student_meta
 from quantize.student_input import student_inputs
 from quantize.teacher_targets import teacher_logits
 from quantize.teachers import Teacher, load_teacher
-from quantize.training_data import FaceOptions, load_training_data
+from quantize.training_data import FaceOptions, check_online_framing, load_training_data, teacher_views
 
 Log = Callable[[str], None]
 # Uint8 grey faces (N, h, w) -> the model's input batch, for calibration.
@@ -244,14 +244,17 @@ def build(opts: BuildOptions, log: Log = print) -> list[Path]:
     cache_dir = opts.cache_dir or default_cache_dir()
     data = load_training_data(opts.data, opts.quantize.eval_split, opts.faces, cache_dir, log)
     train, eval_faces = data.train, data.eval
-    assert eval_faces is not None and data.teacher_eval is not None, "an eval split was asked for"
+    assert eval_faces is not None and data.original_eval is not None, "an eval split was asked for"
     log(f"data {opts.data}: {len(train)} training faces, {len(eval_faces)} {opts.quantize.eval_split} faces")
     teachers = [
         load_teacher(spec, device=opts.device, precision=opts.teacher_precision, trust_pickle=opts.trust_pickle)
         for spec in opts.teachers
     ]
+    if opts.distill.online_teacher:
+        check_online_framing(teachers, data.align_template)
     loaded = [(t, file_sha256(t.path)) for t in teachers]
-    accuracies = [teacher_accuracy(t, sha, data.teacher_eval, cache_dir, log) for t, sha in loaded]
+    eval_views = teacher_views(data.original_eval, teachers, opts.faces.yunet, cache_dir, log)
+    accuracies = [teacher_accuracy(t, sha, view, cache_dir, log) for (t, sha), view in zip(loaded, eval_views)]
     for (t, _), acc in zip(loaded, accuracies):
         log(f"teacher {t.describe()}: top-1 {acc * 100:.2f}% on {eval_faces.split} (flip-averaged)")
 
@@ -264,7 +267,7 @@ def build(opts: BuildOptions, log: Log = print) -> list[Path]:
         device=opts.device,
         progress=opts.progress,
         log=log,
-        teacher_faces=data.teacher_train,
+        teacher_faces=teacher_views(data.original_train, teachers, opts.faces.yunet, cache_dir, log),
     )
     meta = student_meta(result, data.faces_record())
     model, calibration = _calibrated(result.model, train, meta, opts, log)

@@ -145,7 +145,7 @@ def run_distill(args: argparse.Namespace) -> int:
     from quantize.distill import distill
     from quantize.outputs import check_output_folder
     from quantize.student_file import save_student
-    from quantize.training_data import load_training_data
+    from quantize.training_data import check_online_framing, load_training_data, teacher_views
 
     cfg = _distill_config(args)
     cfg.check()
@@ -154,6 +154,9 @@ def run_distill(args: argparse.Namespace) -> int:
     cache_dir = args.cache_dir or default_cache_dir()
     data = load_training_data(args.data, None, _face_options(args), cache_dir, log)
     teachers = _load_teachers(args, device)
+    if cfg.online_teacher:
+        check_online_framing([t for t, _ in teachers], data.align_template)
+    views = teacher_views(data.original_train, [t for t, _ in teachers], args.yunet, cache_dir, log)
     result = distill(
         data.train,
         teachers,
@@ -163,7 +166,7 @@ def run_distill(args: argparse.Namespace) -> int:
         device=device,
         progress=sys.stderr.isatty(),
         log=log,
-        teacher_faces=data.teacher_train,
+        teacher_faces=views,
     )
     save_student(args.out, result, dataset_record(args.data, {"train": data.train}), data.faces_record())
     kept = (

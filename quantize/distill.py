@@ -64,25 +64,25 @@ def distill(
     device: str = "cpu",
     progress: bool = True,
     log: Callable[[str], None] = print,
-    teacher_faces: FaceSet | None = None,
+    teacher_faces: list[FaceSet] | None = None,
 ) -> DistillResult:
     """Train a student on `train_faces` (cfg.val_fraction is split off) from `teachers` [(teacher, sha256)].
 
-    `teacher_faces` are the same faces in the same order as the teachers are to see them, when the student's
-    differ: a teacher answers best on the framing it was trained on, so aligned students learn from the
-    teachers' answers on the data set's own faces. Without teachers this is plain supervised training (alpha
+    `teacher_faces` holds, for each teacher, the same faces in the same order as that teacher is to see them,
+    when the student's differ (quantize.training_data.teacher_views): a teacher answers best on the framing it
+    was trained on. Without teachers this is plain supervised training (alpha
     treated as 1), a baseline for the report. With `work_dir`, a checkpoint is saved there every epoch and a
     matching one is resumed."""
     cfg.check()
     settings = cfg.resolved()
     records = [teacher.record(sha256) for teacher, sha256 in teachers]
-    teacher_faces = teacher_faces if teacher_faces is not None else train_faces
+    views = teacher_faces if teacher_faces is not None else [train_faces] * len(teachers)
     if cfg.val_fraction > 0:
-        # The split depends on the labels and the seed only, so both sets split alike.
+        # The split depends on the labels and the seed only, so every view splits alike.
         fit, val = stratified_split(train_faces, cfg.val_fraction, cfg.seed)
-        teacher_fit = stratified_split(teacher_faces, cfg.val_fraction, cfg.seed)[0]
+        teacher_fit = [stratified_split(view, cfg.val_fraction, cfg.seed)[0] for view in views]
     else:
-        fit, val, teacher_fit = train_faces, None, teacher_faces
+        fit, val, teacher_fit = train_faces, None, views
     dev = torch.device(device)
     dtype = autocast_dtype(cfg.precision, dev)  # an unsupported precision fails before the teachers run
     groups = training_targets(teachers, teacher_fit, cfg, cache_dir, log)

@@ -1,4 +1,5 @@
-"""How a teacher wants its input: 48x48 grey faces -> resized, channel-replicated, normalised float32 NCHW.
+"""How a teacher wants its input: 48x48 grey faces -> grey levels normalised (models built by `quantize` only),
+resized, channel-replicated, normalised float32 NCHW.
 
 This is the teachers' convention (read from their specs, and that of the networks `quantize train-teacher`
 trains); the student's input is quantize.student_input's business.
@@ -14,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edge.contract import ILLUMINATIONS
+from edge.illumination import normalise_illumination
 from quantize.errors import QuantizeError
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -37,6 +40,9 @@ class Preprocessing:
     std: list[float] = field(default_factory=lambda: [1.0])
     resize: str = "bilinear"
     scale: float = 1.0 / 255.0
+    # Grey-level normalisation a model built by `quantize` learnt its faces with (its card's input.illumination),
+    # applied to the uint8 faces first, as the daemon does after its crop.
+    illumination: str = "none"
 
     def __post_init__(self) -> None:
         self.size = (int(self.size[0]), int(self.size[1]))
@@ -50,9 +56,14 @@ class Preprocessing:
         self.std = _per_channel(self.std, self.channels, "std")
         if any(s <= 0 for s in self.std):
             raise QuantizeError(f"std {self.std} must be positive")
+        if self.illumination not in ILLUMINATIONS:
+            raise QuantizeError(f"illumination {self.illumination!r} unknown; use one of {', '.join(ILLUMINATIONS)}")
 
     def apply(self, images_u8: np.ndarray | torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
         """float32 NCHW tensor on `device` from uint8 grey faces (N, H, W)."""
+        if self.illumination != "none":
+            faces = images_u8.cpu().numpy() if isinstance(images_u8, torch.Tensor) else images_u8
+            images_u8 = np.stack([normalise_illumination(face, self.illumination) for face in faces])
         x = torch.as_tensor(np.ascontiguousarray(images_u8) if isinstance(images_u8, np.ndarray) else images_u8)
         x = x.to(device=device, dtype=torch.float32).unsqueeze(1) / 255.0
         if tuple(x.shape[-2:]) != self.size:
@@ -80,6 +91,8 @@ class Preprocessing:
             "std": self.std,
             "resize": self.resize,
             "scale": "pixel/255" if self.scale == 1.0 / 255.0 else "pixel",
+            # Only when set, so that the logit caches of teachers without it keep their keys.
+            **({"illumination": self.illumination} if self.illumination != "none" else {}),
         }
 
 
@@ -116,8 +129,9 @@ def parse_normalisation(value: Any, which: int) -> list[float]:
 def preprocessing_from_spec(section: Mapping[str, Any], default_channels: int = 3) -> Preprocessing:
     """Preprocessing from a spec's "input" section (teacher spec or model card layout).
 
-    Accepts {channels, size: N | [H, W], mean, std, resize, scale} and the model card's {shape: [1, C, H, W],
-    color: gray|rgb}. Without mean/std a 3-channel input gets ImageNet statistics (the torchvision convention).
+    Accepts {channels, size: N | [H, W], mean, std, resize, scale, illumination} and the model card's
+    {shape: [1, C, H, W], color: gray|rgb}. Without mean/std a 3-channel input gets ImageNet statistics (the
+    torchvision convention).
     """
     channels = section.get("channels")
     size = section.get("size")
@@ -151,4 +165,5 @@ def preprocessing_from_spec(section: Mapping[str, Any], default_channels: int = 
         std=parse_normalisation(std_value, 1),
         resize=str(section.get("resize", "bilinear")).lower(),
         scale=1.0 / 255.0 if scale == "pixel/255" else 1.0,
+        illumination=str(section.get("illumination", "none")).lower(),
     )

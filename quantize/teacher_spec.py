@@ -3,9 +3,13 @@ command line (`--teacher PATH:size=96,channels=3,mean=imagenet,labels=fer2013`).
   arch    resnet18..152 | densenet121/161/169/201 (checkpoints only; inferred from the keys when absent)
   head    classifier head spec, see quantize.archs (inferred when absent)
   labels  the model's output order: a list, "fer2013" (the canonical seven) or names joined by "/" on the command line
-  input   {channels, size, mean, std, resize, scale}; mean/std may be "imagenet", "half" or "none"
+  input   {channels, size, mean, std, resize, scale, illumination}; mean/std may be "imagenet", "half" or "none";
+          illumination "none" (default), "equalize" or "clahe" normalises grey levels first (edge.illumination)
+  crop    {align_template}: the teacher sees each face aligned to these landmark positions (quantize.face_align)
   output  "logits" (default) or "probabilities" (a model ending in softmax; its log is used as logits)
-An edge model card (input.shape / input.color) is accepted as a spec too.
+An edge model card (input.shape / input.color) is accepted as a spec too, so a model built by `quantize build`
+teaches with its card: it sees faces framed and lit as it learnt them. Its FP32 variant finds the card that
+lists it (`mood-m.fp32.onnx` -> `mood-m.json`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
-INPUT_KEYS = ("channels", "size", "mean", "std", "resize", "scale")
+INPUT_KEYS = ("channels", "size", "mean", "std", "resize", "scale", "illumination")
 TOP_KEYS = ("arch", "head", "labels", "output", "name")
 
 
@@ -56,7 +60,8 @@ def parse_teacher_arg(text: str) -> tuple[Path, dict[str, Any]]:
 
 
 def find_spec_file(model_path: Path) -> Path | None:
-    """The spec beside a teacher: `<stem>.json`, `<stem>.toml`, `<file>.json` or `<file>.toml`."""
+    """The spec beside a teacher: `<stem>.json`, `<stem>.toml`, `<file>.json` or `<file>.toml`, else a model
+    card beside it whose variants list the file."""
     for candidate in (
         model_path.with_suffix(".json"),
         model_path.with_suffix(".toml"),
@@ -65,7 +70,16 @@ def find_spec_file(model_path: Path) -> Path | None:
     ):
         if candidate != model_path and candidate.is_file():
             return candidate
-    return None
+    return _card_listing(model_path)
+
+
+def _card_listing(model_path: Path) -> Path | None:
+    card = model_path.with_suffix("").with_suffix(".json")  # mood-m.fp32.onnx -> mood-m.json
+    try:
+        variants = json.loads(card.read_text(encoding="utf-8")).get("variants") or {}
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    return card if model_path.name in variants.values() else None
 
 
 def read_spec_file(path: Path) -> dict[str, Any]:

@@ -113,15 +113,20 @@ def group_teachers(
 
 def training_targets(
     teachers: list[tuple[Teacher, str]],
-    faces: FaceSet,
+    views: list[FaceSet],
     cfg: DistillConfig,
     cache_dir: Path | None,
     log: Callable[[str], None],
 ) -> list[TeacherGroup]:
-    """The teacher groups a distillation on `faces` learns from ([(teacher, sha256)]; none without teachers)."""
+    """The teacher groups a distillation learns from ([(teacher, sha256)], each with its view of the training
+    faces; none without teachers)."""
     if not teachers:
         return []
-    logits = None if cfg.online_teacher else [teacher_logits(t, sha, faces, cache_dir, log=log) for t, sha in teachers]
+    logits = (
+        None
+        if cfg.online_teacher
+        else [teacher_logits(t, sha, view, cache_dir, log=log) for (t, sha), view in zip(teachers, views, strict=True)]
+    )
     return group_teachers([t for t, _ in teachers], logits, cfg.temperature, cfg.teacher_flip_average)
 
 

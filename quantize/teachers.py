@@ -35,6 +35,9 @@ class Teacher:
     device: str
     _forward: Callable[[np.ndarray], np.ndarray]
     max_batch: int | None = None  # ONNX models exported with a fixed batch of 1
+    # Landmark positions the teacher learnt its faces aligned to (a card's crop.align_template); None: the data
+    # set's own framing.
+    align_template: list[list[float]] | None = None
 
     def logits(self, images_u8: np.ndarray, batch_size: int = 256, flip_tta: bool = False) -> np.ndarray:
         """float32 (N, len(labels)); with flip_tta the average over each face and its mirror image."""
@@ -67,6 +70,7 @@ class Teacher:
             "params": self.num_params,
             "labels": list(self.labels),
             "input": self.preprocessing.to_dict(),
+            **({"align_template": self.align_template} if self.align_template else {}),
         }
 
 
@@ -159,4 +163,19 @@ def _finish(path: Path, spec: Mapping[str, Any], where: str, opened: OpenedModel
         device=opened.device,
         _forward=forward,
         max_batch=opened.max_batch,
+        align_template=_align_template(spec, where),
     )
+
+
+def _align_template(spec: Mapping[str, Any], where: str) -> list[list[float]] | None:
+    crop = spec.get("crop") or {}
+    template = crop.get("align_template") if isinstance(crop, Mapping) else None
+    if template is None:
+        return None
+    try:
+        points = [[float(x), float(y)] for x, y in template]
+    except (TypeError, ValueError):
+        points = []
+    if len(points) != 5:
+        raise QuantizeError(f"{where}: crop.align_template must list five [x, y] points (eyes, nose, mouth corners)")
+    return points

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.faces import find_yunet
 from edge.locations import model_dirs
@@ -15,6 +15,9 @@ from quantize.datasets import FaceSet, load_dataset
 from quantize.errors import QuantizeError
 from quantize.face_align import align_faces, detect_landmarks, landmark_template
 from quantize.label_sources import own_labels_record, with_vote_targets
+
+if TYPE_CHECKING:
+    from quantize.teachers import Teacher
 
 
 @dataclass
@@ -29,10 +32,10 @@ class FaceOptions:
 class TrainingData:
     train: FaceSet
     eval: FaceSet | None
-    # The same faces as the data set holds them, for the teachers: they answer best on the framing they were
-    # trained on (the student's faces above may be aligned).
-    teacher_train: FaceSet
-    teacher_eval: FaceSet | None
+    # The same faces as the data set holds them (the student's above may be aligned), from which each teacher
+    # gets its own view (teacher_views).
+    original_train: FaceSet
+    original_eval: FaceSet | None
     labels: dict[str, Any]  # the card's record of the label source
     align_template: list[list[float]] | None  # landmark template as fractions of the face side, when aligned
     alignment: dict[str, Any] | None  # the card's record of the alignment
@@ -73,7 +76,40 @@ def framed_for_card(
 ) -> FaceSet:
     """`faces` framed the way the model of `card` learnt its faces: aligned to the card's template when it has
     one (as the build aligned its evaluation faces), else as they are."""
-    template = (card.get("crop") or {}).get("align_template")
+    return _framed(faces, (card.get("crop") or {}).get("align_template"), yunet, cache_dir, log)
+
+
+def teacher_views(
+    faces: FaceSet,
+    teachers: list[Teacher],
+    yunet: Path | None,
+    cache_dir: Path | None,
+    log: Callable[[str], None],
+) -> list[FaceSet]:
+    """Each teacher's view of `faces` (the data set's own framing): aligned to the teacher's template when it
+    learnt aligned faces (a model built by `quantize`), else as they are. A teacher answers best on the
+    framing it was trained on, whatever the student's."""
+    return [_framed(faces, teacher.align_template, yunet, cache_dir, log) for teacher in teachers]
+
+
+def check_online_framing(teachers: list[Teacher], student_template: list[list[float]] | None) -> None:
+    """Online teachers see the student's augmented faces: refuse a teacher that learnt another framing."""
+    for teacher in teachers:
+        if teacher.align_template is not None and teacher.align_template != student_template:
+            raise QuantizeError(
+                f"teacher {teacher.name} learnt faces aligned to its own template, and --online-teacher shows "
+                "teachers the student's faces, which are framed otherwise; leave out --online-teacher (its "
+                "cached answers are on faces aligned for it), or --align with the same training data"
+            )
+
+
+def _framed(
+    faces: FaceSet,
+    template: list[list[float]] | None,
+    yunet: Path | None,
+    cache_dir: Path | None,
+    log: Callable[[str], None],
+) -> FaceSet:
     if not template:
         return faces
     return align_faces(faces, detect_landmarks(faces, _yunet(yunet), cache_dir, log), template)

@@ -203,6 +203,20 @@ def test_a_build_with_votes_alignment_equalisation_and_logit_adjustment_tells_th
     report = capsys.readouterr().out
     assert "aligned to the card's template" in report
     assert f"top-1 {card.raw['metrics']['int8']['top1'] * 100:.2f}%" in report, report.splitlines()[:2]
+    # As a teacher the model goes by its card: its FP32 file finds the card that lists it, and it sees each
+    # face aligned and equalised as it learnt them, answering as the daemon's classifier does on those crops.
+    from edge.classifier import softmax
+    from quantize.teachers import load_teacher
+    from quantize.training_data import teacher_views
+
+    teacher = load_teacher(out.with_name("m.fp32.onnx"))
+    assert teacher.align_template == [list(p) for p in card.align_template]
+    assert teacher.preprocessing.illumination == "equalize"
+    faces = load_dataset(csv, "test")
+    view = teacher_views(faces, [teacher], YUNET, tmp_path / "cache", log=lambda _: None)[0]
+    assert np.abs(view.images.astype(int) - faces.images).mean() > 5  # aligned, not the data set's framing
+    expected = model.predict(list(view.images))
+    np.testing.assert_allclose(softmax(teacher.logits(view.images)), expected, atol=1e-4)
 
 
 def test_teachers_answer_on_the_data_sets_own_faces_while_the_student_sees_its_own(tmp_path: Path) -> None:
@@ -223,13 +237,31 @@ def test_teachers_answer_on_the_data_sets_own_faces_while_the_student_sees_its_o
     sha = file_sha256(teacher.path)
     cfg = DistillConfig(student="xs", epochs=1, batch_size=32, augment="none")
     distill(shifted, [(teacher, sha)], cfg, cache_dir=tmp_path / "cache", progress=False, log=lambda _: None,
-            teacher_faces=original)  # fmt: skip
+            teacher_faces=[original])  # fmt: skip
     cached = sorted((tmp_path / "cache").glob("*.npz"))
     assert len(cached) == 1
     seen = []
     teacher_logits(teacher, sha, stratified_split(original, cfg.val_fraction, cfg.seed)[0], tmp_path / "cache",
                    log=seen.append)  # fmt: skip
     assert seen == [] and sorted((tmp_path / "cache").glob("*.npz")) == cached  # answered from the cache
+
+
+def test_online_teachers_must_have_learnt_the_students_framing(tmp_path: Path) -> None:
+    """--online-teacher shows teachers the student's faces: a teacher aligned to another template is refused in
+    one line, before any training, where its cached answers would have been on faces aligned for it."""
+    from quantize.teachers import load_teacher
+    from quantize.training_data import check_online_framing
+    from tests.quantize_support import save_teachers, train_tiny_teacher
+
+    images, labels = synthetic_faces(30, seed=5)
+    template = [[0.3, 0.38], [0.7, 0.38], [0.5, 0.58], [0.34, 0.75], [0.66, 0.75]]
+    path = save_teachers(tmp_path / "t", train_tiny_teacher(images, labels))["torchscript"]
+    teacher = load_teacher(path, spec={"crop": {"align_template": template}})
+    check_online_framing([teacher], template)  # the student aligned the same way: accepted
+    with pytest.raises(QuantizeError, match="leave out --online-teacher"):
+        check_online_framing([teacher], None)
+    with pytest.raises(QuantizeError, match="five"):
+        load_teacher(path, spec={"crop": {"align_template": template[:2]}})
 
 
 def test_a_fitted_temperature_makes_confidence_match_accuracy_without_changing_any_answer() -> None:
