@@ -110,6 +110,13 @@ def _size(n: int | None) -> str:
     return "-" if n is None else f"{n / 1024:.0f} KiB"
 
 
+def _teacher_view(teacher: dict[str, Any]) -> str:
+    """How a teacher was shown the training faces (quantize.training_data.teacher_views)."""
+    parts = ["aligned to its template"] if teacher.get("align_template") else ["as the data set holds them"]
+    illumination = (teacher.get("input") or {}).get("illumination", "none")
+    return ", ".join(parts + ([f"`{illumination}`"] if illumination != "none" else []))
+
+
 def render_report(card: dict[str, Any], history: list[dict[str, Any]], images: dict[str, str]) -> str:
     """Markdown text; `images` maps "fp32", "int8" (confusion matrices) and "training" to file names."""
     metrics = card["metrics"]
@@ -201,17 +208,17 @@ def render_report(card: dict[str, Any], history: list[dict[str, Any]], images: d
         "",
         "## Teachers",
         "",
-        f"| teacher | arch | parameters | classes | top-1 on {split} (flip-averaged) | file sha256 |",
-        "|---|---|---|---|---|---|",
+        f"| teacher | arch | parameters | classes | faces seen | top-1 on {split} (flip-averaged) | file sha256 |",
+        "|---|---|---|---|---|---|---|",
     ]
     for t in card["teachers"]:
         params = f"{t['params']:,}" if t.get("params") else "-"
         lines.append(
             f"| {t['name']} | {t.get('arch') or t.get('backend')} | {params} | {len(t['labels'])} | "
-            f"{_pct(t.get('accuracy'))} | `{t['sha256'][:12]}` |"
+            f"{_teacher_view(t)} | {_pct(t.get('accuracy'))} | `{t['sha256'][:12]}` |"
         )
     if not card["teachers"]:
-        lines.append("| (none: trained on the labels alone) | | | | | |")
+        lines.append("| (none: trained on the labels alone) | | | | | | |")
     rarest = min(counts, key=lambda k: counts[k] if counts[k] else 1 << 30)
     lines += [
         "",

@@ -264,7 +264,7 @@ def test_report_of_a_build_without_validation_says_the_last_epoch_is_kept(built,
 @pytest.mark.slow
 def test_report_says_what_a_teacherless_aligned_model_learnt_from(built):
     card = json.loads((built / "syn.json").read_text())
-    card["teachers"] = []
+    built_teachers, card["teachers"] = card["teachers"], []
     card["labels_source"] = {"kind": "votes", "file": "votes.csv", "weight": 0.5, "faces_with_votes": 90}
     card["crop"]["align_template"] = [[0.3, 0.4], [0.7, 0.4], [0.5, 0.6], [0.35, 0.75], [0.65, 0.75]]
     card["alignment"] = {"found": 0.9}
@@ -277,6 +277,11 @@ def test_report_says_what_a_teacherless_aligned_model_learnt_from(built):
     assert "normalised (`equalize`)" in report and "temperature 1.19" in report
     assert "| alpha |" not in report, "distillation settings mean nothing without teachers"
     assert "cut from the box with Haar" in report
+    # A teacher built by quantize saw the faces as its card frames them, and the report says so.
+    card["teachers"] = [{**teacher, "align_template": card["crop"]["align_template"]} for teacher in built_teachers]
+    card["teachers"][0]["input"] = {**card["teachers"][0]["input"], "illumination": "equalize"}
+    report = render_report(card, [{}] * 3, {"fp32": "f.png", "int8": "i.png", "training": "t.png"})
+    assert "| aligned to its template, `equalize` |" in report
 
 
 def test_online_teacher_sees_every_augmented_batch_and_caches_nothing(synthetic, tmp_path):
@@ -309,6 +314,7 @@ def test_build_writes_every_file_and_nothing_else(built):
         "syn.training.png",
         "## Teachers",
         "tiny6",
+        "as the data set holds them",
         "## Limits",
         "4 views of each face",
         "mirror image",
