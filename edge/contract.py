@@ -163,6 +163,14 @@ def parse_card(data: dict[str, Any], path: Path) -> ModelCard:
 
 
 def _parse_template(value: Any, path: Path) -> tuple[tuple[float, float], ...] | None:
+    try:
+        return parse_align_template(value)
+    except ValueError as exc:
+        raise _fail(path, str(exc)) from None
+
+
+def parse_align_template(value: Any) -> tuple[tuple[float, float], ...] | None:
+    """A card's `crop.align_template` (None when absent); ValueError saying what a template must be."""
     if value is None:
         return None
     if not (
@@ -173,7 +181,7 @@ def _parse_template(value: Any, path: Path) -> tuple[tuple[float, float], ...] |
             for p in value
         )
     ):
-        raise _fail(path, f"`crop.align_template` must be {LANDMARKS} [x, y] pairs of fractions between 0 and 1")
+        raise ValueError(f"`crop.align_template` must be {LANDMARKS} [x, y] pairs of fractions between 0 and 1")
     return tuple((float(x), float(y)) for x, y in value)
 
 

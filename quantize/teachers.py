@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.contract import CANONICAL_LABELS
+from edge.contract import CANONICAL_LABELS, parse_align_template
 from quantize.errors import QuantizeError
 from quantize.labels import map_label_names
 from quantize.teacher_formats import OpenedModel, open_onnx, open_torch
@@ -169,13 +169,8 @@ def _finish(path: Path, spec: Mapping[str, Any], where: str, opened: OpenedModel
 
 def _align_template(spec: Mapping[str, Any], where: str) -> list[list[float]] | None:
     crop = spec.get("crop") or {}
-    template = crop.get("align_template") if isinstance(crop, Mapping) else None
-    if template is None:
-        return None
     try:
-        points = [[float(x), float(y)] for x, y in template]
-    except (TypeError, ValueError):
-        points = []
-    if len(points) != 5:
-        raise QuantizeError(f"{where}: crop.align_template must list five [x, y] points (eyes, nose, mouth corners)")
-    return points
+        template = parse_align_template(crop.get("align_template") if isinstance(crop, Mapping) else None)
+    except ValueError as exc:
+        raise QuantizeError(f"{where}: {exc} (where the five landmarks land: eyes, nose tip, mouth corners)") from None
+    return [list(point) for point in template] if template else None

@@ -88,8 +88,13 @@ def teacher_views(
 ) -> list[FaceSet]:
     """Each teacher's view of `faces` (the data set's own framing): aligned to the teacher's template when it
     learnt aligned faces (a model built by `quantize`), else as they are. A teacher answers best on the
-    framing it was trained on, whatever the student's."""
-    return [_framed(faces, teacher.align_template, yunet, cache_dir, log) for teacher in teachers]
+    framing it was trained on, whatever the student's. Teachers sharing a template share one aligned copy."""
+    framed: dict[str, FaceSet] = {}
+    for teacher in teachers:
+        key = repr(teacher.align_template)
+        if key not in framed:
+            framed[key] = _framed(faces, teacher.align_template, yunet, cache_dir, log)
+    return [framed[repr(teacher.align_template)] for teacher in teachers]
 
 
 def check_online_framing(teachers: list[Teacher], student_template: list[list[float]] | None) -> None:
