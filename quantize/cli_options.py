@@ -106,6 +106,15 @@ def add_distill_options(p: argparse.ArgumentParser) -> None:
         "classes (1 is the usual; default %(default)s: off)",
     )
     g.add_argument(
+        "--ema-decay",
+        type=float,
+        default=d.ema_decay,
+        metavar="DECAY",
+        help="keep an exponential moving average of the student's weights, updated every step with DECAY "
+        "(0.999 averages about the last 1000 steps); validation and the written model use the average "
+        "(default %(default)s: off)",
+    )
+    g.add_argument(
         "--class-balance",
         default=d.class_balance,
         choices=CLASS_BALANCE,

@@ -52,6 +52,7 @@ def _distill_config(args: argparse.Namespace) -> Any:
         augment=args.augment,
         illumination=args.illumination,
         logit_adjust=args.logit_adjust,
+        ema_decay=args.ema_decay,
         online_teacher=args.online_teacher,
         teacher_flip_average=args.teacher_flip_average,
         precision=args.precision,

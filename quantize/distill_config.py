@@ -41,6 +41,9 @@ class DistillConfig:
     # Logit adjustment (Menon et al. 2021): the loss sees logits + tau * log(class prior of the targets), so the
     # logits the model outputs are those of balanced classes; 0 trains on the logits as they are.
     logit_adjust: float = 0.0
+    # Weight averaging: the kept student is an exponential moving average of the trained one's weights (and
+    # BatchNorm statistics), updated after every step with this decay; 0 keeps the trained weights themselves.
+    ema_decay: float = 0.0
     online_teacher: bool = False
     teacher_flip_average: bool = False  # targets: each teacher's probabilities averaged over face and mirror
     precision: str = "auto"  # autocast: bf16 where the CPU has it, fp16/bf16 on CUDA
@@ -78,6 +81,7 @@ class DistillConfig:
                 f"illumination {self.illumination!r} unknown; use {', '.join(ILLUMINATIONS)}",
             ),
             (0.0 <= self.logit_adjust <= 2.0, f"logit adjustment {self.logit_adjust} must lie in [0, 2]; 1 is usual"),
+            (0.0 <= self.ema_decay < 1.0, f"EMA decay {self.ema_decay} must lie in [0, 1); 0.999 is usual, 0 is off"),
         ]
         for ok, message in rules:
             if not ok:

@@ -194,6 +194,7 @@ def render_report(card: dict[str, Any], history: list[dict[str, Any]], images: d
         *teacher_settings,
         "label_smoothing",
         "class_balance",
+        "ema_decay",
         "optimizer",
         "lr",
         "weight_decay",

@@ -250,6 +250,28 @@ def test_without_validation_every_face_is_trained_on_and_the_last_epoch_is_kept(
 
 
 @pytest.mark.slow
+def test_with_an_ema_decay_the_kept_student_is_the_weight_average_and_resumes(synthetic, tmp_path):
+    cfg = DistillConfig(student="xs", epochs=3, batch_size=32, val_fraction=0.0, ema_decay=0.9)
+    result = distill(synthetic.train, [], cfg, work_dir=tmp_path / "work", progress=False, log=lambda _: None)
+    saved = torch.load(tmp_path / "work" / "distill.ckpt", weights_only=False)
+    average = {k.removeprefix("module."): v for k, v in saved["average"].items() if k.startswith("module.")}
+    kept = result.model.state_dict()
+    assert kept.keys() == average.keys()
+    for name, value in kept.items():
+        assert torch.equal(value, average[name].cpu()), f"{name} is not the average's"
+    floating = [name for name, value in kept.items() if value.is_floating_point()]
+    differing = [name for name in floating if not torch.equal(kept[name], saved["model"][name].cpu())]
+    assert len(differing) == len(floating), "every weight and BatchNorm statistic is averaged"
+    messages: list[str] = []
+    again = distill(synthetic.train, [], cfg, work_dir=tmp_path / "work", progress=False, log=messages.append)
+    assert any("resuming" in m for m in messages)
+    for name, value in again.model.state_dict().items():
+        assert torch.equal(value, kept[name])
+    with pytest.raises(QuantizeError, match="EMA decay 1.0 must lie in"):
+        DistillConfig(ema_decay=1.0).check()
+
+
+@pytest.mark.slow
 def test_report_of_a_build_without_validation_says_the_last_epoch_is_kept(built, tmp_path):
     card = json.loads((built / "syn.json").read_text())
     card["student"].update(val_faces=0, val_top1=None, best_epoch=6)
