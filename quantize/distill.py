@@ -7,7 +7,8 @@ also reports the mirror so the mirror's teacher targets can be picked) and then 
 a crop (quantize.student_input), one batch ahead on a second thread. With logit adjustment the loss sees the
 logits plus tau * log(prior), the prior being the training targets' class shares. With an EMA decay the
 student that is validated and kept is a moving average of the trained one's weights (torch's AveragedModel),
-which lands in a flatter minimum than the last steps' weights.
+which lands in a flatter minimum than the last steps' weights; its BatchNorm statistics are measured afresh
+for the averaged weights after every epoch (an average of statistics would carry those of the first steps).
 
 Validation: a stratified share of the training faces (never the test split) picks the best epoch. With
 val_fraction 0 every training face is trained on and the last epoch is kept (for a final run, once the
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from edge.contract import CANONICAL_LABELS
 from quantize.datasets import FaceSet, stratified_split
@@ -43,6 +44,7 @@ from quantize.teachers import Teacher
 from quantize.training import make_optimizer, optimizer_step, to_memory_format, warmup_cosine
 
 VALIDATION_BATCH = 512
+BATCHNORM_FACES = 8192  # training faces, as the daemon prepares them, that set the weight average's statistics
 
 
 @dataclass
@@ -155,11 +157,8 @@ class _Run:
         self.cfg, self.device, self.dtype, self.alpha = cfg, device, dtype, alpha
         torch.manual_seed(cfg.seed)
         self.model = to_memory_format(build_student(cfg.student).to(device), torch.channels_last)
-        # BatchNorm's running statistics are averaged with the weights, so the average needs no extra pass.
         self.average = (
-            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-            if cfg.ema_decay > 0
-            else None
+            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay)) if cfg.ema_decay > 0 else None
         )
         self.optimizer = make_optimizer(self.model, cfg.optimizer, settings["lr"], settings["weight_decay"])
         self.steps_per_epoch = max(len(fit) // cfg.batch_size, 1)
@@ -174,6 +173,10 @@ class _Run:
         self.fit_targets = torch.from_numpy(distributions).to(device) if fit.targets is not None else self.fit_labels
         prior = np.clip(distributions.mean(axis=0), 1e-6, None)
         self.log_prior = torch.from_numpy(np.log(prior).astype(np.float32)).to(device)
+        if self.average is not None:
+            some = np.random.default_rng(cfg.seed).permutation(len(fit))[:BATCHNORM_FACES]
+            prepared = prepare_faces(fit.images[np.sort(some)], cfg.input_size, cfg.illumination)
+            self.batchnorm_images = torch.from_numpy(prepared).unsqueeze(1).to(device)
         if val is not None:
             prepared = prepare_faces(val.images, cfg.input_size, cfg.illumination)
             self.val_images = torch.from_numpy(prepared).unsqueeze(1).to(device)
@@ -254,6 +257,9 @@ class _Run:
                 )
         if bar is not None:
             bar.close()
+        if self.average is not None:
+            with torch.no_grad(), self._autocast():
+                update_bn(self._normalised(self.batchnorm_images), self.average.module)
         seen = sums["seen"]
         return {
             "epoch": epoch,
@@ -267,14 +273,13 @@ class _Run:
     def validate(self) -> dict[str, Any]:
         """Cross-entropy, top-1, balanced accuracy and per-class recall on the validation faces, against their
         targets' most likely class (the label, without a label source)."""
-        model, cfg = self.kept, self.cfg
+        model = self.kept
         model.eval()
         predictions, losses = [], []
         with torch.no_grad(), self._autocast():
-            for i in range(0, len(self.val_images), VALIDATION_BATCH):
-                x = normalise(self.val_images[i : i + VALIDATION_BATCH].float() / 255, cfg.mean, cfg.std)
+            for i, x in enumerate(self._normalised(self.val_images)):
                 logits = model(x).float()
-                labels = self.val_labels[i : i + VALIDATION_BATCH]
+                labels = self.val_labels[i * VALIDATION_BATCH : (i + 1) * VALIDATION_BATCH]
                 losses.append(F.cross_entropy(logits, labels, reduction="sum").item())
                 predictions.append(logits.argmax(1))
         pred = torch.cat(predictions).cpu().numpy()
@@ -290,6 +295,11 @@ class _Run:
             "val_balanced": float(np.mean(list(recall.values()))),
             "val_recall": recall,
         }
+
+    def _normalised(self, images: Tensor) -> Iterator[Tensor]:
+        """Prepared uint8 faces (N, 1, S, S) in batches, normalised as the model's input."""
+        for i in range(0, len(images), VALIDATION_BATCH):
+            yield normalise(images[i : i + VALIDATION_BATCH].float() / 255, self.cfg.mean, self.cfg.std)
 
 
 def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
