@@ -272,6 +272,24 @@ def test_with_an_ema_decay_the_kept_student_is_the_weight_average_and_resumes(sy
 
 
 @pytest.mark.slow
+def test_the_weight_average_reads_faces_as_well_as_the_trained_student(synthetic):
+    # Six epochs of 13 steps: at decay 0.97 the average still holds the first steps' weights, whose BatchNorm
+    # statistics (had they been averaged too) would leave it answering one class whatever the face.
+    runs = {
+        decay: distill(
+            synthetic.train,
+            [],
+            DistillConfig(student="xs", epochs=6, batch_size=32, ema_decay=decay),
+            progress=False,
+            log=lambda _: None,
+        )
+        for decay in (0.0, 0.97)
+    }
+    assert runs[0.0].best_val_top1 > 0.9, "seven classes: chance is 0.14"
+    assert runs[0.97].best_val_top1 >= runs[0.0].best_val_top1 - 0.05
+
+
+@pytest.mark.slow
 def test_report_of_a_build_without_validation_says_the_last_epoch_is_kept(built, tmp_path):
     card = json.loads((built / "syn.json").read_text())
     card["student"].update(val_faces=0, val_top1=None, best_epoch=6)
