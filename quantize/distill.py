@@ -7,7 +7,7 @@ also reports the mirror so the mirror's teacher targets can be picked) and then 
 a crop (quantize.student_input), one batch ahead on a second thread. With logit adjustment the loss sees the
 logits plus tau * log(prior), the prior being the training targets' class shares. With an EMA decay the
 student that is validated and kept is a moving average of the trained one's weights (torch's AveragedModel),
-which lands in a flatter minimum than the last steps' weights; its BatchNorm statistics are measured afresh
+often better on held-out faces than the last steps' weights; its BatchNorm statistics are measured afresh
 for the averaged weights after every epoch (an average of statistics would carry those of the first steps).
 
 Validation: a stratified share of the training faces (never the test split) picks the best epoch. With
