@@ -258,7 +258,10 @@ class _Run:
         if bar is not None:
             bar.close()
         if self.average is not None:
-            with torch.no_grad(), self._autocast():
+            # update_bn runs the student in training mode, where dropout draws from the random stream; a forked
+            # stream keeps training the same with and without the average.
+            devices = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices, device_type=self.device.type), torch.no_grad(), self._autocast():
                 update_bn(self._normalised(self.batchnorm_images), self.average.module)
         seen = sums["seen"]
         return {

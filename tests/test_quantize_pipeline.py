@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -262,6 +263,11 @@ def test_with_an_ema_decay_the_kept_student_is_the_weight_average_and_resumes(sy
     floating = [name for name, value in kept.items() if value.is_floating_point()]
     differing = [name for name in floating if not torch.equal(kept[name], saved["model"][name].cpu())]
     assert len(differing) == len(floating), "every weight and BatchNorm statistic is averaged"
+    plain = replace(cfg, ema_decay=0.0)
+    distill(synthetic.train, [], plain, work_dir=tmp_path / "plain", progress=False, log=lambda _: None)
+    trained = torch.load(tmp_path / "plain" / "distill.ckpt", weights_only=False)["model"]
+    for name, value in trained.items():
+        assert torch.equal(value, saved["model"][name]), f"the average changed how {name} was trained"
     messages: list[str] = []
     again = distill(synthetic.train, [], cfg, work_dir=tmp_path / "work", progress=False, log=messages.append)
     assert any("resuming" in m for m in messages)
