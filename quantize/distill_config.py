@@ -41,8 +41,8 @@ class DistillConfig:
     # Logit adjustment (Menon et al. 2021): the loss sees logits + tau * log(class prior of the targets), so the
     # logits the model outputs are those of balanced classes; 0 trains on the logits as they are.
     logit_adjust: float = 0.0
-    # Weight averaging: the kept student is an exponential moving average of the trained one's weights (and
-    # BatchNorm statistics), updated after every step with this decay; 0 keeps the trained weights themselves.
+    # Weight averaging: the kept student is an exponential moving average of the trained one's weights, updated
+    # after every step with this decay (its BatchNorm statistics measured afresh); 0 keeps the trained weights.
     ema_decay: float = 0.0
     online_teacher: bool = False
     teacher_flip_average: bool = False  # targets: each teacher's probabilities averaged over face and mirror
