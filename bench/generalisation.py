@@ -38,6 +38,7 @@ import argparse
 import csv
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import cv2
@@ -72,33 +73,39 @@ class FaceSource:
 
 @dataclass
 class Score:
-    faces: int
-    total: int
-    top1: float
-    balanced: float
-    recall: list[float]
-    confusion: np.ndarray
+    """A model's answers on the faces of one set that were scored; every figure derives from them."""
+
     truth: np.ndarray
     answer: np.ndarray
+    total: int  # faces in the set
     scored: np.ndarray  # which of the set's faces were scored (all of them alone; those found through the daemon)
+
+    @property
+    def faces(self) -> int:
+        return len(self.truth)
+
+    @cached_property
+    def confusion(self) -> np.ndarray:
+        confusion = np.zeros((7, 7), np.int64)
+        np.add.at(confusion, (self.truth, self.answer), 1)
+        return confusion
+
+    @property
+    def recall(self) -> list[float]:
+        per_class = self.confusion.sum(axis=1)
+        return [self.confusion[c, c] / per_class[c] if per_class[c] else float("nan") for c in range(7)]
+
+    @property
+    def top1(self) -> float:
+        return float((self.truth == self.answer).mean()) if self.faces else float("nan")
+
+    @property
+    def balanced(self) -> float:
+        return float(np.nanmean(self.recall))
 
 
 def score(truth: np.ndarray, answer: np.ndarray, total: int, scored: np.ndarray | None = None) -> Score:
-    confusion = np.zeros((7, 7), np.int64)
-    np.add.at(confusion, (truth, answer), 1)
-    per_class = confusion.sum(axis=1)
-    recall = [confusion[c, c] / per_class[c] if per_class[c] else float("nan") for c in range(7)]
-    return Score(
-        len(truth),
-        total,
-        float((truth == answer).mean()) if len(truth) else float("nan"),
-        float(np.nanmean(recall)),
-        recall,
-        confusion,
-        truth,
-        answer,
-        np.arange(total) if scored is None else scored,
-    )
+    return Score(truth, answer, total, np.arange(total) if scored is None else scored)
 
 
 def balanced_draws(truth: np.ndarray, answers: list[np.ndarray], rounds: int = BOOTSTRAP_ROUNDS) -> np.ndarray:

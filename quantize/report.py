@@ -112,9 +112,9 @@ def _size(n: int | None) -> str:
 
 def _teacher_view(teacher: dict[str, Any]) -> str:
     """How a teacher was shown the training faces (quantize.training_data.teacher_views)."""
-    parts = ["aligned to its template"] if teacher.get("align_template") else ["as the data set holds them"]
+    view = "aligned to its template" if teacher.get("align_template") else "as the data set holds them"
     illumination = (teacher.get("input") or {}).get("illumination", "none")
-    return ", ".join(parts + ([f"`{illumination}`"] if illumination != "none" else []))
+    return view if illumination == "none" else f"{view}, `{illumination}`"
 
 
 def render_report(card: dict[str, Any], history: list[dict[str, Any]], images: dict[str, str]) -> str:

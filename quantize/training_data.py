@@ -90,11 +90,13 @@ def teacher_views(
     learnt aligned faces (a model built by `quantize`), else as they are. A teacher answers best on the
     framing it was trained on, whatever the student's. Teachers sharing a template share one aligned copy."""
     framed: dict[str, FaceSet] = {}
+    views = []
     for teacher in teachers:
         key = repr(teacher.align_template)
         if key not in framed:
             framed[key] = _framed(faces, teacher.align_template, yunet, cache_dir, log)
-    return [framed[repr(teacher.align_template)] for teacher in teachers]
+        views.append(framed[key])
+    return views
 
 
 def check_online_framing(teachers: list[Teacher], student_template: list[list[float]] | None) -> None:
