@@ -115,6 +115,14 @@ def add_distill_options(p: argparse.ArgumentParser) -> None:
         "(default %(default)s: off)",
     )
     g.add_argument(
+        "--mixup",
+        type=float,
+        default=d.mixup,
+        metavar="ALPHA",
+        help="blend each training face with another of its batch, and their targets alike, the weight drawn "
+        "from Beta(ALPHA, ALPHA) (0.2 is usual; default %(default)s: off)",
+    )
+    g.add_argument(
         "--class-balance",
         default=d.class_balance,
         choices=CLASS_BALANCE,

@@ -53,6 +53,7 @@ def _distill_config(args: argparse.Namespace) -> Any:
         illumination=args.illumination,
         logit_adjust=args.logit_adjust,
         ema_decay=args.ema_decay,
+        mixup=args.mixup,
         online_teacher=args.online_teacher,
         teacher_flip_average=args.teacher_flip_average,
         precision=args.precision,

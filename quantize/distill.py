@@ -9,6 +9,7 @@ logits plus tau * log(prior), the prior being the training targets' class shares
 student that is validated and kept is a moving average of the trained one's weights (torch's AveragedModel),
 often better on held-out faces than the last steps' weights; its BatchNorm statistics are measured afresh
 for the averaged weights after every epoch (an average of statistics would carry those of the first steps).
+With mixup each batch's faces are blended pairwise, with their targets (quantize.mixup).
 
 Validation: a stratified share of the training faces (never the test split) picks the best epoch. With
 val_fraction 0 every training face is trained on and the last epoch is kept (for a final run, once the
@@ -36,6 +37,7 @@ from quantize.datasets import FaceSet, stratified_split
 from quantize.distill_checkpoint import Checkpoint, Progress, run_fingerprint
 from quantize.distill_config import DistillConfig, autocast_dtype
 from quantize.distill_loss import class_weights, distillation_loss
+from quantize.mixup import mix_batch, mixing_rng
 from quantize.student import Student, build_student
 from quantize.student_augment import StudentAugmentation
 from quantize.student_input import normalise, prepare_faces
@@ -228,11 +230,15 @@ class _Run:
         for step, (x, flip) in enumerate(self._batches(order, epoch)):
             idx = torch.from_numpy(order[step * cfg.batch_size : (step + 1) * cfg.batch_size]).to(self.device)
             targets = batch_targets(groups, idx, flip, x, cfg) if groups else []
+            labels = self.fit_targets[idx]
+            if cfg.mixup > 0:
+                rng = mixing_rng(cfg.seed, epoch, step)
+                x, labels, targets = mix_batch(x, labels, targets, cfg.mixup, len(CANONICAL_LABELS), rng)
             with self._autocast():
                 logits = model(normalise(x, cfg.mean, cfg.std)).float()
             loss, hard, soft = distillation_loss(
                 logits + cfg.logit_adjust * self.log_prior if cfg.logit_adjust else logits,
-                self.fit_targets[idx],
+                labels,
                 targets,
                 alpha=self.alpha,
                 temperature=cfg.temperature,

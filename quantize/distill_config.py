@@ -44,6 +44,9 @@ class DistillConfig:
     # Weight averaging: the kept student is an exponential moving average of the trained one's weights, updated
     # after every step with this decay (its BatchNorm statistics measured afresh); 0 keeps the trained weights.
     ema_decay: float = 0.0
+    # Mixup: each batch's faces and targets are blended pairwise, the weight drawn from Beta(mixup, mixup);
+    # 0 trains on the faces as they are.
+    mixup: float = 0.0
     online_teacher: bool = False
     teacher_flip_average: bool = False  # targets: each teacher's probabilities averaged over face and mirror
     precision: str = "auto"  # autocast: bf16 where the CPU has it, fp16/bf16 on CUDA
@@ -82,6 +85,7 @@ class DistillConfig:
             ),
             (0.0 <= self.logit_adjust <= 2.0, f"logit adjustment {self.logit_adjust} must lie in [0, 2]; 1 is usual"),
             (0.0 <= self.ema_decay < 1.0, f"EMA decay {self.ema_decay} must lie in [0, 1); 0.999 is usual, 0 is off"),
+            (0.0 <= self.mixup <= 10.0, f"mixup {self.mixup} must lie in [0, 10]; 0.2 is usual, 0 is off"),
         ]
         for ok, message in rules:
             if not ok:

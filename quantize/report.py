@@ -195,6 +195,7 @@ def render_report(card: dict[str, Any], history: list[dict[str, Any]], images: d
         "label_smoothing",
         "class_balance",
         "ema_decay",
+        "mixup",
         "optimizer",
         "lr",
         "weight_decay",
