@@ -49,7 +49,7 @@ from quantize.student_file import student_meta
 from quantize.student_input import student_inputs
 from quantize.teacher_targets import teacher_logits
 from quantize.teachers import Teacher, load_teacher
-from quantize.training_data import FaceOptions, check_online_framing, load_training_data, teacher_views
+from quantize.training_data import FaceOptions, load_training_data, teacher_views, training_teacher_views
 
 Log = Callable[[str], None]
 # Uint8 grey faces (N, h, w) -> the model's input batch, for calibration.
@@ -250,8 +250,7 @@ def build(opts: BuildOptions, log: Log = print) -> list[Path]:
         load_teacher(spec, device=opts.device, precision=opts.teacher_precision, trust_pickle=opts.trust_pickle)
         for spec in opts.teachers
     ]
-    if opts.distill.online_teacher:
-        check_online_framing(teachers, data.align_template)
+    train_views = training_teacher_views(data, teachers, opts.distill.online_teacher, opts.faces.yunet, cache_dir, log)
     loaded = [(t, file_sha256(t.path)) for t in teachers]
     eval_views = teacher_views(data.original_eval, teachers, opts.faces.yunet, cache_dir, log)
     accuracies = [teacher_accuracy(t, sha, view, cache_dir, log) for (t, sha), view in zip(loaded, eval_views)]
@@ -267,7 +266,7 @@ def build(opts: BuildOptions, log: Log = print) -> list[Path]:
         device=opts.device,
         progress=opts.progress,
         log=log,
-        teacher_faces=teacher_views(data.original_train, teachers, opts.faces.yunet, cache_dir, log),
+        teacher_faces=train_views,
     )
     meta = student_meta(result, data.faces_record())
     model, calibration = _calibrated(result.model, train, meta, opts, log)

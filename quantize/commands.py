@@ -147,7 +147,7 @@ def run_distill(args: argparse.Namespace) -> int:
     from quantize.distill import distill
     from quantize.outputs import check_output_folder
     from quantize.student_file import save_student
-    from quantize.training_data import check_online_framing, load_training_data, teacher_views
+    from quantize.training_data import load_training_data, training_teacher_views
 
     cfg = _distill_config(args)
     cfg.check()
@@ -156,9 +156,7 @@ def run_distill(args: argparse.Namespace) -> int:
     cache_dir = args.cache_dir or default_cache_dir()
     data = load_training_data(args.data, None, _face_options(args), cache_dir, log)
     teachers = _load_teachers(args, device)
-    if cfg.online_teacher:
-        check_online_framing([t for t, _ in teachers], data.align_template)
-    views = teacher_views(data.original_train, [t for t, _ in teachers], args.yunet, cache_dir, log)
+    views = training_teacher_views(data, [t for t, _ in teachers], cfg.online_teacher, args.yunet, cache_dir, log)
     result = distill(
         data.train,
         teachers,

@@ -99,6 +99,21 @@ def teacher_views(
     return views
 
 
+def training_teacher_views(
+    data: TrainingData,
+    teachers: list[Teacher],
+    online: bool,
+    yunet: Path | None,
+    cache_dir: Path | None,
+    log: Callable[[str], None],
+) -> list[FaceSet]:
+    """Each teacher's view of the training faces (teacher_views), checked first, before any teacher runs, for
+    online teachers (check_online_framing)."""
+    if online:
+        check_online_framing(teachers, data.align_template)
+    return teacher_views(data.original_train, teachers, yunet, cache_dir, log)
+
+
 def check_online_framing(teachers: list[Teacher], student_template: list[list[float]] | None) -> None:
     """Online teachers see the student's augmented faces: refuse a teacher that learnt another framing."""
     for teacher in teachers:

@@ -249,8 +249,9 @@ def test_teachers_answer_on_the_data_sets_own_faces_while_the_student_sees_its_o
 def test_online_teachers_must_have_learnt_the_students_framing(tmp_path: Path) -> None:
     """--online-teacher shows teachers the student's faces: a teacher aligned to another template is refused in
     one line, before any training, where its cached answers would have been on faces aligned for it."""
+    from quantize.datasets import FaceSet
     from quantize.teachers import load_teacher
-    from quantize.training_data import check_online_framing
+    from quantize.training_data import TrainingData, check_online_framing, training_teacher_views
     from tests.quantize_support import save_teachers, train_tiny_teacher
 
     images, labels = synthetic_faces(30, seed=5)
@@ -260,6 +261,10 @@ def test_online_teachers_must_have_learnt_the_students_framing(tmp_path: Path) -
     check_online_framing([teacher], template)  # the student aligned the same way: accepted
     with pytest.raises(QuantizeError, match="leave out --online-teacher"):
         check_online_framing([teacher], None)
+    faces = FaceSet(images, labels, "synthetic", "train")
+    unaligned = TrainingData(faces, None, faces, None, {}, None, None)
+    with pytest.raises(QuantizeError, match="leave out --online-teacher"):
+        training_teacher_views(unaligned, [teacher], True, None, None, print)
     with pytest.raises(QuantizeError, match="five"):
         load_teacher(path, spec={"crop": {"align_template": template[:2]}})
 
