@@ -199,15 +199,17 @@ class _Run:
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None)
 
-    def _batch(self, idx: np.ndarray, seed: list[int]) -> tuple[Tensor, Tensor]:
-        """(faces as pixel/255 (B, 1, S, S), which of them are mirrored) for the training faces `idx`."""
+    def _batch(self, idx: np.ndarray, seed: list[int]) -> tuple[np.ndarray, Tensor, Tensor]:
+        """(the augmented uint8 faces, as online teachers see them; the student's input from them as pixel/255
+        (B, 1, S, S); which faces are mirrored) for the training faces `idx`."""
         rng = np.random.default_rng(seed)
         faces, mirrored = zip(*(self.augmentation(self.fit_images[i], rng) for i in idx))
-        prepared = prepare_faces(np.stack(faces), self.cfg.input_size, self.cfg.illumination)
+        augmented = np.stack(faces)
+        prepared = prepare_faces(augmented, self.cfg.input_size, self.cfg.illumination)
         x = torch.from_numpy(prepared).unsqueeze(1).to(self.device, torch.float32) / 255
-        return x, torch.tensor(mirrored, dtype=torch.bool, device=self.device)
+        return augmented, x, torch.tensor(mirrored, dtype=torch.bool, device=self.device)
 
-    def _batches(self, order: np.ndarray, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+    def _batches(self, order: np.ndarray, epoch: int) -> Iterator[tuple[np.ndarray, Tensor, Tensor]]:
         """The epoch's batches, each prepared on a second thread while the one before trains."""
         size = self.cfg.batch_size
         with ThreadPoolExecutor(max_workers=1) as worker:
@@ -227,9 +229,9 @@ class _Run:
         order = torch.randperm(len(self.fit_labels), generator=gen)[: steps * cfg.batch_size].numpy()
         sums = {"loss": 0.0, "hard": 0.0, "soft": 0.0, "correct": 0, "seen": 0}
         bar = _progress_bar(steps, f"epoch {epoch}/{cfg.epochs}", show_progress)
-        for step, (x, flip) in enumerate(self._batches(order, epoch)):
+        for step, (augmented, x, flip) in enumerate(self._batches(order, epoch)):
             idx = torch.from_numpy(order[step * cfg.batch_size : (step + 1) * cfg.batch_size]).to(self.device)
-            targets = batch_targets(groups, idx, flip, x, cfg) if groups else []
+            targets = batch_targets(groups, idx, flip, augmented, cfg) if groups else []
             labels = self.fit_targets[idx]
             if cfg.mixup > 0:
                 rng = mixing_rng(cfg.seed, epoch, step)

@@ -131,14 +131,17 @@ def training_targets(
 
 
 def batch_targets(
-    groups: list[TeacherGroup], idx: Tensor, flip: Tensor, x: Tensor, cfg: DistillConfig
+    groups: list[TeacherGroup], idx: Tensor, flip: Tensor, augmented: np.ndarray, cfg: DistillConfig
 ) -> list[BatchTarget]:
-    """Each group's target probabilities for the training faces `idx` (mirrored where `flip`), seen as `x`."""
+    """Each group's target probabilities for the training faces `idx` (mirrored where `flip`), on flip's device.
+
+    Online teachers answer on the augmented faces (uint8, framed as the student's), before the student's
+    resizing and grey-level normalisation: each teacher prepares them as it learnt to."""
     out = []
-    faces = (x.squeeze(1) * 255).round().to(torch.uint8).cpu().numpy() if cfg.online_teacher else None
     for group in groups:
-        if faces is not None:
-            views = [faces, np.ascontiguousarray(faces[:, :, ::-1])] if cfg.teacher_flip_average else [faces]
+        if cfg.online_teacher:
+            mirror = [np.ascontiguousarray(augmented[:, :, ::-1])] if cfg.teacher_flip_average else []
+            views = [augmented, *mirror]
             probs = torch.stack(
                 [
                     torch.softmax(torch.from_numpy(t.logits(view)) / cfg.temperature, 1)
@@ -150,5 +153,5 @@ def batch_targets(
             assert group.clean is not None and group.mirror is not None, "cached targets exist unless online"
             cpu_idx, cpu_flip = idx.cpu(), flip.cpu().view(-1, 1)
             probs = torch.where(cpu_flip, group.mirror[cpu_idx], group.clean[cpu_idx])
-        out.append((group.classes, group.weight, probs.to(x.device)))
+        out.append((group.classes, group.weight, probs.to(flip.device)))
     return out

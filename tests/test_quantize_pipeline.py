@@ -344,10 +344,16 @@ def test_report_says_what_a_teacherless_aligned_model_learnt_from(built):
     assert "| aligned to its template, `equalize` |" in report
 
 
-def test_online_teacher_sees_every_augmented_batch_and_caches_nothing(synthetic, tmp_path):
-    teacher = load_teacher(synthetic.teachers["onnx"])
+def _recording_batches(teacher) -> list[np.ndarray]:
+    """The input batches `teacher` will be run on, recorded as it answers them."""
     forward, batches = teacher._forward, []
     teacher._forward = lambda batch: (batches.append(batch.copy()), forward(batch))[1]
+    return batches
+
+
+def test_online_teacher_sees_every_augmented_batch_and_caches_nothing(synthetic, tmp_path):
+    teacher = load_teacher(synthetic.teachers["onnx"])
+    batches = _recording_batches(teacher)
     cfg = DistillConfig(student="xs", epochs=1, batch_size=32, online_teacher=True)
     result = distill(synthetic.train, [(teacher, "sha")], cfg, cache_dir=tmp_path, progress=False, log=lambda _: None)
     steps = (len(synthetic.train) - result.val_faces) // 32
@@ -355,6 +361,20 @@ def test_online_teacher_sees_every_augmented_batch_and_caches_nothing(synthetic,
     assert not any(np.array_equal(b, synthetic.train.images[:32]) for b in batches), "augmented, not raw"
     assert list(tmp_path.iterdir()) == [] and np.isfinite(result.history[0]["soft_loss"])
     assert result.history[0]["soft_loss"] > 0
+
+
+def test_online_teacher_sees_the_augmented_faces_before_the_students_light_normalisation(synthetic):
+    # The teacher prepares faces as it learnt them (no equalisation); the student's --illumination is the
+    # student's own, so the teacher's batches are the same whatever it is.
+    seen: dict[str, list[np.ndarray]] = {}
+    for illumination in ("none", "equalize"):
+        teacher = load_teacher(synthetic.teachers["onnx"])
+        seen[illumination] = _recording_batches(teacher)
+        cfg = DistillConfig(student="xs", epochs=1, batch_size=32, online_teacher=True, illumination=illumination)
+        distill(synthetic.train, [(teacher, "sha")], cfg, progress=False, log=lambda _: None)
+    assert len(seen["none"]) == len(seen["equalize"]) > 0
+    for plain, equalised_student in zip(seen["none"], seen["equalize"]):
+        np.testing.assert_array_equal(plain, equalised_student)
 
 
 # ---------------------------------------------------------------- build
