@@ -1,6 +1,6 @@
 """Mixup (Zhang et al., ICLR 2018): each training face is blended with another face of its batch, and its
-targets with that face's targets in the same proportion, so the student learns expressions as directions
-between faces rather than as the pixels of individual ones.
+targets with that face's targets in the same proportion: asked for in-between answers on in-between faces,
+the student is discouraged from memorising single faces and from answering too surely.
 
 The blend weight lam is drawn from Beta(alpha, alpha) once per batch and folded to lam >= 0.5, so each
 blended face stays mostly itself: its own label stays the right answer for the training accuracy.
