@@ -12,7 +12,9 @@ The broker is mosquitto (found on PATH or in /usr/sbin) with a generated config:
 amqtt broker (pip install amqtt, MQTT 3.1.1 only) stands in; with neither, broker tests are skipped.
 EDGE_TEST_BROKER=mosquitto|amqtt picks one explicitly. `broker.protocol` is the newest MQTT version the
 running broker speaks ("5" or "3.1.1"); `broker_factory(...)` makes brokers with a password file,
-persistence or extra mosquitto config lines.
+persistence or extra mosquitto config lines. `make_publisher(broker, ...)` starts the daemon's Publisher
+against one (tests/mqtt_support.py has an event to publish and `wait_until`); `pki` is a folder of test
+certificates made with openssl (tests/tls_support.py).
 
 For the whole run, the daemon downloads nothing (detector.yunet_url is empty) and its data folder is a
 fresh temporary one, so no test reaches the internet or sees a detector fetched on this machine before.
@@ -35,13 +37,17 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.publisher import MqttSettings, Publisher
+from edge.spool import Spool
+from tests.tls_support import make_pki
 
 START_TIMEOUT_S = 15.0
 WAIT_TIMEOUT_S = 20.0  # generous: the test machines are small and shared
@@ -395,3 +401,45 @@ def subscriber() -> Iterator[Callable[..., Subscriber]]:
     yield make
     for s in made:
         s.close()
+
+
+@pytest.fixture
+def make_publisher(tmp_path: Path) -> Iterator[Callable[..., Publisher]]:
+    """make(broker, spool=None, start=True, labels=(), **settings) -> a Publisher of device cam1 (unless
+    settings say otherwise) that reconnects within 0.05-0.5 s, on its own spool unless one is given;
+    stopped and its spool closed after the test."""
+    made: list[Publisher] = []
+
+    def make(
+        broker: Broker, spool: Spool | None = None, start: bool = True, labels: Sequence[str] = (), **changes
+    ) -> Publisher:
+        values = dict(
+            host=broker.host,
+            port=broker.port,
+            protocol=broker.protocol,
+            device_id="cam1",
+            reconnect_min_s=0.05,
+            reconnect_max_s=0.5,
+            discovery=False,
+        )
+        values.update(changes)
+        spool = spool or Spool(tmp_path / f"spool{len(made)}.sqlite3")
+        publisher = Publisher(MqttSettings(**values), spool, labels=labels)
+        made.append(publisher)
+        if start:
+            publisher.start()
+        return publisher
+
+    yield make
+    for publisher in made:
+        if publisher._thread is not None:
+            publisher.stop(timeout=2)
+        publisher.spool.close()
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Path:
+    """A folder of test certificates (tests/tls_support.py: ca, other-ca, server, wrong-name, client)."""
+    if not shutil.which("openssl"):
+        pytest.skip("openssl not found; it makes the test certificates (apt install openssl)")
+    return make_pki(tmp_path / "pki")

@@ -19,9 +19,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.discovery import discovery_messages
-from edge.payloads import event_payload
-from edge.publisher import TAKEOVER_DROPS, MqttSettings, Publisher
-from edge.spool import Spool
+from edge.publisher import TAKEOVER_DROPS
+from tests.mqtt_support import sample_event, wait_until
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "mosquitto"
 LOGINS = {"cam1": "pw-cam1", "cam2": "pw-cam2", "consumer": "pw-consumer", "homeassistant": "pw-ha"}
@@ -60,21 +59,6 @@ def acl_broker(broker_factory, tmp_path: Path, devices: tuple[str, ...]):
     return broker
 
 
-def make_event(device: str, i: int) -> dict:
-    return event_payload(
-        device=device,
-        type="face_enter",
-        frame=i,
-        ts=time.time(),
-        track_id=i,
-        expression=None,
-        confidence=None,
-        scores={"happy": 0.5, "sad": 0.5},
-        bbox_norm=(0.1, 0.1, 0.2, 0.2),
-        model="m@1",
-    )
-
-
 def client(broker, client_id: str, username: str | None = None, protocol: str = "5") -> mqtt.Client:
     c = mqtt.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
@@ -91,42 +75,8 @@ def client(broker, client_id: str, username: str | None = None, protocol: str = 
     return c
 
 
-@pytest.fixture
-def publishers(tmp_path):
-    made: list[Publisher] = []
-
-    def start(broker, device: str = "cam1", **changes) -> Publisher:
-        values = dict(
-            host=broker.host,
-            port=broker.port,
-            protocol=broker.protocol,
-            device_id=device,
-            reconnect_min_s=0.05,
-            reconnect_max_s=0.3,
-            discovery=False,
-        )
-        values.update(changes)
-        publisher = Publisher(MqttSettings(**values), Spool(tmp_path / f"{device}{len(made)}.sqlite3"), labels=LABELS)
-        made.append(publisher)
-        publisher.start()
-        return publisher
-
-    yield start
-    for publisher in made:
-        publisher.stop(timeout=2)
-        publisher.spool.close()
-
-
-def wait_until(condition, what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def test_with_the_shipped_acl_a_device_writes_only_its_own_topics_and_no_one_else_can(
-    broker_factory, subscriber, publishers, caplog, tmp_path
+    broker_factory, subscriber, make_publisher, caplog, tmp_path
 ):
     if not shutil.which("mosquitto_passwd"):
         pytest.skip("mosquitto_passwd not found (apt install mosquitto)")
@@ -134,8 +84,8 @@ def test_with_the_shipped_acl_a_device_writes_only_its_own_topics_and_no_one_els
     ha = LOGINS["homeassistant"]
     sub = subscriber(broker, "edge-mood/#", "homeassistant/#", username="homeassistant", password=ha)
     caplog.set_level(logging.INFO, logger="edge")
-    device = publishers(broker, username="cam1", password=LOGINS["cam1"], discovery=True)
-    device.spool.append(make_event("cam1", 0))
+    device = make_publisher(broker, labels=LABELS, username="cam1", password=LOGINS["cam1"], discovery=True)
+    device.spool.append(sample_event(0))
     device.wake()
     assert device.wait_drained(20)
     # Everything the device publishes gets through: events, status, and the discovery configs.
@@ -153,12 +103,12 @@ def test_with_the_shipped_acl_a_device_writes_only_its_own_topics_and_no_one_els
     wait_until(lambda: "discovery configs sent again" in caplog.text, "the configs sent again")
 
     # Another device's login, even asking for cam1's client id, and a consumer's login cannot write there.
-    forged = json.dumps({**make_event("cam1", 99), "seq": 999999, "epoch": "0123456789ab"})
+    forged = json.dumps({**sample_event(99), "seq": 999999, "epoch": "0123456789ab"})
     intruders = [client(broker, "edge-mood-cam1", "cam2"), client(broker, "sneaky", "consumer")]
     for intruder in intruders:
         intruder.publish("edge-mood/cam1/events", forged, qos=1).wait_for_publish(10)
         intruder.publish("edge-mood/cam1/status", "offline", qos=1, retain=True).wait_for_publish(10)
-    device.spool.append(make_event("cam1", 1))
+    device.spool.append(sample_event(1))
     device.wake()
     assert device.wait_drained(20)
     events = [m.json() for m in sub.wait_for(2, topic="edge-mood/cam1/events")]
@@ -174,12 +124,12 @@ def test_with_the_shipped_acl_a_device_writes_only_its_own_topics_and_no_one_els
 
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
-def test_a_session_take_over_is_logged_once_with_the_fix(broker, subscriber, publishers, caplog, protocol):
+def test_a_session_take_over_is_logged_once_with_the_fix(broker, subscriber, make_publisher, caplog, protocol):
     if protocol == "5" and broker.protocol != "5":
         pytest.skip(f"{broker.kind} speaks MQTT 3.1.1 only")
     sub = subscriber(broker, "edge-mood/cam1/events")
     caplog.set_level(logging.INFO, logger="edge")
-    device = publishers(broker, protocol=protocol)
+    device = make_publisher(broker, protocol=protocol)
     wait_until(lambda: device.connected, "the device's connection")
     # A second client with the same id that reconnects by itself, as a second camera with the same
     # device id would: the two push each other off again and again.
@@ -208,6 +158,6 @@ def test_a_session_take_over_is_logged_once_with_the_fix(broker, subscriber, pub
     assert len(lost) <= TAKEOVER_DROPS - 1
     # Once the other client is gone, the device is back and publishing.
     wait_until(lambda: device.connected, "the device's connection after the take-overs")
-    device.spool.append(make_event("cam1", 0))
+    device.spool.append(sample_event(0))
     device.wake()
     assert sub.wait_for(1)[0].json()["seq"] == 1

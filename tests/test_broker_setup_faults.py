@@ -4,17 +4,14 @@ take (rejected at config time, one line), and plain MQTT against a TLS port (one
 from __future__ import annotations
 
 import logging
-import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 
 from edge.config import load_config
 from edge.errors import ConfigError
-from edge.publisher import MqttSettings, Publisher
-from edge.spool import Spool
+from tests.mqtt_support import wait_until
 
 
 @pytest.mark.parametrize("key", ["discovery_prefix", "prefix"])
@@ -45,62 +42,18 @@ def test_ordinary_prefixes_still_pass():
 
 
 @pytest.fixture
-def tls_only_broker(broker_factory, tmp_path):
-    """mosquitto whose only listener speaks TLS, with a self-signed certificate made here."""
-    if not shutil.which("openssl"):
-        pytest.skip("openssl not found; it makes the test certificate (apt install openssl)")
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ],
-        cwd=tmp_path,
-        check=True,
-        capture_output=True,
-    )
-    return broker_factory(extra_config=(f"certfile {tmp_path / 'server.crt'}", f"keyfile {tmp_path / 'server.key'}"))
+def tls_only_broker(broker_factory, pki):
+    """mosquitto whose only listener speaks TLS (the test CA's server certificate)."""
+    return broker_factory(extra_config=(f"certfile {pki / 'server.crt'}", f"keyfile {pki / 'server.key'}"))
 
 
-def test_plain_mqtt_against_a_tls_port_says_so_in_one_line(tls_only_broker, tmp_path, caplog):
-    broker = tls_only_broker
+def test_plain_mqtt_against_a_tls_port_says_so_in_one_line(tls_only_broker, make_publisher, caplog):
     caplog.set_level(logging.DEBUG, logger="edge")
-    settings = MqttSettings(
-        host=broker.host,
-        port=broker.port,
-        protocol=broker.protocol,
-        device_id="cam1",
-        reconnect_min_s=0.05,
-        reconnect_max_s=0.2,
-        discovery=False,
-    )
-    spool = Spool(tmp_path / "spool.sqlite3")
-    publisher = Publisher(settings, spool)
-    publisher.start()
-    try:
-        attempts = lambda: sum("Sending CONNECT" in r.getMessage() for r in caplog.records)  # noqa: E731
-        deadline = time.monotonic() + 20
-        while attempts() < 4 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert attempts() >= 4 and not publisher.connected
-    finally:
-        publisher.stop(timeout=1)
-        spool.close()
+    publisher = make_publisher(tls_only_broker, reconnect_max_s=0.2)
+    attempts = lambda: sum("Sending CONNECT" in r.getMessage() for r in caplog.records)  # noqa: E731
+    wait_until(lambda: attempts() >= 4, "four connection attempts")
+    assert not publisher.connected
+    publisher.stop(timeout=1)
     said = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("edge.publisher")]
     assert len(said) == 1, [r.getMessage() for r in said]
     assert "speaks TLS" in said[0].getMessage() and "mqtt.tls = true" in said[0].getMessage()

@@ -7,16 +7,15 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.payloads import event_payload
 from edge.publisher import MqttSettings, Publisher
 from edge.seq_mark import RESERVE_BLOCK, read_mark
 from edge.spool import Spool
+from tests.mqtt_support import sample_event
 
 DEVICE = "cam1"
 EVENTS = f"edge-mood/{DEVICE}/events"
@@ -50,21 +49,6 @@ def highest_seq_per_device(events: list[dict]) -> list[dict]:
     return kept
 
 
-def make_event(i: int) -> dict:
-    return event_payload(
-        device=DEVICE,
-        type="face_enter",
-        frame=i,
-        ts=time.time(),
-        track_id=i,
-        expression=None,
-        confidence=None,
-        scores={"happy": 0.5, "sad": 0.5},
-        bbox_norm=(0.1, 0.1, 0.2, 0.2),
-        model="m@1",
-    )
-
-
 def publish_events(broker, spool_path, frames: range) -> None:
     """One daemon start: open the spool at `spool_path`, publish events for `frames`, wait for the acks, stop."""
     spool = Spool(spool_path)
@@ -75,7 +59,7 @@ def publish_events(broker, spool_path, frames: range) -> None:
     publisher.start()
     try:
         for i in frames:
-            spool.append(make_event(i))
+            spool.append(sample_event(i))
             publisher.wake()
         assert publisher.wait_drained(20)
     finally:

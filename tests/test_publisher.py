@@ -12,64 +12,15 @@ import time
 
 import pytest
 
-from edge.payloads import event_payload, state_payload
-from edge.publisher import MqttSettings, Publisher
+from edge.payloads import state_payload
+from edge.publisher import MqttSettings
 from edge.spool import Spool
+from tests.mqtt_support import sample_event, wait_until
 
 DEVICE = "cam1"
 EVENTS = f"edge-mood/{DEVICE}/events"
 STATUS = f"edge-mood/{DEVICE}/status"
 STATE = f"edge-mood/{DEVICE}/state"
-
-
-def make_event(i: int) -> dict:
-    return event_payload(
-        device=DEVICE,
-        type="expression",
-        frame=i,
-        ts=time.time(),
-        track_id=i % 3,
-        expression="happy",
-        confidence=0.9,
-        scores={"happy": 0.9, "neutral": 0.1},
-        bbox_norm=(0.1, 0.1, 0.2, 0.2),
-        model="m@0123456789ab",
-        extra={"previous": None},
-    )
-
-
-def settings_for(broker, **changes) -> MqttSettings:
-    values = dict(
-        host=broker.host,
-        port=broker.port,
-        protocol=broker.protocol,
-        device_id=DEVICE,
-        reconnect_min_s=0.05,
-        reconnect_max_s=0.5,
-        discovery=False,
-    )
-    values.update(changes)
-    return MqttSettings(**values)
-
-
-@pytest.fixture
-def make_publisher(tmp_path):
-    """make(broker, spool=None, **settings) -> a started Publisher; stopped (and spool closed) after the test."""
-    made: list[tuple[Publisher, Spool]] = []
-
-    def make(broker, spool: Spool | None = None, start: bool = True, **changes) -> Publisher:
-        spool = spool or Spool(tmp_path / "spool.sqlite3")
-        publisher = Publisher(settings_for(broker, **changes), spool)
-        made.append((publisher, spool))
-        if start:
-            publisher.start()
-        return publisher
-
-    yield make
-    for publisher, spool in made:
-        if publisher._thread is not None:
-            publisher.stop(timeout=2)
-        spool.close()
 
 
 def seqs(messages) -> list[int]:
@@ -82,14 +33,6 @@ def first_seen(values: list[int]) -> list[int]:
     return [v for v in values if not (v in seen or seen.add(v))]
 
 
-def wait_until(condition, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_events_arrive_once_in_order_with_qos1(broker, subscriber, make_publisher, protocol):
     if protocol == "5" and broker.protocol != "5":
@@ -97,7 +40,7 @@ def test_events_arrive_once_in_order_with_qos1(broker, subscriber, make_publishe
     sub = subscriber(broker, EVENTS)
     publisher = make_publisher(broker, protocol=protocol)
     for i in range(40):
-        publisher.spool.append(make_event(i))
+        publisher.spool.append(sample_event(i))
         publisher.wake()
     got = sub.wait_for(40)
     assert seqs(got) == list(range(1, 41))
@@ -123,7 +66,7 @@ def test_broker_killed_mid_stream_every_event_arrives_once_after_dedup_in_order(
 
     def pipeline() -> None:  # bursts, so that events are in flight when the broker dies
         for i in range(total):
-            publisher.spool.append(make_event(i))
+            publisher.spool.append(sample_event(i))
             if i % 50 == 49:
                 publisher.wake()
                 time.sleep(0.1)
@@ -134,7 +77,7 @@ def test_broker_killed_mid_stream_every_event_arrives_once_after_dedup_in_order(
     sub.wait_for(25)  # in the middle of the first burst
     broker.stop(crash=False)
     outage_depth = publisher.spool.depth
-    wait_until(lambda: publisher.spool.depth >= outage_depth + 15, what="events spooling during the outage")
+    wait_until(lambda: publisher.spool.depth >= outage_depth + 15, "events spooling during the outage")
     broker.start()
     producer.join(60)
     got = sub.wait_until(lambda got: set(range(1, total + 1)) <= set(seqs(got)), timeout=40)
@@ -147,14 +90,14 @@ def test_seq_continues_after_the_publisher_and_spool_are_reopened(broker, subscr
     sub = subscriber(broker, EVENTS)
     first = make_publisher(broker, spool=Spool(tmp_path / "spool.sqlite3"))
     for i in range(3):
-        first.spool.append(make_event(i))
+        first.spool.append(sample_event(i))
         first.wake()
     assert first.wait_drained(20)
     first.stop()
     first.spool.close()
     second = make_publisher(broker, spool=Spool(tmp_path / "spool.sqlite3"))
     for i in range(3):
-        second.spool.append(make_event(i))
+        second.spool.append(sample_event(i))
         second.wake()
     assert seqs(sub.wait_for(6)) == [1, 2, 3, 4, 5, 6]
 
@@ -166,10 +109,10 @@ def test_unreachable_broker_at_start_does_not_raise_and_spools(broker_factory, s
     caplog.set_level(logging.DEBUG, logger="edge")
     publisher = make_publisher(broker)  # start() must not raise
     for i in range(5):
-        publisher.spool.append(make_event(i))
+        publisher.spool.append(sample_event(i))
         publisher.wake()
     retries = lambda: sum("Connection failed, retrying" in r.getMessage() for r in caplog.records)  # noqa: E731
-    wait_until(lambda: retries() >= 3, what="three failed connection attempts")
+    wait_until(lambda: retries() >= 3, "three failed connection attempts")
     assert publisher.spool.depth == 5 and not publisher.connected
     unreachable = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
     assert unreachable == [
@@ -191,16 +134,16 @@ def test_spool_bound_during_an_outage_drops_the_oldest_counts_and_warns_once(
     spool = Spool(tmp_path / "spool.sqlite3", max_events=5)
     publisher = make_publisher(broker, spool=spool)
     for i in range(12):
-        publisher.spool.append(make_event(i))
+        publisher.spool.append(sample_event(i))
         publisher.wake()
     assert [s for s, _ in spool.pending(100)] == [8, 9, 10, 11, 12]
     assert spool.dropped == 7
     warned = lambda: [r for r in caplog.records if "spool full" in r.getMessage()]  # noqa: E731
-    wait_until(lambda: warned(), what="the spool-full warning")
+    wait_until(lambda: warned(), "the spool-full warning")
     for i in range(3):
-        publisher.spool.append(make_event(i))
+        publisher.spool.append(sample_event(i))
         publisher.wake()
-    wait_until(lambda: publisher._dropped_seen == 10, what="the publisher to see the new drops")
+    wait_until(lambda: publisher._dropped_seen == 10, "the publisher to see the new drops")
     assert len(warned()) == 1 and warned()[0].levelno == logging.WARNING
     broker.start()
     assert seqs(sub.wait_for(5)) == [11, 12, 13, 14, 15]  # the gap tells consumers what was dropped
@@ -216,7 +159,7 @@ def test_latest_state_is_retained_once_connected_and_older_ones_are_not_sent(bro
         publisher.publish_state(state_payload(device=DEVICE, ts=time.time(), faces=faces, model="m"))
     assert not publisher.publish_stats({"schema": 1})  # stats of an outage are not kept
     broker.start()
-    wait_until(lambda: publisher.connected, what="the connection")
+    wait_until(lambda: publisher.connected, "the connection")
     sub = subscriber(broker, STATE)
     got = sub.wait_for(1)
     assert got[0].json()["face_count"] == 3
@@ -226,7 +169,7 @@ def test_latest_state_is_retained_once_connected_and_older_ones_are_not_sent(bro
 
 def test_clean_stop_sends_the_last_state_and_leaves_offline_retained(broker, subscriber, make_publisher):
     publisher = make_publisher(broker)
-    wait_until(lambda: publisher.connected, what="the connection")
+    wait_until(lambda: publisher.connected, "the connection")
     publisher.publish_state(state_payload(device=DEVICE, ts=time.time(), faces=[], model="m"))
     publisher.stop()
     got = subscriber(broker, STATUS).wait_for(1)
