@@ -5,28 +5,35 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+# A new P-256 key, unencrypted, for each certificate; valid two days (a test run is shorter).
+NEW_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+DAYS = ("-days", "2")
+
 
 def openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def issue(cwd: Path, name: str, subject_alt_name: str | None) -> None:
-    """<name>.key/.crt signed by the test CA in cwd."""
+def make_ca(cwd: Path, name: str) -> None:
+    """<name>.key/.crt: a self-signed certificate authority."""
     openssl(
         "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
+        "-x509",
+        *NEW_KEY,
         "-keyout",
         f"{name}.key",
         "-out",
-        f"{name}.csr",
+        f"{name}.crt",
+        *DAYS,
         "-subj",
         f"/CN={name}",
         cwd=cwd,
     )
+
+
+def issue(cwd: Path, name: str, subject_alt_name: str | None) -> None:
+    """<name>.key/.crt signed by the test CA in cwd (ca.crt, ca.key)."""
+    openssl("req", *NEW_KEY, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=cwd)
     extra = []
     if subject_alt_name:
         (cwd / f"{name}.ext").write_text(f"subjectAltName={subject_alt_name}\n")
@@ -43,8 +50,7 @@ def issue(cwd: Path, name: str, subject_alt_name: str | None) -> None:
         "-CAcreateserial",
         "-out",
         f"{name}.crt",
-        "-days",
-        "2",
+        *DAYS,
         *extra,
         cwd=cwd,
     )
@@ -55,24 +61,7 @@ def make_pki(cwd: Path) -> Path:
     one for another host name (wrong-name) and a client certificate; each as <name>.crt and <name>.key."""
     cwd.mkdir(parents=True, exist_ok=True)
     for ca in ("ca", "other-ca"):
-        openssl(
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            f"{ca}.key",
-            "-out",
-            f"{ca}.crt",
-            "-days",
-            "2",
-            "-subj",
-            f"/CN={ca}",
-            cwd=cwd,
-        )
+        make_ca(cwd, ca)
     issue(cwd, "server", "IP:127.0.0.1,DNS:localhost")
     issue(cwd, "wrong-name", "DNS:elsewhere.invalid")
     issue(cwd, "client", None)
