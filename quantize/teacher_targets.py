@@ -138,10 +138,10 @@ def batch_targets(
     Online teachers answer on the augmented faces (uint8, framed as the student's), before the student's
     resizing and grey-level normalisation: each teacher prepares them as it learnt to."""
     out = []
+    mirror = [np.ascontiguousarray(augmented[:, :, ::-1])] if cfg.online_teacher and cfg.teacher_flip_average else []
+    views = [augmented, *mirror]  # made once for every group of online teachers
     for group in groups:
         if cfg.online_teacher:
-            mirror = [np.ascontiguousarray(augmented[:, :, ::-1])] if cfg.teacher_flip_average else []
-            views = [augmented, *mirror]
             probs = torch.stack(
                 [
                     torch.softmax(torch.from_numpy(t.logits(view)) / cfg.temperature, 1)
