@@ -7,6 +7,7 @@ command line (`--teacher PATH:size=96,channels=3,mean=imagenet,labels=fer2013`).
           illumination "none" (default), "equalize" or "clahe" normalises grey levels first (edge.illumination)
   crop    {align_template}: the teacher sees each face aligned to these landmark positions (quantize.face_align)
   output  "logits" (default) or "probabilities" (a model ending in softmax; its log is used as logits)
+  flip_average  true when the model's graph averages each face with its mirror image already (as a card says)
 An edge model card (input.shape / input.color) is accepted as a spec too, so a model built by `quantize build`
 teaches with its card: it sees faces framed and lit as it learnt them. Its FP32 variant finds the card that
 lists it (`mood-m.fp32.onnx` -> `mood-m.json`).

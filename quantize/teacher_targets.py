@@ -75,10 +75,13 @@ def teacher_logits(
                 return clean, mirror
         except (OSError, ValueError, KeyError):
             pass  # damaged cache file: compute again and overwrite it
-    log(f"teacher {teacher.describe()}: computing logits for {len(faces)} faces and their mirror images")
+    also = "" if teacher.mirror_averaged else " and their mirror images"
+    log(f"teacher {teacher.describe()}: computing logits for {len(faces)} faces{also}")
     start = time.monotonic()
     clean = teacher.logits(faces.images, batch_size)
-    mirror = teacher.logits(np.ascontiguousarray(faces.images[:, :, ::-1]), batch_size)
+    mirror = (
+        clean if teacher.mirror_averaged else teacher.logits(np.ascontiguousarray(faces.images[:, :, ::-1]), batch_size)
+    )
     log(f"teacher {teacher.name}: {time.monotonic() - start:.0f} s")
     if cache_file is not None:
         write_atomically(cache_file, lambda f: np.savez(f, clean=clean, mirror=mirror))
@@ -146,7 +149,7 @@ def batch_targets(
                 [
                     torch.softmax(torch.from_numpy(t.logits(view)) / cfg.temperature, 1)
                     for t in group.teachers
-                    for view in views
+                    for view in (views[:1] if t.mirror_averaged else views)
                 ]
             ).mean(0)
         else:

@@ -38,19 +38,19 @@ class Teacher:
     # Landmark positions the teacher learnt its faces aligned to (a card's crop.align_template); None: the data
     # set's own framing.
     align_template: list[list[float]] | None = None
+    # Its graph already averages each face with its mirror image (a card's flip_average), so its answer on a
+    # mirrored face is its answer on the face: asking again would only double the work.
+    mirror_averaged: bool = False
 
-    def logits(self, images_u8: np.ndarray, batch_size: int = 256, flip_tta: bool = False) -> np.ndarray:
-        """float32 (N, len(labels)); with flip_tta the average over each face and its mirror image."""
+    def logits(self, images_u8: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """float32 (N, len(labels))."""
         if images_u8.ndim != 3:
             raise ValueError(f"expected uint8 faces (N, H, W), got shape {images_u8.shape}")
         step = min(batch_size, self.max_batch or batch_size)
         out = np.empty((len(images_u8), len(self.labels)), dtype=np.float32)
         for start in range(0, len(images_u8), step):
             batch = images_u8[start : start + step]
-            scores = self._forward(batch)
-            if flip_tta:
-                scores = (scores + self._forward(batch[:, :, ::-1])) / 2.0
-            out[start : start + step] = scores
+            out[start : start + step] = self._forward(batch)
         return out
 
     def describe(self) -> str:
@@ -164,6 +164,7 @@ def _finish(path: Path, spec: Mapping[str, Any], where: str, opened: OpenedModel
         _forward=forward,
         max_batch=opened.max_batch,
         align_template=_align_template(spec, where),
+        mirror_averaged=spec.get("flip_average") is True,
     )
 
 

@@ -426,6 +426,23 @@ def test_built_card_is_accepted_by_the_daemon(built, synthetic):
 
 
 @pytest.mark.slow
+def test_a_flip_averaged_build_teaches_without_a_second_pass_for_mirrors(built, synthetic, tmp_path):
+    teacher = load_teacher(built / "syn.fp32.onnx")  # finds its card, which says flip_average
+    assert teacher.mirror_averaged
+    forward, calls = teacher._forward, []
+    teacher._forward = lambda batch: (calls.append(len(batch)), forward(batch))[1]
+    faces = synthetic.train.subset(slice(0, 50))
+    clean, mirror = teacher_logits(teacher, "sha", faces, tmp_path, log=lambda _: None)
+    assert sum(calls) == 50, "one pass: the graph averages each face with its mirror already"
+    asked = forward(np.ascontiguousarray(faces.images[:, :, ::-1]))
+    assert np.allclose(mirror, asked, atol=1e-4), "its answer on the mirror is its answer on the face"
+    card = json.loads((built / "syn.json").read_text())
+    (tmp_path / "syn.fp32.onnx").write_bytes((built / "syn.fp32.onnx").read_bytes())
+    (tmp_path / "syn.json").write_text(json.dumps({**card, "flip_average": False}))
+    assert not load_teacher(tmp_path / "syn.fp32.onnx").mirror_averaged
+
+
+@pytest.mark.slow
 def test_int8_gate_refuses_and_leaves_the_old_files(built, synthetic, tmp_path, capsys):
     shutil.copy(built / "syn.fp32.onnx", tmp_path)
     card = json.loads((built / "syn.json").read_text())
