@@ -30,7 +30,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
 INPUT_KEYS = ("channels", "size", "mean", "std", "resize", "scale", "illumination")
-TOP_KEYS = ("arch", "head", "labels", "output", "name")
+TOP_KEYS = ("arch", "head", "labels", "output", "name", "flip_average")
 
 
 def parse_teacher_arg(text: str) -> tuple[Path, dict[str, Any]]:

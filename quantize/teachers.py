@@ -164,8 +164,18 @@ def _finish(path: Path, spec: Mapping[str, Any], where: str, opened: OpenedModel
         _forward=forward,
         max_batch=opened.max_batch,
         align_template=_align_template(spec, where),
-        mirror_averaged=spec.get("flip_average") is True,
+        mirror_averaged=_flag(spec.get("flip_average", False), "flip_average", where),
     )
+
+
+def _flag(value: Any, key: str, where: str) -> bool:
+    """A yes/no spec value, from a spec file (true/false) or the command line (text)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1", "false", "no", "0"):
+        return text in ("true", "yes", "1")
+    raise QuantizeError(f"{where}: {key} {value!r} is not true or false")
 
 
 def _align_template(spec: Mapping[str, Any], where: str) -> list[list[float]] | None:

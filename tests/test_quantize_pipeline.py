@@ -440,6 +440,9 @@ def test_a_flip_averaged_build_teaches_without_a_second_pass_for_mirrors(built, 
     (tmp_path / "syn.fp32.onnx").write_bytes((built / "syn.fp32.onnx").read_bytes())
     (tmp_path / "syn.json").write_text(json.dumps({**card, "flip_average": False}))
     assert not load_teacher(tmp_path / "syn.fp32.onnx").mirror_averaged
+    assert load_teacher(f"{tmp_path / 'syn.fp32.onnx'}:flip_average=true").mirror_averaged
+    with pytest.raises(QuantizeError, match="flip_average 'maybe' is not true or false"):
+        load_teacher(f"{tmp_path / 'syn.fp32.onnx'}:flip_average=maybe")
 
 
 @pytest.mark.slow
