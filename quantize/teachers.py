@@ -42,15 +42,18 @@ class Teacher:
     # mirrored face is its answer on the face: asking again would only double the work.
     mirror_averaged: bool = False
 
-    def logits(self, images_u8: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """float32 (N, len(labels))."""
+    def logits(self, images_u8: np.ndarray, batch_size: int = 256, flip_tta: bool = False) -> np.ndarray:
+        """float32 (N, len(labels)); with flip_tta the average over each face and its mirror image."""
         if images_u8.ndim != 3:
             raise ValueError(f"expected uint8 faces (N, H, W), got shape {images_u8.shape}")
         step = min(batch_size, self.max_batch or batch_size)
         out = np.empty((len(images_u8), len(self.labels)), dtype=np.float32)
         for start in range(0, len(images_u8), step):
             batch = images_u8[start : start + step]
-            out[start : start + step] = self._forward(batch)
+            scores = self._forward(batch)
+            if flip_tta and not self.mirror_averaged:
+                scores = (scores + self._forward(batch[:, :, ::-1])) / 2.0
+            out[start : start + step] = scores
         return out
 
     def describe(self) -> str:
