@@ -405,14 +405,12 @@ def subscriber() -> Iterator[Callable[..., Subscriber]]:
 
 @pytest.fixture
 def make_publisher(tmp_path: Path) -> Iterator[Callable[..., Publisher]]:
-    """make(broker, spool=None, start=True, labels=(), **settings) -> a Publisher of device cam1 (unless
+    """make(broker, spool=None, labels=(), **settings) -> a started Publisher of device cam1 (unless
     settings say otherwise) that reconnects within 0.05-0.5 s, on its own spool unless one is given;
     stopped and its spool closed after the test."""
     made: list[Publisher] = []
 
-    def make(
-        broker: Broker, spool: Spool | None = None, start: bool = True, labels: Sequence[str] = (), **changes
-    ) -> Publisher:
+    def make(broker: Broker, spool: Spool | None = None, labels: Sequence[str] = (), **changes) -> Publisher:
         values = dict(
             host=broker.host,
             port=broker.port,
@@ -426,14 +424,12 @@ def make_publisher(tmp_path: Path) -> Iterator[Callable[..., Publisher]]:
         spool = spool or Spool(tmp_path / f"spool{len(made)}.sqlite3")
         publisher = Publisher(MqttSettings(**values), spool, labels=labels)
         made.append(publisher)
-        if start:
-            publisher.start()
+        publisher.start()
         return publisher
 
     yield make
     for publisher in made:
-        if publisher._thread is not None:
-            publisher.stop(timeout=2)
+        publisher.stop(timeout=2)
         publisher.spool.close()
 
 
