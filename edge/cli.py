@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edge import __version__
-from edge.config import Config, load_config, parse_set_option
+from edge.config import CONFIG_ENV, Config, load_config, parse_set_option
 from edge.errors import EXIT_EVENTS_UNSENT, UserError
 from edge.locations import YUNET_URL
 from edge.yunet_fetch import add_arguments as add_fetch_arguments
@@ -114,8 +114,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         if port:
             overrides["mqtt.port"] = port
     path = args.config
-    if path is None and os.environ.get("EDGE_MOOD_CONFIG"):
-        path = Path(os.environ["EDGE_MOOD_CONFIG"])
+    if path is None and os.environ.get(CONFIG_ENV):
+        path = Path(os.environ[CONFIG_ENV])
     if path is None:
         path = next((p for p in DEFAULT_CONFIG_PATHS if p.exists()), None)
     return load_config(path, overrides)

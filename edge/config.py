@@ -40,6 +40,10 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 ENV_PREFIX = "EDGE_MOOD_"
 PASSWORD_ENV = "EDGE_MOOD_MQTT_PASSWORD"
+CONFIG_ENV = "EDGE_MOOD_CONFIG"
+# Variables under the prefix that are not settings: the config file's path, the password (read apart), and
+# systemd/install.sh's own options, which may still be exported in the shell that runs `edge` next.
+NOT_SETTINGS = frozenset({CONFIG_ENV, PASSWORD_ENV, "EDGE_MOOD_PREFIX", "EDGE_MOOD_PYTHON", "EDGE_MOOD_PIP_OPTS"})
 
 
 @dataclass(frozen=True)
@@ -328,7 +332,7 @@ def load_config(
             layers += [(section, key, value) for key, value in table.items()]
     env = os.environ if environ is None else environ
     for name, value in env.items():
-        if name.startswith(ENV_PREFIX) and name != PASSWORD_ENV:
+        if name.startswith(ENV_PREFIX) and name not in NOT_SETTINGS:
             layers.append(_env_key(name[len(ENV_PREFIX) :], value))
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edge.cli import build_parser
+from edge.cli import build_parser, config_from_args
+from edge.errors import ConfigError
 
 
 @pytest.mark.parametrize(
@@ -32,3 +33,18 @@ def test_run_help_names_the_exit_status_for_unsent_events(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "--help"])
     assert "exit status 3 when some could not be sent" in " ".join(capsys.readouterr().out.split())
+
+
+def test_the_config_file_named_by_the_environment_is_read_beside_the_installers_variables(tmp_path, monkeypatch):
+    config = tmp_path / "config.toml"
+    config.write_text('[mqtt]\ndevice_id = "from-file"\nhost = "broker.lan"\n')
+    monkeypatch.setenv("EDGE_MOOD_CONFIG", str(config))
+    for left_by_install_sh in ("EDGE_MOOD_PREFIX", "EDGE_MOOD_PYTHON", "EDGE_MOOD_PIP_OPTS"):
+        monkeypatch.setenv(left_by_install_sh, "x")
+    monkeypatch.setenv("EDGE_MOOD_MQTT_HOST", "from-env")
+    loaded = config_from_args(build_parser().parse_args(["tail"]))
+    assert loaded.path == config
+    assert (loaded.mqtt.device_id, loaded.mqtt.host) == ("from-file", "from-env")
+    monkeypatch.setenv("EDGE_MOOD_MQQT_HOST", "typo")
+    with pytest.raises(ConfigError, match="section 'mqqt' is unknown"):
+        config_from_args(build_parser().parse_args(["tail"]))
