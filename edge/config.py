@@ -73,6 +73,18 @@ def _port(x: int) -> bool:
     return 0 < x < 65536
 
 
+def _host(s: str) -> bool:
+    # What the socket layer would refuse at connect time (an empty name, an empty or over-long label as in
+    # "broker..lan"), and which would otherwise only show as a traceback in the network thread.
+    if not s or any(c.isspace() for c in s):
+        return False
+    try:
+        s.encode("idna")
+    except UnicodeError:
+        return False
+    return True
+
+
 def _topic_prefix(s: str) -> bool:
     # A wildcard cannot be published to, and brokers keep topics starting with $ for themselves
     # (mosquitto drops a client that publishes there).
@@ -133,7 +145,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "leave_after_frames": Key(int, 5, "a positive number of frames", _positive),
     },
     "mqtt": {
-        "host": Key(str, "localhost", "a host name or address"),
+        "host": Key(str, "localhost", "a host name or address", _host),
         "port": Key(int, 1883, "a port number 1-65535", _port),
         "protocol": Key(str, "5", choices=("5", "3.1.1")),
         "prefix": Key(str, "edge-mood", TOPIC_PREFIX, _topic_prefix),

@@ -102,3 +102,14 @@ def test_cli_prints_one_line_and_exits_2(tmp_path, capsys):
 def test_cli_missing_config_file(tmp_path, capsys):
     assert main(["run", "--config", str(tmp_path / "none.toml")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("host", ["", "broker..lan", ".lan", "a" * 64 + ".lan", "broker lan"])
+def test_a_broker_host_the_network_layer_would_refuse_is_refused_with_the_key_named(host):
+    with pytest.raises(ConfigError, match=r"mqtt.host = .* expected a host name or address"):
+        load_config(None, {"mqtt.host": host}, environ={})
+
+
+@pytest.mark.parametrize("host", ["broker.lan", "broker.lan.", "10.0.0.2", "::1", "büro.lan"])
+def test_host_names_and_addresses_are_accepted(host):
+    assert load_config(None, {"mqtt.host": host}, environ={}).mqtt.host == host
