@@ -103,7 +103,8 @@ class Publisher:
         self._ready_generation = -1
         self._up = False
         self._outage_since: float | None = None
-        self._outage_logged = False
+        self._outage_causes: set[str] = set()  # what this outage's log lines named: one line per cause
+        self._refused = False  # the broker answered this attempt's CONNECT with a refusal
         self._announce_backlog = False
         self._connected_at = 0.0
         self._short_drops: deque[float] = deque(maxlen=TAKEOVER_DROPS)  # when short-lived connections ended
@@ -342,9 +343,11 @@ class Publisher:
 
     def _on_connect(self, client: mqtt.Client, _userdata, _flags, reason: mqtt.ReasonCode, _props) -> None:
         if reason.is_failure:
+            self._refused = True
             self._log_outage(
                 f"broker {self.settings.broker} refused the connection ({reason}); check "
                 f"mqtt.username, the password and the broker's ACL; retrying",
+                cause=f"refused {reason}",
                 level=logging.ERROR,
             )
             return
@@ -355,7 +358,7 @@ class Publisher:
         self._connected_at = time.monotonic()
         if self._quiet_reconnect:
             logger.debug("MQTT: connected to broker %s again after a session take-over", self.settings.broker)
-        elif self._outage_logged and self._outage_since is not None:
+        elif self._outage_causes and self._outage_since is not None:
             logger.info(
                 "MQTT: connected to broker %s again after %.0f s; %d events spooled meanwhile",
                 self.settings.broker,
@@ -364,7 +367,7 @@ class Publisher:
             )
         else:
             logger.info("MQTT: connected to broker %s", self.settings.description)
-        self._outage_since, self._outage_logged = None, False
+        self._outage_since, self._outage_causes = None, set()
         # Birth first: its acknowledgement tells the worker that paho's re-sends are out (see module doc).
         info = client.publish(self.topics.status, ONLINE, qos=1, retain=True)
         self._birth = (info.mid, generation)
@@ -376,7 +379,9 @@ class Publisher:
         self._short_drops.clear()  # the broker is away: not a take-over
         exc = sys.exc_info()[1]  # paho calls this from inside its `except OSError`
         why = (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__) if exc else "no answer"
-        self._log_outage(f"broker {self.settings.broker} unreachable ({why}); spooling events and retrying")
+        self._log_outage(
+            f"broker {self.settings.broker} unreachable ({why}); spooling events and retrying", cause="unreachable"
+        )
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata, _flags, reason: mqtt.ReasonCode, _props) -> None:
         with self._conn_lock:
@@ -384,19 +389,22 @@ class Publisher:
             was_up, self._up = self._up, False
         if self._stopping:
             return
-        if not was_up:  # closed before the broker answered CONNECT
-            if not self._outage_logged:
-                self._log_outage(self._handshake_failure())
+        if not was_up:
+            if not self._refused:  # closed before the broker answered CONNECT
+                self._log_outage(self._handshake_failure(), cause="handshake")
+            self._refused = False
             return
         now = time.monotonic()
         self._outage_since = now
         self._quiet_reconnect = self._taken_over(reason, now)
         if self._quiet_reconnect:
             logger.debug("MQTT: session taken over by another client with id %s", self.settings.daemon_client_id)
-            self._outage_logged = True
+            self._outage_causes.add("taken over")
             return
         why = "connection closed" if reason.value == 0x80 else str(reason)  # 0x80: paho's code for a socket error
-        self._log_outage(f"lost connection to broker {self.settings.broker} ({why}); spooling events and retrying")
+        self._log_outage(
+            f"lost connection to broker {self.settings.broker} ({why}); spooling events and retrying", cause="lost"
+        )
 
     def _taken_over(self, reason: mqtt.ReasonCode, now: float) -> bool:
         """Whether another client with our client id pushed us off; logged once, with the fix."""
@@ -447,13 +455,14 @@ class Publisher:
         self._acks.put((mid, reason))
         self.wake()
 
-    def _log_outage(self, line: str, level: int = logging.WARNING) -> None:
-        """One line per outage, not one per reconnect attempt."""
+    def _log_outage(self, line: str, cause: str, level: int = logging.WARNING) -> None:
+        """One line per cause of an outage, not one per reconnect attempt: when the cause changes (the broker
+        was unreachable at boot and now refuses this login), the new one gets its line too."""
         if self._outage_since is None:
             self._outage_since = time.monotonic()
-        if not self._outage_logged:
+        if cause not in self._outage_causes:
             logger.log(level, "%s", line)
-            self._outage_logged = True
+            self._outage_causes.add(cause)
             self._announce_backlog = True
 
 

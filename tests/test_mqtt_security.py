@@ -43,6 +43,21 @@ def test_a_wrong_password_is_one_error_line_and_events_stay_spooled(broker_facto
     assert "wrong password" not in caplog.text
 
 
+def test_a_broker_that_comes_up_refusing_after_an_outage_gets_its_own_line(broker_factory, make_publisher, caplog):
+    broker = broker_factory(users={"edge": PASSWORD})
+    broker.stop()  # away at boot, as before the network is up
+    caplog.set_level(logging.DEBUG, logger="edge")
+    publisher = make_publisher(broker, username="edge", password="wrong password")
+    lines = lambda text: [r for r in caplog.records if text in r.getMessage()]  # noqa: E731
+    wait_until(lambda: lines("unreachable"), "the outage's first line")
+    broker.start()
+    attempts = lambda: sum("Received CONNACK" in r.getMessage() for r in caplog.records)  # noqa: E731
+    wait_until(lambda: attempts() >= 3, "three refused attempts")
+    assert len(lines("unreachable")) == 1
+    assert len(lines("refused the connection")) == 1, "the new cause is named once, with its fix"
+    assert not publisher.connected
+
+
 def tls_broker(broker_factory, pki: Path, server: str = "server"):
     return broker_factory(
         extra_config=(
