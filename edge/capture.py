@@ -69,6 +69,13 @@ class FrameGrabber:
             return self._ended and self._slot is None
 
     @property
+    def waiting_for_source(self) -> bool:
+        """The live source is gone (or not there yet) and the capture thread retries it with back-off: no
+        frame is due, and nothing is wedged."""
+        thread = self._thread
+        return not self.connected and thread is not None and thread.is_alive() and not self._ended
+
+    @property
     def corrupt(self) -> int:
         source = self._source
         return self._corrupt_before + (getattr(source, "corrupt", 0) if source is not None else 0)

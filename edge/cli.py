@@ -126,6 +126,12 @@ def setup_logging(level: str) -> None:
     under_systemd = "INVOCATION_ID" in os.environ or "JOURNAL_STREAM" in os.environ
     fmt = "%(levelname)s %(name)s: %(message)s" if under_systemd else "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr, force=True)
+    if level.upper() != "DEBUG":
+        # FFmpeg and OpenCV print lines of their own on every failed reconnect attempt (two per attempt, for
+        # as long as a camera is away) and every damaged frame; the daemon logs a lost camera once and its
+        # return once, and counts damaged frames in its stats. Both are read before cv2 first needs them.
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:

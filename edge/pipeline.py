@@ -2,7 +2,9 @@
 
 Capture runs on its own thread and always hands over the newest frame; this loop analyses it, turns
 tracker events into payloads, writes them to the on-disk spool (so nothing is lost while the broker is
-away) and wakes the publisher. It feeds the systemd watchdog only while frames keep flowing.
+away) and wakes the publisher. It feeds the systemd watchdog while frames keep flowing, and while the
+camera is gone and being retried (a restart would not bring it back sooner); it stops feeding it when frames
+stop although the camera is attached, which is a wedged camera or driver that a restart may cure.
 
 While no face is in view and no face is still tracked, the loop analyses frames at `detector.idle_fps`
 only and lets the others pass; the first face seen brings back every frame. How each analysed frame finds
@@ -78,7 +80,8 @@ class Daemon:
 
         self.faces_now = 0
         self.bad_frames = 0
-        self._ready = False
+        self._frame_seen = False
+        self._status: str | None = None  # what systemd was last told; None: not ready yet
         self._last_frame_at = time.monotonic()
         self._stalled = False
         self._last_state_at = 0.0
@@ -205,10 +208,20 @@ class Daemon:
         if self._stalled:
             logger.info("frames flow again")
             self._stalled = False
-        if not self._ready:
-            self._ready = True
-            self.notifier.ready(f"processing {self.grabber.description}")
+        if not self._frame_seen:
+            self._frame_seen = True
             logger.info("first frame processed; ready")
+        self._announce(f"processing {self.grabber.description}")
+
+    def _announce(self, status: str) -> None:
+        """Tell systemd what the service does now (`systemctl status`); the first time, that it is up."""
+        if status == self._status:
+            return
+        if self._status is None:
+            self.notifier.ready(status)
+        else:
+            self.notifier.status(status)
+        self._status = status
 
     def _count_bad_frame(self, frame: Frame, why: str) -> None:
         self.bad_frames += 1
@@ -247,6 +260,9 @@ class Daemon:
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
+        if self.grabber.waiting_for_source:  # the grabber has logged the loss and retries with back-off
+            self._last_frame_at = now  # no frame is due until the camera is back
+            self._announce(f"waiting for {self.grabber.description}")  # absent at start: up, and waiting
         healthy = now - self._last_frame_at < self.config.service.stall_timeout_s
         if not healthy and not self._stalled:
             self._stalled = True
@@ -258,7 +274,7 @@ class Daemon:
                 "; the systemd watchdog is no longer fed" if self.notifier.watchdog_interval_s else "",
             )
         interval = self.notifier.watchdog_interval_s or 5.0
-        if healthy and self._ready and now - self._last_watchdog_at >= interval / 2:
+        if healthy and self._status is not None and now - self._last_watchdog_at >= interval / 2:
             self.notifier.watchdog()
             self._last_watchdog_at = now
         if now - self._last_stats_at >= self.config.stats.interval_s:

@@ -35,6 +35,9 @@ class SystemdNotifier:
     def ready(self, status: str = "") -> None:
         self.notify("READY=1" + (f"\nSTATUS={status}" if status else ""))
 
+    def status(self, status: str) -> None:
+        self.notify(f"STATUS={status}")
+
     def watchdog(self) -> None:
         self.notify("WATCHDOG=1")
 

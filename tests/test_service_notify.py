@@ -55,7 +55,7 @@ class MjpegStream:
     """multipart/x-mixed-replace JPEG stream on 127.0.0.1, 10 frames/s while `flowing` is set; cleared, it
     keeps connections open and sends nothing."""
 
-    def __init__(self, jpeg: bytes, fps: float = 10.0):
+    def __init__(self, jpeg: bytes, fps: float = 10.0, port: int = 0):
         self.flowing = threading.Event()
         self.flowing.set()
         self._closed = threading.Event()
@@ -79,7 +79,7 @@ class MjpegStream:
             def log_message(self, *_args) -> None:
                 pass
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/stream.mjpg"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
@@ -136,12 +136,17 @@ class NotifySocket:
 
 
 @pytest.fixture
-def stream() -> Iterator[MjpegStream]:
+def jpeg() -> bytes:
     if not PHOTO.exists():
         pytest.skip(f"needs the shared photos ({PHOTO} is absent)")
-    ok, jpeg = cv2.imencode(".jpg", cv2.resize(cv2.imread(str(PHOTO)), (640, 360)))
+    ok, encoded = cv2.imencode(".jpg", cv2.resize(cv2.imread(str(PHOTO)), (640, 360)))
     assert ok
-    served = MjpegStream(jpeg.tobytes())
+    return encoded.tobytes()
+
+
+@pytest.fixture
+def stream(jpeg: bytes) -> Iterator[MjpegStream]:
+    served = MjpegStream(jpeg)
     yield served
     served.close()
 
@@ -262,6 +267,60 @@ def test_ready_watchdog_stall_recovery_and_clean_stop(broker, subscriber, stream
         assert retained.retain and retained.text == "offline"
         assert (state_dir / DEVICE / "spool.sqlite3").exists(), "spool not kept in $STATE_DIRECTORY"
     finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        notify.close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_camera_missing_at_start_or_unplugged_is_waited_for_with_the_watchdog_fed(broker, jpeg, workdir):
+    port = free_port()
+    state_dir = workdir / "state"
+    state_dir.mkdir()
+    notify = NotifySocket(workdir / "notify.sock")
+    log = workdir / "daemon.log"
+    config = write_config(workdir, broker, f"http://127.0.0.1:{port}/stream.mjpg")
+    daemon = start_like_systemd(config, state_dir, notify.path, log)
+    camera = None
+    fed_for = lambda since, pings: len([t for t in notify.times("WATCHDOG=1") if t > since]) >= pings  # noqa: E731
+    try:
+        # Nothing serves the stream: the service is up and says what it waits for, instead of timing out.
+        notify.wait_until("READY=1", lambda: notify.times("READY=1") or daemon.poll() is not None, 90)
+        assert daemon.poll() is None, f"daemon exited {daemon.returncode}:\n{log_tail(log)}"
+        assert any(line.startswith("STATUS=waiting for") for _, line in notify.messages), notify.messages
+        past_stall = time.monotonic() + STALL_TIMEOUT_S
+        notify.wait_until(
+            "pings past the stall timeout", lambda: fed_for(past_stall, 2), STALL_TIMEOUT_S + 10 * WATCHDOG_S
+        )
+
+        # The camera comes: frames flow.
+        camera = MjpegStream(jpeg, port=port)
+        notify.wait_until(
+            "STATUS=processing", lambda: any(m.startswith("STATUS=processing") for _, m in notify.messages), 40
+        )
+        # Unplugged: the stream closes and refuses connections; the daemon retries, still fed.
+        camera.close()
+        camera = None
+        notify.wait_until("the loss", lambda: "lost " in log.read_text(), 20)
+        lost_at = time.monotonic()
+        notify.wait_until("pings after the loss", lambda: fed_for(lost_at + STALL_TIMEOUT_S, 2), 10 * WATCHDOG_S)
+        assert daemon.poll() is None, log_tail(log)
+        assert "no frame for" not in log.read_text(), "a missing camera is not a stall"
+        lines = log.read_text().splitlines()
+        assert not [line for line in lines if "[tcp @" in line or "VIDEOIO" in line], "FFmpeg/OpenCV's own lines"
+
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(unit_stop_timeout_s()) == 0, log_tail(log)
+    finally:
+        if camera is not None:
+            camera.close()
         if daemon.poll() is None:
             daemon.kill()
             daemon.wait()
