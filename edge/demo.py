@@ -95,7 +95,7 @@ def run_demo(config: Config, verbose: bool = False) -> int:
             say(f"source {source}; Ctrl-C ends the demo")
         overrides["source.uri"] = source
         demo = config.replaced(overrides)
-        # once: at the end (of the clip, or Ctrl-C) faces in view leave and the broker takes every event.
+        # once: at the end (of the clip, or Ctrl-C) the broker takes every event, faces in view leaving included.
         daemon = build_daemon(demo, once=True)
         say(
             f"detector {daemon.detector.name}, model {daemon.model.model_id} ({daemon.model.precision}); "

@@ -129,9 +129,10 @@ class Daemon:
             last_clock = self._frame_clock(frame)
             self._process(frame, last_clock)
             self._housekeeping()
-        if self.grabber.finished or self.once:
-            self._emit(self.tracker.finish(last_clock), frame_index=-1)
-            self._publish_state()
+        # The source ended or the daemon stops (systemctl stop, an upgrade): nobody watches the room any more, so
+        # every face in view leaves and the retained state says so, rather than standing until the next start.
+        self._emit(self.tracker.finish(last_clock), frame_index=-1)
+        self._publish_state()
 
     def _shutdown(self) -> int:
         """Stops every part; returns the number of events left unsent in the spool."""

@@ -266,19 +266,24 @@ def test_stats_are_published(tmp_path, broker, subscriber):
 
 
 @pytest.mark.slow
-def test_sigterm_publishes_offline_and_exits_0(tmp_path, broker, subscriber):
+def test_sigterm_closes_the_faces_in_view_publishes_offline_and_exits_0(tmp_path, broker, subscriber):
     folder = tmp_path / "frames"
     write_images(folder, [Segment(200, BRIGHT)])
     config = write_config(tmp_path, broker, folder, source={"realtime": True, "fps": 10.0})
     sub = subscriber(broker, "edge-mood/room1/status")
+    events = subscriber(broker, "edge-mood/room1/events")
     daemon = start_edge("run", "--config", str(config))
     sub.wait_until(lambda ms: any(m.text == "online" for m in ms), timeout=30)
-    time.sleep(1)
-    daemon.send_signal(signal.SIGTERM)
+    events.wait_until(lambda ms: any(m.json()["type"] == "expression" for m in ms), timeout=30)
+    daemon.send_signal(signal.SIGTERM)  # as `systemctl stop` does, the face still in view
     output, _ = daemon.communicate(timeout=30)
     assert daemon.returncode == 0, output[-2000:]
     sub.wait_until(lambda ms: ms[-1].text == "offline", timeout=10)
     assert "Traceback" not in output
+    leave = events.wait_until(lambda ms: ms[-1].json()["type"] == "face_leave", timeout=10)[-1].json()
+    assert (leave["expression"], leave["frame"]) == ("happy", -1)
+    state = subscriber(broker, "edge-mood/room1/state").wait_for(1)[0]
+    assert state.retain and state.json()["face_count"] == 0, "the retained state must not keep a face in view"
 
 
 @pytest.fixture(autouse=True)
