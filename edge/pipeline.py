@@ -135,12 +135,14 @@ class Daemon:
         self._publish_state()
 
     def _shutdown(self) -> int:
-        """Stops every part; returns the number of events left unsent in the spool."""
+        """Stops every part; returns the number of events the broker did not take: left in the spool, or lost
+        with a spool that still could not be written (the spool says how many)."""
         self.notifier.stopping()
         self.grabber.stop()
-        if self.once and self.spool.depth:
+        if self.once and (self.spool.depth or self.spool.held):
             self.publisher.wait_drained(DRAIN_TIMEOUT_S)
         self.publisher.stop()
+        self.spool.close()  # stores what memory still holds, if the disk lets it
         left = self.spool.depth
         if left:
             logger.log(
@@ -152,9 +154,8 @@ class Daemon:
                 self.spool.path,
                 self.device,
             )
-        self.spool.close()
         self.notifier.close()
-        return left
+        return left + self.spool.held
 
     # -- per frame -------------------------------------------------------------------------------
 
