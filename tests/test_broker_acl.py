@@ -1,6 +1,6 @@
 """Nobody else on the broker can disturb a device: the shipped mosquitto ACL and per-device logins
-(docs/mosquitto/) against a real mosquitto, and a session take-over (another client with the daemon's
-client id) detected and logged once with the fix."""
+(docs/mosquitto/) against a real mosquitto, both documented ways of removing a device, and a session
+take-over (another client with the daemon's client id) detected and logged once with the fix."""
 
 from __future__ import annotations
 
@@ -161,3 +161,74 @@ def test_a_session_take_over_is_logged_once_with_the_fix(broker, subscriber, mak
     device.spool.append(sample_event(0))
     device.wake()
     assert sub.wait_for(1)[0].json()["seq"] == 1
+
+
+def stopped_devices_with_configs(broker_factory, subscriber, make_publisher, tmp_path):
+    """A broker with the shipped ACL on which the daemons cam1 and cam2 left their discovery configs and
+    stopped, as the docs ask before removing a device; and {device: its config topics}."""
+    if not shutil.which("mosquitto_passwd"):
+        pytest.skip("mosquitto_passwd not found (apt install mosquitto)")
+    broker = acl_broker(broker_factory, tmp_path, devices=("cam1", "cam2"))
+    sub = subscriber(broker, "homeassistant/#", username="homeassistant", password=LOGINS["homeassistant"])
+    mine: dict[str, set[str]] = {}
+    for name in ("cam1", "cam2"):
+        device = make_publisher(
+            broker, labels=LABELS, device_id=name, username=name, password=LOGINS[name], discovery=True
+        )
+        configs = mine[name] = {topic for topic, payload in device._discovery if payload}
+        sub.wait_until(lambda ms, configs=configs: configs <= {m.topic for m in ms if m.payload})
+        device.stop(timeout=2)  # its login is also its client id: nothing else may use it while it runs
+    sub.close()
+    assert set(retained_configs(broker, subscriber)) == mine["cam1"] | mine["cam2"]
+    return broker, mine
+
+
+def retained_configs(broker, subscriber) -> dict[str, bytes]:
+    """The discovery configs retained on the broker now, as a fresh Home Assistant login sees them."""
+    sub = subscriber(broker, "homeassistant/+/+/+/config", username="homeassistant", password=LOGINS["homeassistant"])
+    time.sleep(1.0)  # not a timing assertion: the broker sends the retained ones right after subscribing
+    sub.close()  # one client per login at a time (use_username_as_clientid)
+    return {m.topic: m.payload for m in sub.received() if m.retain}
+
+
+def test_with_the_shipped_acl_deleting_a_device_in_home_assistant_clears_its_configs_and_no_one_else_can(
+    broker_factory, subscriber, make_publisher, tmp_path
+):
+    broker, mine = stopped_devices_with_configs(broker_factory, subscriber, make_publisher, tmp_path)
+    every = mine["cam1"] | mine["cam2"]
+    for login in ("cam2", "consumer"):
+        intruder = client(broker, f"sneaky-{login}", login)
+        for topic in mine["cam1"]:
+            intruder.publish(topic, b"", qos=1, retain=True).wait_for_publish(10)
+        intruder.disconnect()
+        intruder.loop_stop()
+    assert set(retained_configs(broker, subscriber)) == every
+    # What Home Assistant does when a user deletes the device: an empty retained config on each topic.
+    ha = client(broker, "homeassistant", "homeassistant")
+    for topic in mine["cam1"]:
+        ha.publish(topic, b"", qos=1, retain=True).wait_for_publish(10)
+    ha.disconnect()
+    ha.loop_stop()
+    assert set(retained_configs(broker, subscriber)) == mine["cam2"]
+
+
+def test_with_the_shipped_acl_the_documented_command_clears_a_stopped_devices_configs_with_its_login(
+    broker_factory, subscriber, make_publisher, tmp_path
+):
+    if not shutil.which("mosquitto_sub"):
+        pytest.skip("mosquitto_sub not found (apt install mosquitto-clients)")
+    broker, mine = stopped_devices_with_configs(broker_factory, subscriber, make_publisher, tmp_path)
+    cam1_node = next(iter(mine["cam1"])).split("/")[2]
+
+    def remove_retained(login: str) -> None:  # docs/home-assistant.md, "To remove a device for good"
+        subprocess.run(
+            ["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-u", login, "-P", LOGINS[login]]
+            + ["-t", f"homeassistant/+/{cam1_node}/+/config", "--remove-retained", "-W", "2"],
+            capture_output=True,
+            timeout=20,
+        )
+
+    remove_retained("cam2")  # another device's login cannot
+    assert set(retained_configs(broker, subscriber)) == mine["cam1"] | mine["cam2"]
+    remove_retained("cam1")
+    assert set(retained_configs(broker, subscriber)) == mine["cam2"]

@@ -37,6 +37,6 @@ fi
 digest=$(printf '%s' "$PREFIX/$device" | sha256sum | cut -c1-8)
 node="edge_mood_${device}_${digest}"
 if ! grep -qx "user $device" "$ACL"; then
-    printf '\nuser %s\ntopic write %s/+/%s/+/config\n' "$device" "$DISCOVERY_PREFIX" "$node" >>"$ACL"
+    printf '\nuser %s\ntopic readwrite %s/+/%s/+/config\n' "$device" "$DISCOVERY_PREFIX" "$node" >>"$ACL"
 fi
 printf 'add-device: %s can log in and write edge-mood/%s/*; reload mosquitto to apply\n' "$device" "$device"
