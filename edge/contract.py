@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -31,6 +32,8 @@ COLORS = ("gray", "rgb")
 ILLUMINATIONS = ("none", "equalize", "clahe")
 LANDMARKS = 5  # YuNet's points: right eye, left eye, nose tip, right and left mouth corner
 CANONICAL_LABELS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+# Home Assistant's mood sensor reads this while no face has a settled expression, so no label may read as it.
+NO_MOOD = "none"
 # What OpenCV decodes and both sides accept; the union of the two lists each side once kept (the daemon's
 # added .ppm).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"})
@@ -108,6 +111,17 @@ def parse_card(data: dict[str, Any], path: Path) -> ModelCard:
         raise _fail(path, "`labels` must be a list of at least two non-empty names")
     if len(set(labels)) != len(labels):
         raise _fail(path, "`labels` has duplicate names")
+    # Each label names a device trigger in Home Assistant (edge/discovery.py) by its id, and a mood.
+    ids = [id_slug(label) for label in labels]
+    nameless = [label for label, id_ in zip(labels, ids) if not id_]
+    if nameless:
+        raise _fail(path, f"labels {nameless} have no letter a-z or digit to make a Home Assistant id of; rename them")
+    clashing = [label for label, id_ in zip(labels, ids) if ids.count(id_) > 1]
+    if clashing:
+        raise _fail(path, f"labels {clashing} differ only in case or punctuation (one Home Assistant id); rename them")
+    if NO_MOOD in ids:
+        label = labels[ids.index(NO_MOOD)]
+        raise _fail(path, f"label {label!r} reads as {NO_MOOD!r}, the mood Home Assistant shows for no mood; rename it")
     inp = data.get("input")
     if not isinstance(inp, dict):
         raise _fail(path, "`input` object is missing")
@@ -160,6 +174,12 @@ def parse_card(data: dict[str, Any], path: Path) -> ModelCard:
         align_template=template,
         raw=data,
     )
+
+
+def id_slug(text: str) -> str:
+    """'Living-Room 2' -> 'living_room_2'; '' where no a-z or digit is left. The ids in discovery topics (a
+    device's node id, its device triggers): Home Assistant keys entities by them, so this never changes."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
 def _parse_template(value: Any, path: Path) -> tuple[tuple[float, float], ...] | None:

@@ -19,18 +19,17 @@ Home Assistant reads as unknown, where plain attribute access would log a templa
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import edge
+from edge.contract import NO_MOOD, id_slug
 from edge.payloads import EVENT_TYPES
 from edge.stats import STAGES
 from edge.topics import OFFLINE, ONLINE, Topics
 
 MANUFACTURER = "edge-mood"
-NO_MOOD = "none"  # the mood sensor's state while no face has a settled expression
 HA_STATUS_TOPIC = "homeassistant/status"  # Home Assistant publishes "online" here when it (re)starts
 
 
@@ -104,7 +103,7 @@ class HomeAssistantOptions:
 
 def ha_slug(text: str) -> str:
     """'Living-Room 2' -> 'living_room_2': the characters Home Assistant allows in entity ids."""
-    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "edge_mood"
+    return id_slug(text) or "edge_mood"
 
 
 def node_id(topics: Topics) -> str:
@@ -307,5 +306,5 @@ def _triggers(topics: Topics, labels: Sequence[str]) -> dict[str, dict[str, Any]
     }
     expression = "{{ value_json.expression if value_json.type == 'expression' else '' }}"
     for label in labels:
-        triggers[f"expression_{ha_slug(label)}"] = trigger("expression", label, expression, label)
+        triggers[f"expression_{id_slug(label)}"] = trigger("expression", label, expression, label)
     return triggers

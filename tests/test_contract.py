@@ -4,6 +4,7 @@ writes is one the daemon reads back, while a card the daemon would refuse is nev
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -92,3 +93,26 @@ def test_illumination_needs_a_gray_input(tmp_path):
     card["input"] = {**card["input"], "shape": [1, 3, 48, 48], "color": "rgb", "illumination": "equalize"}
     with pytest.raises(ModelError, match="needs a gray input"):
         save_card(card, tmp_path / "m.json")
+
+
+@pytest.mark.parametrize(
+    ("labels", "complaint"),
+    [
+        (["Happy", "happy", "sad"], "labels ['Happy', 'happy'] differ only in case or punctuation"),
+        (["sad", "so-so", "so so"], "labels ['so-so', 'so so'] differ only in case or punctuation"),
+        (["happy", "none"], "label 'none' reads as 'none', the mood Home Assistant shows for no mood"),
+        (["happy", "None"], "label 'None' reads as 'none'"),
+        (["happy", " ", "?!"], "labels [' ', '?!'] have no letter a-z or digit"),
+    ],
+)
+def test_labels_that_home_assistant_could_not_tell_apart_are_named(tmp_path, labels, complaint):
+    # Discovery makes one device trigger per label id and lists the labels and "none" as the mood's options:
+    # such labels would lose a trigger, repeat an option, or pass for "no mood".
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(_card(tmp_path, labels)))
+    with pytest.raises(ModelError, match=re.escape(complaint)) as refused:
+        load_card(path)
+    line = str(refused.value)
+    assert line.startswith(f"model card {path}: ") and "rename" in line and "\n" not in line
+    with pytest.raises(ModelError, match="refusing to write"):
+        save_card(_card(tmp_path, labels), tmp_path / "written.json")
