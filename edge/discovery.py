@@ -9,8 +9,9 @@ schemas/ha-discovery.schema.json describes what is published.
 Ids are namespaced by the topic prefix and the exact device id (`node_id`), so devices `Living-Room` and
 `living_room`, or two daemons under different prefixes, never share a discovery topic, a unique_id or a
 device. Entity ids are asked for with `default_entity_id` (Home Assistant 2025.10 and later), made the
-way older versions make them, from the device name and the entity name, so all versions agree; Home
-Assistant appends `_2` where two devices ask for the same one.
+way older versions make them, from the device name and the entity name, so all versions agree for names
+in Latin script (ha_slug says what happens to others); Home Assistant appends `_2` where two devices ask
+for the same one.
 
 Templates reach into the JSON with `.get()` wherever a field may be missing: it renders "None", which
 Home Assistant reads as unknown, where plain attribute access would log a template warning.
@@ -19,6 +20,7 @@ Home Assistant reads as unknown, where plain attribute access would log a templa
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -101,9 +103,24 @@ class HomeAssistantOptions:
             raise ValueError(f"unknown diagnostics {unknown}; known: {', '.join(DIAGNOSTICS)}")
 
 
+# Latin letters that NFKD leaves whole, spelled as Home Assistant's transliteration (unidecode) spells them.
+_UNDECOMPOSED_LATIN = str.maketrans(
+    {"ß": "ss", "æ": "ae", "ø": "o", "œ": "oe", "ł": "l", "đ": "d", "ð": "d", "þ": "th", "ı": "i", "ħ": "h", "ŋ": "ng"}
+)
+
+
 def ha_slug(text: str) -> str:
-    """'Living-Room 2' -> 'living_room_2': the characters Home Assistant allows in entity ids."""
-    return id_slug(text) or "edge_mood"
+    """'Living-Room 2' -> 'living_room_2', 'Küche' -> 'kuche', 'Salle à manger' -> 'salle_a_manger': the
+    entity id Home Assistant makes of a name (its slugify), for names in Latin script.
+
+    Accents are dropped (NFKD, then no combining marks) and the Latin letters without one spelled out,
+    where Home Assistant transliterates with unidecode, a dependency we do without. Letters of other
+    scripts (Chinese, Cyrillic, Greek, ...) are dropped instead, not transliterated: '客厅' gives 'edge_mood'
+    where Home Assistant makes 'ke_ting'.
+    """
+    letters = unicodedata.normalize("NFKD", text).lower().translate(_UNDECOMPOSED_LATIN)
+    ascii_text = "".join(c for c in letters if not unicodedata.combining(c))
+    return id_slug(ascii_text) or "edge_mood"
 
 
 def node_id(topics: Topics) -> str:
@@ -113,7 +130,8 @@ def node_id(topics: Topics) -> str:
     device among the discovery topics. It names the device's discovery topics, unique_ids and identifier.
     """
     digest = hashlib.sha256(f"{topics.prefix}/{topics.device}".encode()).hexdigest()[:8]
-    return f"edge_mood_{ha_slug(topics.device)}_{digest}"
+    # id_slug, not ha_slug: node ids were made so before ha_slug transliterated, and must never change.
+    return f"edge_mood_{id_slug(topics.device) or 'edge_mood'}_{digest}"
 
 
 def discovery_messages(

@@ -55,6 +55,30 @@ def test_ha_slug():
     assert ha_slug("--") == "edge_mood"
 
 
+@pytest.mark.parametrize(
+    ("name", "slug"),
+    [  # right: what Home Assistant's slugify (python-slugify 9.2, separator "_") makes of the name
+        ("Küche", "kuche"),
+        ("Salle à manger", "salle_a_manger"),
+        ("Straße", "strasse"),
+        ("Køkken", "kokken"),
+        ("Łazienka", "lazienka"),
+        ("Œuvre", "oeuvre"),
+        ("Þórr", "thorr"),
+        ("ﬁ 2²", "fi_22"),
+        ("Bob's room", "bob_s_room"),
+    ],
+)
+def test_entity_ids_of_latin_script_names_are_home_assistants(name, slug):
+    configs = by_key(discovery_messages(Topics("edge-mood", "cam1"), options=HomeAssistantOptions(name=name)))
+    assert configs["mood"]["default_entity_id"] == f"sensor.{slug}_mood"
+
+
+def test_other_scripts_are_dropped_from_entity_ids_as_documented():
+    # Home Assistant transliterates (客厅 -> ke_ting); without unidecode we drop them (ha_slug, the docs).
+    assert ha_slug("客厅") == "edge_mood" and ha_slug("客厅 2") == "2"
+
+
 def test_ids_keep_devices_apart_that_differ_only_in_case_punctuation_or_prefix():
     devices = [Topics("edge-mood", "Living-Room"), Topics("edge-mood", "living_room"), Topics("house2", "living_room")]
     nodes = [node_id(t) for t in devices]
@@ -77,6 +101,7 @@ def test_node_id_never_changes():
     # Home Assistant keys entities by unique_id: a changed node id would leave every user with a second,
     # orphaned copy of each entity.
     assert node_id(Topics("edge-mood", "Living-Room")) == "edge_mood_living_room_8b7eba48"
+    assert node_id(Topics("edge-mood", "Küche")) == "edge_mood_k_che_d319673a"  # not transliterated, as ever
 
 
 # -- the configs -------------------------------------------------------------------------------------
