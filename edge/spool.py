@@ -64,6 +64,10 @@ class SpoolError(UserError):
     """The spool file cannot be opened or written."""
 
 
+class _Corrupt(SpoolError):
+    """The spool file is damaged: not a database, or its integrity check fails."""
+
+
 class Spool:
     """Durable FIFO of JSON events keyed by seq; safe to use from several threads.
 
@@ -209,6 +213,38 @@ class Spool:
     # -- opening ---------------------------------------------------------------------------------
 
     def _open(self) -> sqlite3.Connection:
+        """The spool's database, made or checked. A corrupt file (a power cut at the wrong moment, a failing
+        SD card) is moved aside and a new spool started: a service that stayed down until someone moved it
+        by hand would lose every event from then on; the file is kept for `sqlite3 FILE .recover`."""
+        try:
+            return self._connect()
+        except _Corrupt as exc:
+            aside = self.path.parent / f"broken-spool-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+            try:
+                aside.mkdir(exist_ok=True)
+                for part in self._files():
+                    part.rename(aside / part.name)
+            except OSError as move_failed:
+                raise SpoolError(
+                    f"spool {self.path} is corrupt ({exc}) and cannot be moved aside ({move_failed.strerror}); "
+                    f"move it and its -wal/-shm files out of {self.path.parent} and start again"
+                ) from None
+            logger.error(
+                "spool %s is corrupt (%s); moved it to %s, where its unsent events stay (`sqlite3 %s .recover` "
+                "may retrieve them), and started a new spool",
+                self.path,
+                exc,
+                aside,
+                aside / self.path.name,
+            )
+            return self._connect()
+
+    def _files(self) -> list[Path]:
+        """The spool file and the WAL and shared-memory files SQLite keeps beside it (not the seq mark)."""
+        parts = [self.path, self.path.with_name(self.path.name + "-wal"), self.path.with_name(self.path.name + "-shm")]
+        return [part for part in parts if part.exists()]
+
+    def _connect(self) -> sqlite3.Connection:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -254,11 +290,12 @@ class Spool:
                 ),
                 exc,
             )
-        aside = self.path.parent / "broken-spool"
-        return SpoolError(
-            f"spool {self.path} is corrupt ({text}); move it and its -wal/-shm files aside "
-            f"(mkdir {aside} && mv {self.path}* {aside}/) and start again; unsent events in it are lost"
-        )
+        if isinstance(exc, sqlite3.OperationalError):  # not the file's fault: locked, or no WAL on this file system
+            return SpoolError(
+                f"spool {self.path} cannot be used ({text}); check that no other edge-mood uses it and that "
+                f"its folder is on a local disk, or set [spool] dir"
+            )
+        return _Corrupt(text)
 
     def _continue_counter(self) -> tuple[str, int, bool]:
         """(epoch, reserved, whether the spool already stores that epoch), from the mark and the spool.
