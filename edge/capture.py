@@ -27,7 +27,9 @@ STOP_JOIN_S = 5.0
 class Frame:
     image: np.ndarray
     index: int  # source frame number: counts every frame read, dropped ones included
-    captured_at: float  # time.time() when the frame was read (or released, for a paced file)
+    # time.monotonic() when the frame was read (or released, for a paced file): face timeouts and durations run
+    # on it, so a clock step (NTP at boot on a Pi without a real-time clock) cannot hold or cut a face's stay.
+    captured_at: float
 
 
 class FrameGrabber:
@@ -182,7 +184,7 @@ class FrameGrabber:
                     pacer = pacer or _Pacer(getattr(source, "fps", None))
                     if not pacer.wait(self._stop):
                         break
-                self._hand_over(Frame(image, index, time.time()), keep_newest)
+                self._hand_over(Frame(image, index, time.monotonic()), keep_newest)
         finally:
             self._detach()
             with self._cond:

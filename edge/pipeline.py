@@ -161,7 +161,7 @@ class Daemon:
 
     def _frame_clock(self, frame: Frame) -> float:
         """Seconds used for face timeouts: media time for files read at full speed, so results do not
-        depend on how fast this machine is; wall time for live and paced sources."""
+        depend on how fast this machine is; monotonic time for live and paced sources (events carry wall time)."""
         if self.grabber.live or self.config.source.realtime:
             return frame.captured_at
         fps = self.grabber.fps or self.config.source.fps

@@ -66,6 +66,7 @@ def test_live_source_hands_over_the_newest_frame_and_counts_drops() -> None:
             # Newest, not queued: at most the frame being read right now may be newer than this one.
             assert frame.index >= produced_before - 2
             assert stand_in_number(frame.image) == frame.index
+            assert abs(frame.captured_at - time.monotonic()) < 2, "face timeouts run on the monotonic clock"
             received.append(frame.index)
     finally:
         grabber.stop()
