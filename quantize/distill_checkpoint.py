@@ -1,7 +1,7 @@
 """Resuming a distillation. After every epoch the whole training state is written atomically to
-<work dir>/distill.ckpt together with a fingerprint of the settings, the teachers and the faces; running the
-same distillation again resumes from it, while a checkpoint with another fingerprint is ignored (and
-replaced after the next epoch)."""
+<work dir>/distill.ckpt together with a fingerprint of the settings, the teachers as loaded (labels, input,
+output...), the faces and their targets; running the same distillation again resumes from it, while a
+checkpoint with another fingerprint is ignored (and replaced after the next epoch)."""
 
 from __future__ import annotations
 
@@ -37,9 +37,14 @@ PROGRESS_KEYS = tuple(f.name for f in fields(Progress))
 
 
 def run_fingerprint(settings: dict[str, Any], teachers: list[dict[str, Any]], faces: FaceSet) -> str:
-    """Hex sha256 of what decides a distillation's result: settings, teacher files and training faces."""
+    """Hex sha256 of what decides a distillation's result: settings, teachers, training faces and their targets.
+
+    Each teacher counts with its whole record (file, labels, input, output, template), not its file alone: a
+    rerun with a teacher's labels or preprocessing fixed must not resume the run that read it wrongly. The
+    targets are those of the label source (votes and their weight), the labels alone without one."""
+    targets = None if faces.targets is None else hashlib.sha256(faces.targets.tobytes()).hexdigest()
     text = json.dumps(
-        [settings, [t["sha256"] for t in teachers], faces_fingerprint(faces.images, faces.labels)],
+        [settings, teachers, faces_fingerprint(faces.images, faces.labels), targets],
         sort_keys=True,
         default=str,
     )

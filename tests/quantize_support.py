@@ -25,6 +25,8 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FER_CSV = SHARED / "data" / "fer2013" / "fer2013.csv.gz"
 LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 SIX_LABELS = [name for name in LABELS if name != "disgust"]
+# A FER+ vote file's header (quantize.ferplus).
+VOTE_HEADER = "usage,row,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"
 
 
 def synthetic_faces(per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

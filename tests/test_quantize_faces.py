@@ -23,13 +23,19 @@ from quantize.errors import QuantizeError  # noqa: E402
 from quantize.face_align import align_faces, detect_landmarks, landmark_template  # noqa: E402
 from quantize.label_sources import with_vote_targets  # noqa: E402
 from quantize.student_augment import StudentAugmentation  # noqa: E402
-from tests.quantize_support import FER_CSV, SHARED, real_fer_rows, synthetic_faces, write_fer_csv  # noqa: E402
+from tests.quantize_support import (  # noqa: E402
+    FER_CSV,
+    SHARED,
+    VOTE_HEADER,
+    real_fer_rows,
+    synthetic_faces,
+    write_fer_csv,
+)
 
 YUNET = SHARED / "models" / "face_detection_yunet_2026may.onnx"
 needs_shared = pytest.mark.skipif(
     not (FER_CSV.exists() and YUNET.exists()), reason=f"needs FER2013 and YuNet under {SHARED}"
 )
-VOTE_HEADER = "usage,row,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"
 
 
 def _votes_file(path: Path, rows: list[str]) -> Path:

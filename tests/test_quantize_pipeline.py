@@ -33,6 +33,7 @@ from quantize.errors import QuantizeError  # noqa: E402
 from quantize.evaluate import evaluate_onnx  # noqa: E402
 from quantize.export import export_student  # noqa: E402
 from quantize.int8 import calibration_faces, check_accuracy_drop, quantize_onnx  # noqa: E402
+from quantize.label_sources import with_vote_targets  # noqa: E402
 from quantize.report import render_report, save_training_png  # noqa: E402
 from quantize.student_file import student_meta  # noqa: E402
 from quantize.student_input import student_inputs  # noqa: E402
@@ -40,7 +41,9 @@ from quantize.teacher_targets import group_teachers, teacher_logits  # noqa: E40
 from quantize.teachers import load_teacher  # noqa: E402
 from tests.quantize_support import (  # noqa: E402
     FER_CSV,
+    LABELS,
     SHARED,
+    VOTE_HEADER,
     real_fer_rows,
     save_teachers,
     synthetic_faces,
@@ -223,6 +226,30 @@ def test_distillation_from_every_teacher_format_learns_and_resumes(synthetic, tm
     assert again.history == result.history and again.best_epoch == result.best_epoch
     for a, b in zip(again.model.state_dict().values(), result.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+def test_a_rerun_with_the_teachers_labels_or_the_label_source_fixed_trains_afresh(synthetic, tmp_path):
+    path = synthetic.teachers["torchscript"]
+    cfg = DistillConfig(student="xs", epochs=1, batch_size=32)
+
+    def resumed(teacher, faces) -> bool:
+        messages: list[str] = []
+        work, cache = tmp_path / "work", tmp_path / "cache"
+        distill(
+            faces, [(teacher, _sha256(path))], cfg, work_dir=work, cache_dir=cache, progress=False, log=messages.append
+        )
+        return any(m.startswith("resuming") for m in messages)
+
+    resumed(load_teacher(path), synthetic.train)
+    reordered = load_teacher(path, {"labels": list(reversed(LABELS))})
+    assert not resumed(reordered, synthetic.train), "the same file with its labels fixed is another teacher"
+    votes = synthetic.folder / "votes.csv"
+    rows = len(synthetic.train) + len(synthetic.test)
+    votes.write_text("\n".join([VOTE_HEADER, *(f"Training,{i},0,9,0,0,0,0,0,0,0,0" for i in range(rows))]) + "\n")
+    voted, _ = with_vote_targets(synthetic.train, votes, 0.5)
+    assert not resumed(reordered, voted), "votes are another label source"
+    assert resumed(reordered, voted), "the same run again resumes"
 
 
 @pytest.mark.slow
