@@ -61,6 +61,7 @@ def teacher_logits(
             sha256,
             teacher.labels,
             teacher.preprocessing.to_dict(),
+            teacher.output,
             teacher.backend,
             faces_fingerprint(faces.images, faces.labels),
         ]

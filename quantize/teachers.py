@@ -41,6 +41,9 @@ class Teacher:
     # Its graph already averages each face with its mirror image (a card's flip_average), so its answer on a
     # mirrored face is its answer on the face: asking again would only double the work.
     mirror_averaged: bool = False
+    # What the model's graph returns, "logits" or "probabilities" (then `_forward` returns their log): part of
+    # what the cache and a resumed run must tell apart, as the same file gives other targets either way.
+    output: str = "logits"
 
     def logits(self, images_u8: np.ndarray, batch_size: int = 256, flip_tta: bool = False) -> np.ndarray:
         """float32 (N, len(labels)); with flip_tta the average over each face and its mirror image."""
@@ -73,6 +76,7 @@ class Teacher:
             "params": self.num_params,
             "labels": list(self.labels),
             "input": self.preprocessing.to_dict(),
+            "output": self.output,
             **({"align_template": self.align_template} if self.align_template else {}),
         }
 
@@ -168,6 +172,7 @@ def _finish(path: Path, spec: Mapping[str, Any], where: str, opened: OpenedModel
         max_batch=opened.max_batch,
         align_template=_align_template(spec, where),
         mirror_averaged=_flag(spec.get("flip_average", False), "flip_average", where),
+        output=output,
     )
 
 

@@ -152,6 +152,17 @@ def test_teacher_logits_are_cached_for_face_and_mirror(synthetic, tmp_path):
     assert sum(calls) == 100, "another teacher file (sha256) must not reuse the cache"
 
 
+def test_teacher_cache_keeps_a_models_logits_and_probabilities_apart(synthetic, tmp_path):
+    teacher = load_teacher(synthetic.teachers["torchscript"])
+    faces = synthetic.train.subset(slice(0, 20))
+    teacher_logits(teacher, "sha", faces, tmp_path, log=lambda _: None)
+    told_otherwise = replace(teacher, output="probabilities")
+    messages: list[str] = []
+    teacher_logits(told_otherwise, "sha", faces, tmp_path, log=messages.append)
+    assert any("computing logits" in m for m in messages), "the cache must not answer for another output kind"
+    assert told_otherwise.record("sha")["output"] == "probabilities"
+
+
 def test_kd_loss_renormalises_over_the_classes_a_teacher_knows():
     six = [0, 2, 3, 4, 5, 6]  # no disgust
     student = torch.tensor([[2.0, 9.0, 0.5, 1.0, -1.0, 0.0, 0.3]])
