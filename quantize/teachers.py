@@ -124,11 +124,11 @@ def _finish(path: Path, spec: Mapping[str, Any], where: str, opened: OpenedModel
     output = str(spec.get("output", "logits")).lower()
     if output not in ("logits", "probabilities"):
         raise QuantizeError(f"{where}: output {output!r} unknown; use logits or probabilities")
+    raw = forward
     if output == "probabilities":
-        raw = forward
         forward = lambda batch: np.log(np.clip(raw(batch), 1e-7, None))  # noqa: E731 - log-probs act as logits
     try:
-        probe = forward(np.zeros((1, 48, 48), dtype=np.uint8))
+        probe = raw(np.zeros((1, 48, 48), dtype=np.uint8))
     except QuantizeError:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure of a foreign model on a valid input is the user's model
@@ -139,6 +139,7 @@ def _finish(path: Path, spec: Mapping[str, Any], where: str, opened: OpenedModel
         ) from None
     if probe.ndim != 2 or probe.shape[0] != 1:
         raise QuantizeError(f"{where}: output shape {list(probe.shape)} is not (batch, classes)")
+    _check_output_kind(probe, output, path, where)
     width = probe.shape[1]
     if "labels" in spec:
         labels = parse_labels(spec["labels"], where)
@@ -174,6 +175,25 @@ def _finish(path: Path, spec: Mapping[str, Any], where: str, opened: OpenedModel
         mirror_averaged=_flag(spec.get("flip_average", False), "flip_average", where),
         output=output,
     )
+
+
+def _check_output_kind(probe: np.ndarray, output: str, path: Path, where: str) -> None:
+    """Refuse a model whose answer contradicts the spec's output kind: probabilities read as logits are flattened
+    again at the distillation temperature (near-uniform targets); logits read as probabilities lose every
+    negative score."""
+    in_range = bool(((probe >= -1e-6) & (probe <= 1 + 1e-6)).all())
+    if output == "logits" and in_range and np.allclose(probe.sum(axis=1), 1.0, atol=1e-3):
+        raise QuantizeError(
+            f"{where}: its outputs lie in 0..1 and sum to 1, so it ends in softmax, and read as logits they would "
+            f'teach nearly uniform targets; add "output": "probabilities" to its spec, or output=probabilities to '
+            f"its --teacher options (e.g. --teacher '{path}:output=probabilities')"
+        )
+    if output == "probabilities" and not in_range:
+        outside = float(probe[(probe < 0) | (probe > 1)].flat[0])
+        raise QuantizeError(
+            f"{where}: its spec says output=probabilities, but it answers {outside:.3g}, outside 0..1, so its "
+            "outputs are logits; remove output=probabilities"
+        )
 
 
 def _flag(value: Any, key: str, where: str) -> bool:

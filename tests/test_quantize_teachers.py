@@ -428,6 +428,19 @@ def test_pickled_model_needs_trust_and_probabilities_become_log_scores(tmp_path:
     np.testing.assert_allclose(teacher.logits(faces), np.log(probs), atol=1e-5)
 
 
+def test_a_teacher_must_say_whether_it_answers_probabilities_or_logits(tmp_path: Path) -> None:
+    torch.manual_seed(5)
+    soft, plain = tmp_path / "soft.onnx", tmp_path / "plain.onnx"
+    _save_onnx(nn.Sequential(TinyNet(1, 7), nn.Softmax(dim=1)), soft, (1, 1, 48, 48))
+    _save_onnx(TinyNet(1, 7), plain, (1, 1, 48, 48))
+    with pytest.raises(QuantizeError, match=r"soft.onnx.*ends in softmax.*soft.onnx:output=probabilities"):
+        load_teacher(soft)
+    assert load_teacher(f"{soft}:output=probabilities").output == "probabilities"
+    with pytest.raises(QuantizeError, match=r"plain.onnx.*outside 0..1.*remove output=probabilities"):
+        load_teacher(f"{plain}:output=probabilities")
+    assert load_teacher(plain).output == "logits"
+
+
 def test_teacher_argument_parsing() -> None:
     assert parse_teacher_arg("t.pt") == (Path("t.pt"), {})
     path, spec = parse_teacher_arg("dir/t.onnx:size=96,channels=3,mean=imagenet,labels=a/b,head=linear:64+relu+linear")
