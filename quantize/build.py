@@ -206,6 +206,19 @@ def teacher_accuracy(teacher: Teacher, sha256: str, faces: FaceSet, cache_dir: P
     return float((predicted == faces.labels[known]).mean())
 
 
+def refuse_below_chance(teacher: Teacher, accuracy: float, split: str) -> None:
+    """Stop before training on a teacher that does worse than guessing: a working model whose outputs are read in
+    the wrong label order (any seven-output model is taken to be in FER2013's) teaches exactly that."""
+    chance = 1 / len(teacher.labels)
+    if accuracy < chance:
+        raise QuantizeError(
+            f"teacher {teacher.name}: top-1 {accuracy * 100:.2f}% on {split} is below chance ({chance * 100:.2f}% "
+            f"for {len(teacher.labels)} classes), so its outputs are probably in another order than "
+            f'{"/".join(teacher.labels)}; give its order with "labels" in its spec, or labels= among its '
+            f"--teacher options (e.g. --teacher '{teacher.path}:labels=neutral/happy/...')"
+        )
+
+
 def _calibrated(
     model: Student, train: FaceSet, meta: dict[str, Any], opts: BuildOptions, log: Log
 ) -> tuple[Student, dict[str, Any] | None]:
@@ -256,6 +269,7 @@ def build(opts: BuildOptions, log: Log = print) -> list[Path]:
     accuracies = [teacher_accuracy(t, sha, view, cache_dir, log) for (t, sha), view in zip(loaded, eval_views)]
     for (t, _), acc in zip(loaded, accuracies):
         log(f"teacher {t.describe()}: top-1 {acc * 100:.2f}% on {eval_faces.split} (flip-averaged)")
+        refuse_below_chance(t, acc, eval_faces.split)
 
     result = distill(
         train,

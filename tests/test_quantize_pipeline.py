@@ -44,6 +44,7 @@ from tests.quantize_support import (  # noqa: E402
     LABELS,
     SHARED,
     VOTE_HEADER,
+    Columns,
     real_fer_rows,
     save_teachers,
     synthetic_faces,
@@ -509,6 +510,25 @@ def test_int8_gate_refuses_and_leaves_the_old_files(built, synthetic, tmp_path, 
     assert written.sha256 == _sha256(tmp_path / "syn.onnx")
     assert written.raw["quantization"]["allowed_drop"] is True
     assert sorted(p.name for p in tmp_path.iterdir()) == ["syn.fp32.onnx", "syn.json", "syn.onnx"]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit: what users' teachers come as
+def test_build_refuses_a_teacher_below_chance_as_one_in_another_label_order(synthetic, tmp_path, capsys):
+    tiny = torch.jit.load(str(synthetic.teachers["torchscript"]))
+    shifted = [(i + 3) % 7 for i in range(7)]  # answers in another order than FER2013's, like FER+ models
+    other_order = tmp_path / "other_order.pt"
+    torch.jit.trace(torch.nn.Sequential(tiny, Columns(shifted)), torch.zeros(1, 1, 48, 48)).save(str(other_order))
+    spec = f"{other_order}:size=48,channels=1,mean=half,std=half"
+    out = tmp_path / "models" / "m"
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+        status = main(["build", "--data", str(synthetic.csv), "--teacher", spec, "--student", "xs", "--out", str(out)])
+    assert status == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: teacher other_order") and "below chance" in err[-1] and "labels=" in err[-1]
+    assert sum(line.startswith("error") for line in err) == 1
+    assert not (tmp_path / "models").exists()
 
 
 # ---------------------------------------------------------------- real faces
