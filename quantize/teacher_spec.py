@@ -31,6 +31,33 @@ else:  # pragma: no cover - Python 3.10
 
 INPUT_KEYS = ("channels", "size", "mean", "std", "resize", "scale", "illumination")
 TOP_KEYS = ("arch", "head", "labels", "output", "name", "flip_average")
+# What else a spec file may hold: the card layout's input keys, a free-text input description, and notes for people
+# that `quantize train-teacher` (quantize.teacher_run_files) and the shared teachers' training runs write.
+FILE_INPUT_KEYS = (*INPUT_KEYS, "shape", "color", "from")
+FILE_CROP_KEYS = ("align_template", "margin")
+RECORD_KEYS = (
+    "layout",
+    "classifier",
+    "trained_on",
+    "validation",
+    "val_top1_fliptta",
+    "publictest_top1_fliptta",
+    "publictest_top1_fliptta_raw",
+    "publictest_top1_fliptta_ema",
+    "epoch",
+    "epochs",
+    "epochs_done",
+    "epochs_planned",
+    "wall_minutes",
+    "wall_seconds",
+    "train",
+    "recipe",
+    "weights",
+    "device",
+    "dtype",
+    "torch",
+    "pt_bytes",
+)
 
 
 def parse_teacher_arg(text: str) -> tuple[Path, dict[str, Any]]:
@@ -92,7 +119,25 @@ def read_spec_file(path: Path) -> dict[str, Any]:
         raise QuantizeError(f"cannot read teacher spec {path}: {exc}") from None
     if not isinstance(data, dict):
         raise QuantizeError(f"teacher spec {path} must be an object with arch/labels/input keys")
+    unknown = [] if "schema" in data else _unknown_keys(data)  # a model card records much besides its spec
+    if unknown:
+        raise QuantizeError(
+            f"teacher spec {path}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+            f"a spec's keys are {', '.join(TOP_KEYS)}, input ({', '.join(FILE_INPUT_KEYS[:-1])}) and crop "
+            f"(align_template): rename or remove {'them' if len(unknown) > 1 else 'it'}"
+        )
     return data
+
+
+def _unknown_keys(data: Mapping[str, Any]) -> list[str]:
+    """The keys of a spec file the tool would silently ignore: a misspelt or misplaced key ("classes",
+    "input.norm", a top-level "mean") that the user means to take effect."""
+    unknown = [key for key in data if key not in (*TOP_KEYS, "input", "crop", *RECORD_KEYS)]
+    for section, known in (("input", FILE_INPUT_KEYS), ("crop", FILE_CROP_KEYS)):
+        value = data.get(section)
+        if isinstance(value, Mapping):
+            unknown += [f"{section}.{key}" for key in value if key not in known]
+    return unknown
 
 
 def merge_specs(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 from torch import nn  # noqa: E402
 
-from edge.contract import CANONICAL_LABELS  # noqa: E402
+from edge.contract import CANONICAL_LABELS, new_card  # noqa: E402
 from quantize.archs import (  # noqa: E402
     ARCH_NAMES,
     build_arch,
@@ -94,6 +94,7 @@ TORCHVISION = {
         {"features.denseblock3.denselayer48.conv2.weight": (32, 128, 3, 3), "classifier.weight": (1000, 1920)},
     ),
 }
+LABELS_FER_PLUS = ["neutral", "happy", "surprise", "sad", "angry", "disgust", "fear"]
 HEADS = ["linear", "dropout:0.2,linear", "linear:64,relu,dropout,linear"]
 
 
@@ -329,6 +330,34 @@ def test_onnx_six_class_teacher_gives_the_torch_logits(tmp_path: Path) -> None:
         mirrored = model(teacher.preprocessing.apply(faces[:, :, ::-1])).numpy()
     np.testing.assert_allclose(teacher.logits(faces, batch_size=2), expected, atol=1e-4)
     np.testing.assert_allclose(teacher.logits(faces, flip_tta=True), (expected + mirrored) / 2, atol=1e-4)
+
+
+def test_a_spec_file_with_keys_the_tool_does_not_read_is_refused_and_a_card_is_not(tmp_path: Path) -> None:
+    path = tmp_path / "m.onnx"
+    _save_onnx(TinyNet(channels=1, classes=7), path, (1, 1, 48, 48))
+    _write_spec(tmp_path / "m.json", {"classes": LABELS_FER_PLUS, "input": {"mean": "half"}})
+    with pytest.raises(QuantizeError, match=r"m.json: unknown key 'classes'; .*labels"):
+        load_teacher(path)
+    _write_spec(tmp_path / "m.json", {"labels": "fer2013", "input": {"norm": "half"}})
+    with pytest.raises(QuantizeError, match=r"m.json: unknown key 'input.norm'; .*mean"):
+        load_teacher(path)
+    # A model card is a spec too, with many keys recorded for people.
+    card = new_card(
+        name="m",
+        labels=list(CANONICAL_LABELS),
+        channels=1,
+        height=48,
+        width=48,
+        mean=[0.5],
+        std=[0.5],
+        crop_margin=0.1,
+        precision="fp32",
+        variants={"fp32": path.name},
+        variant_sha256={"fp32": "0" * 64},
+        metrics={"fp32": {"top1": 0.6}},
+    )
+    _write_spec(tmp_path / "m.json", card)
+    assert load_teacher(path).preprocessing.mean == [0.5]
 
 
 def test_onnx_with_fixed_batch_runs_face_by_face(tmp_path: Path) -> None:
