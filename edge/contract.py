@@ -89,13 +89,20 @@ class ModelCard:
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
+# What a precision variant adds to its model's name (`quantize build` writes x.onnx and x.fp32.onnx).
+VARIANT_TAGS = (".fp32", ".int8")
+
+
 def card_path_for(model_path: Path) -> Path:
-    """`models/x.onnx` -> `models/x.json`; `models/x.fp32.onnx` falls back to `models/x.json`."""
+    """`models/x.onnx` -> `models/x.json`; a variant `models/x.fp32.onnx` (or x.int8.onnx) falls back to
+    `models/x.json`. Only a precision tag is taken off, so a name with dots of its own (`fer.v2.fp32.onnx` ->
+    `fer.v2.json`) finds its own card, never another model's `fer.json` beside it."""
     beside = model_path.with_suffix(".json")
     if beside.exists():
         return beside
-    stem = model_path.name.split(".")[0]
-    return model_path.with_name(stem + ".json")
+    stem = model_path.stem
+    tag = next((t for t in VARIANT_TAGS if stem.endswith(t)), "")
+    return model_path.with_name(stem.removesuffix(tag) + ".json")
 
 
 def _fail(path: Path, what: str) -> ModelError:

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from edge.contract import CANONICAL_LABELS
+from edge.contract import CANONICAL_LABELS, card_path_for
 from quantize.errors import QuantizeError
 
 if sys.version_info >= (3, 11):
@@ -102,7 +102,7 @@ def find_spec_file(model_path: Path) -> Path | None:
 
 
 def _card_listing(model_path: Path) -> Path | None:
-    card = model_path.with_suffix("").with_suffix(".json")  # mood-m.fp32.onnx -> mood-m.json
+    card = card_path_for(model_path)  # mood-m.fp32.onnx -> mood-m.json, as the daemon finds it
     try:
         variants = json.loads(card.read_text(encoding="utf-8")).get("variants") or {}
     except (OSError, UnicodeDecodeError, ValueError, AttributeError):

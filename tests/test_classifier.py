@@ -186,6 +186,14 @@ def test_pinned_precision_picks_that_variant(tmp_path: Path, precision: str, fil
     assert model.precision == precision and model.path.name == file_name
 
 
+def test_a_name_with_dots_finds_its_own_card_not_another_models_beside_it(tmp_path: Path) -> None:
+    write_tiny_model(tmp_path, "fer")  # another model's fer.json beside it
+    write_tiny_model(tmp_path, "fer.v2", variants=True)
+    for file_name in ("fer.v2.onnx", "fer.v2.fp32.onnx"):
+        model = ExpressionModel.load(tmp_path / file_name, precision="fp32")
+        assert model.card.name == "fer.v2" and model.path.name == "fer.v2.fp32.onnx"
+
+
 def test_pinned_precision_the_card_does_not_have(tmp_path: Path) -> None:
     message = one_line_error(write_tiny_model(tmp_path), precision="int8")
     assert "no int8 variant" in message and "fp32" in message

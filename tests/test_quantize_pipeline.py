@@ -485,6 +485,19 @@ def test_a_flip_averaged_build_teaches_without_a_second_pass_for_mirrors(built, 
 
 
 @pytest.mark.slow
+def test_a_build_named_with_dots_writes_a_model_the_daemon_loads_with_its_own_card(synthetic, tmp_path):
+    out = tmp_path / "models" / "syn.v2"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(synthetic.folder / "cache"))
+        args = ["--student", "xs", "--epochs", "1", "--batch-size", "32", "--latency-runs", "0", "--max-drop", "100"]
+        assert main(["build", "--data", str(synthetic.csv), *args, "--out", str(out)]) == 0
+    card = load_card(tmp_path / "models" / "syn.v2.json")
+    assert card.variants == {"fp32": "syn.v2.fp32.onnx", "int8": "syn.v2.onnx"}
+    for file_name in card.variants.values():
+        assert ExpressionModel.load(tmp_path / "models" / file_name, precision="fp32").card.name == "syn.v2"
+
+
+@pytest.mark.slow
 def test_int8_gate_refuses_and_leaves_the_old_files(built, synthetic, tmp_path, capsys):
     shutil.copy(built / "syn.fp32.onnx", tmp_path)
     card = json.loads((built / "syn.json").read_text())
