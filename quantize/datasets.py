@@ -48,6 +48,7 @@ class FaceSet:
     skipped: int = 0  # unreadable images left out (only with skip_corrupt)
     rows: np.ndarray | None = None  # int64 (N,): each face's data row in a CSV file (None for image folders)
     targets: np.ndarray | None = None  # float32 (N, len(CANONICAL_LABELS)): per-face class distributions
+    file_rows: int | None = None  # data rows in that CSV file, every split's (None for image folders)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -176,7 +177,7 @@ def _load_csv_split(path: Path, split: str, cache: bool) -> FaceSet:
                 f"{path} has no Usage column, so it holds only one split; ask for split 'train' "
                 "or give a file with Usage"
             )
-        return FaceSet(images, labels, str(path), split, rows=np.arange(len(labels)))
+        return FaceSet(images, labels, str(path), split, rows=np.arange(len(labels)), file_rows=len(labels))
     wanted = CSV_SPLITS.get(split.lower(), split)
     match = next((i for i, u in enumerate(usage_names) if u.lower() == wanted.lower()), None)
     if match is None:
@@ -185,7 +186,7 @@ def _load_csv_split(path: Path, split: str, cache: bool) -> FaceSet:
             f"use one of {', '.join(CSV_SPLITS)} or a Usage value"
         )
     mask = usage == match
-    return FaceSet(images[mask], labels[mask], str(path), split, rows=np.flatnonzero(mask))
+    return FaceSet(images[mask], labels[mask], str(path), split, rows=np.flatnonzero(mask), file_rows=len(labels))
 
 
 def _cache_file(path: Path) -> Path:

@@ -25,15 +25,16 @@ def with_vote_targets(faces: FaceSet, votes_file: Path, weight: float) -> tuple[
     """`faces` with targets mixed from the vote file's distributions, and the record the card keeps of it."""
     if not 0.0 < weight <= 1.0:
         raise QuantizeError(f"votes weight {weight} must lie in (0, 1]: the share of the votes in each face's target")
-    if faces.rows is None:
+    if faces.rows is None or faces.file_rows is None:
         raise QuantizeError(
             f"{faces.source} is an image folder; a vote file goes with a FER2013-layout CSV, whose rows it follows"
         )
     votes = read_votes(votes_file)
-    if len(votes) <= int(faces.rows.max()):
+    # Longer is as wrong as shorter: a vote file of another CSV lines its rows up with the wrong faces.
+    if len(votes) != faces.file_rows:
         raise QuantizeError(
-            f"vote file {votes_file} has {len(votes)} rows but {faces.source} has a face on data row "
-            f"{int(faces.rows.max())}; give the vote file made for this CSV (one row per data row, same order)"
+            f"vote file {votes_file} has {len(votes)} rows but {faces.source} has {faces.file_rows} data rows; "
+            "give the vote file made for this CSV (one row per data row, same order)"
         )
     distributions, usable = vote_distributions(votes[faces.rows])
     own = np.eye(len(CANONICAL_LABELS), dtype=np.float32)[faces.labels]

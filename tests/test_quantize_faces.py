@@ -88,6 +88,10 @@ def test_votes_need_the_csv_they_were_made_for(tmp_path: Path) -> None:
         with_vote_targets(load_dataset(csv, "train", cache=False), short, 1.0)
     with pytest.raises(QuantizeError, match="weight"):
         with_vote_targets(load_dataset(csv, "train", cache=False), short, 1.5)
+    # One row more than the CSV: every face would still find a row, and the rows would not be its own.
+    longer = _votes_file(tmp_path / "v8.csv.gz", [f"Training,{i},10,0,0,0,0,0,0,0,0,0" for i in range(8)])
+    with pytest.raises(QuantizeError, match=r"has 8 rows but .*d.csv has 7 data rows; give the vote file made"):
+        with_vote_targets(load_dataset(csv, "train", cache=False), longer, 1.0)
 
 
 # ---------------------------------------------------------------- alignment
