@@ -47,6 +47,12 @@ def check_output_folder(folder: Path) -> None:
         )
 
 
+def check_output_name(out: Path) -> None:
+    """Fail now, not after training, if `--out` names a folder: the tool writes files named after `out`."""
+    if Path(out).is_dir():
+        raise QuantizeError(f"--out {out} is a folder; name the output inside it, e.g. --out {Path(out) / 'NAME'}")
+
+
 class StagedOutputs:
     """Hands out paths in a hidden staging folder beside `dest`; commit() renames them into `dest` and deletes
     the folder with anything else written there (scratch files such as the QOperator comparison model).

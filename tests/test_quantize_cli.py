@@ -103,6 +103,16 @@ def test_build_errors_are_one_line_and_write_nothing(case, data, tmp_path, capsy
     assert _files(tmp_path) == before
 
 
+@pytest.mark.parametrize("command", ["build", "distill"])
+def test_out_naming_a_folder_is_refused_before_any_training(command, data, tmp_path, capsys):
+    (tmp_path / "models").mkdir()
+    argv = [command, "--data", str(data), "--student", "xs", "--epochs", "1", "--out", str(tmp_path / "models")]
+    assert main(argv) == 2
+    line = _one_error_line(capsys)
+    assert "models is a folder" in line and "models/NAME" in line
+    assert _files(tmp_path) == ["models"]
+
+
 def test_export_refuses_a_file_that_is_not_a_student(tmp_path, capsys):
     teacher_weights = tmp_path / "teacher.pt"
     torch.save({"fc.weight": torch.zeros(7, 4)}, teacher_weights)
