@@ -71,6 +71,14 @@ class QuantizeOptions:
     latency_runs: int = 200
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        # Made from the command line before training starts, so a mistake here costs no training time.
+        if self.calibration_faces < 1:
+            raise QuantizeError(
+                f"--calibration-faces {self.calibration_faces}: INT8 calibration needs at least one training face "
+                "(default 300)"
+            )
+
 
 @dataclass
 class BuildOptions:

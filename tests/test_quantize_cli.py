@@ -62,6 +62,7 @@ def _teacher(folder: Path) -> Path:
         "bad alpha",
         "unreadable out",
         "bad zoom view",
+        "no calibration faces",
     ],
 )
 def test_build_errors_are_one_line_and_write_nothing(case, data, tmp_path, capsys):
@@ -84,6 +85,8 @@ def test_build_errors_are_one_line_and_write_nothing(case, data, tmp_path, capsy
         extra = ["--alpha", "1.5"]
     elif case == "bad zoom view":
         extra = ["--zoom-view", "0.8"]  # below 1 would shrink the face, which is not a zoom view
+    elif case == "no calibration faces":
+        extra = ["--calibration-faces", "0"]
     elif case == "unreadable out":
         (tmp_path / "models").write_text("a file where the output folder should be")
     before = _files(tmp_path)
@@ -98,6 +101,7 @@ def test_build_errors_are_one_line_and_write_nothing(case, data, tmp_path, capsy
         "bad alpha": "alpha",
         "unreadable out": "models",
         "bad zoom view": "zoom view 0.8",
+        "no calibration faces": "--calibration-faces 0",
     }[case]
     assert expected in line
     assert _files(tmp_path) == before
