@@ -237,7 +237,8 @@ def _read_text(path: Path) -> bytes:
 def _parse_csv(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """images uint8 (N,48,48), labels int64, usage codes uint8, usage names; one error per bad row."""
     lines = _read_text(path).split(b"\n")
-    header = [h.strip().strip('"').lower() for h in lines[0].decode("utf-8", "replace").split(",")]
+    # utf-8-sig: a CSV saved by Excel starts with a byte order mark, which is not part of the first column's name.
+    header = [h.strip().strip('"').lower() for h in lines[0].decode("utf-8-sig", "replace").split(",")]
     try:
         col_label = next(header.index(n) for n in ("emotion", "label", "labels") if n in header)
         col_pixels = header.index("pixels")

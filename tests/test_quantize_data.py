@@ -167,6 +167,13 @@ def test_missing_split_and_bad_files_say_what_is_wrong(tmp_path: Path) -> None:
         load_dataset(broken, "train")
 
 
+def test_csv_saved_by_excel_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    lines = _csv_lines(_faces(2, seed=9), [3, 4], ["Training", "Training"])
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")
+    assert load_dataset(path, "train", cache=False).labels.tolist() == [3, 4]
+
+
 def test_header_only_csv_is_an_empty_split(tmp_path: Path) -> None:
     path = _write(tmp_path / "empty.csv", ["emotion,pixels"])
     with pytest.raises(QuantizeError, match="holds no faces"):
