@@ -7,6 +7,7 @@ left half-written.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -129,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     except OSError as exc:  # file not found, permission denied, disk full: name the file and the cause
         where = f" {exc.filename}" if exc.filename else ""
-        _error(f"{exc.strerror or exc}{':' + where if where else ''}; check the path and permissions")
+        fix = (
+            "free some space or choose another --out" if exc.errno == errno.ENOSPC else "check the path and permissions"
+        )
+        _error(f"{exc.strerror or exc}{':' + where if where else ''}; {fix}")
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr, flush=True)
         return 130

@@ -23,6 +23,11 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
             write(f)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; these are ordinary files
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.filename is None:  # a failed write (disk full) names no file: name the one being written
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -206,3 +206,14 @@ def test_a_once_run_whose_disk_stays_full_says_what_is_lost_and_exits_3(tiny_dis
     output, _ = daemon.communicate(timeout=120)
     assert daemon.returncode == EXIT_EVENTS_UNSENT, output[-3000:]
     assert "events kept in memory are lost" in output and "Traceback" not in output
+
+
+def test_a_tool_output_that_does_not_fit_names_its_file_and_leaves_no_part_behind(tiny_disk):
+    from quantize.outputs import write_atomically  # the quantize tool's; its command line prints the name
+
+    tiny_disk.fill()
+    target = tiny_disk.path / "mood.onnx"
+    with pytest.raises(OSError) as caught:
+        write_atomically(target, lambda f: f.write(b"\0" * 65536))
+    assert (caught.value.errno, caught.value.filename) == (errno.ENOSPC, str(target))
+    assert list(tiny_disk.path.iterdir()) == [tiny_disk.filler], "no temporary file left"
