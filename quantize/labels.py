@@ -30,10 +30,23 @@ _ALIASES: dict[str, str] = {
 }
 
 
+# Classes some models answer beside the seven and FER2013 has no faces for: FER+'s eight-class models add
+# contempt (and its vote file unknown and not-a-face). A teacher's outputs for them are left out.
+OTHER_CLASSES = frozenset({"contempt", "unknown", "nf", "not_a_face"})
+
+
+def _key(name: str) -> str:
+    return name.strip().lower().replace("-", "_").replace(" ", "_")
+
+
+def is_other_class(name: str) -> bool:
+    """A class FER2013 does not have (contempt, unknown, not-a-face)."""
+    return _key(name) in OTHER_CLASSES
+
+
 def map_label_name(name: str) -> int:
     """Index into CANONICAL_LABELS of a class name, case-insensitive and tolerant of common aliases."""
-    key = name.strip().lower().replace("-", "_").replace(" ", "_")
-    canonical = _ALIASES.get(key)
+    canonical = _ALIASES.get(_key(name))
     if canonical is None:
         raise QuantizeError(
             f"unknown expression label {name!r}; known names: {', '.join(CANONICAL_LABELS)} "

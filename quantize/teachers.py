@@ -13,7 +13,7 @@ import numpy as np
 
 from edge.contract import CANONICAL_LABELS, parse_align_template
 from quantize.errors import QuantizeError
-from quantize.labels import map_label_names
+from quantize.labels import is_other_class, map_label_names
 from quantize.teacher_formats import OpenedModel, open_onnx, open_torch
 from quantize.teacher_input import Preprocessing
 from quantize.teacher_spec import find_spec_file, merge_specs, parse_labels, parse_teacher_arg, read_spec_file
@@ -155,6 +155,13 @@ def _finish(path: Path, spec: Mapping[str, Any], where: str, opened: OpenedModel
             f"{where}: model has {width} outputs but its spec lists {len(labels)} labels "
             f"({', '.join(labels)}); fix the labels in the spec"
         )
+    kept = [i for i, name in enumerate(labels) if not is_other_class(name)]
+    if len(kept) < len(labels):  # the softmax over the kept outputs renormalises them
+        every_output = forward
+        forward = lambda batch: every_output(batch)[:, kept]  # noqa: E731
+        labels = [labels[i] for i in kept]
+    if len(labels) < 2:
+        raise QuantizeError(f"{where}: fewer than two of its labels are FER2013 expressions; it has nothing to teach")
     try:
         label_index = map_label_names(labels)
     except QuantizeError as exc:

@@ -332,6 +332,21 @@ def test_onnx_six_class_teacher_gives_the_torch_logits(tmp_path: Path) -> None:
     np.testing.assert_allclose(teacher.logits(faces, flip_tta=True), (expected + mirrored) / 2, atol=1e-4)
 
 
+def test_an_eight_class_fer_plus_teacher_teaches_the_seven_without_contempt(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    model = TinyNet(channels=1, classes=8).eval()
+    path = tmp_path / "emotion-ferplus-8.onnx"  # the layout of the ONNX model zoo's FER+ model
+    _save_onnx(model, path, (1, 1, 64, 64))
+    teacher = load_teacher(f"{path}:labels={'/'.join(LABELS_FER_PLUS)}/contempt,mean=none")
+    assert teacher.labels == LABELS_FER_PLUS and teacher.label_index == [6, 3, 5, 4, 0, 1, 2]
+    faces = _faces(4)
+    with torch.no_grad():
+        every_output = model(teacher.preprocessing.apply(faces)).numpy()
+    np.testing.assert_allclose(teacher.logits(faces), every_output[:, :7], atol=1e-4)
+    with pytest.raises(QuantizeError, match="unknown expression label 'contemt'"):
+        load_teacher(f"{path}:labels={'/'.join(LABELS_FER_PLUS)}/contemt")
+
+
 def test_a_spec_file_with_keys_the_tool_does_not_read_is_refused_and_a_card_is_not(tmp_path: Path) -> None:
     path = tmp_path / "m.onnx"
     _save_onnx(TinyNet(channels=1, classes=7), path, (1, 1, 48, 48))
