@@ -174,12 +174,14 @@ def _load_csv_split(path: Path, split: str, cache: bool) -> FaceSet:
     if not usage_names:  # no Usage column: the whole file is one split
         if split.lower() not in ("train", "all"):
             raise QuantizeError(
-                f"{path} has no Usage column, so it holds only one split; ask for split 'train' "
-                "or give a file with Usage"
+                f"{path} has no Usage column, so all its faces are training faces; for faces to test on, give a "
+                "CSV whose Usage column marks them (Training / PublicTest, or train / test)"
             )
         return FaceSet(images, labels, str(path), split, rows=np.arange(len(labels)), file_rows=len(labels))
     wanted = CSV_SPLITS.get(split.lower(), split)
-    match = next((i for i, u in enumerate(usage_names) if u.lower() == wanted.lower()), None)
+    # FER2013's Usage values first; other CSVs name their splits as image-folder exports do (train, test, val).
+    accepted = {name.lower() for name in (wanted, *FOLDER_SPLITS.get(split.lower(), ()))}
+    match = next((i for i, u in enumerate(usage_names) if u.lower() in accepted), None)
     if match is None:
         raise QuantizeError(
             f"{path} has no rows with Usage {wanted!r} (present: {', '.join(usage_names)}); "

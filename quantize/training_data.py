@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from edge.faces import find_yunet
 from edge.locations import model_dirs
 from quantize.datasets import FaceSet, load_dataset
@@ -51,6 +53,11 @@ def load_training_data(
     """The training split (and `eval_split`, if given) with targets and alignment as `opts` asks."""
     train = load_dataset(data, "train")
     eval_faces = load_dataset(data, eval_split) if eval_split else None
+    if eval_faces is not None and _same_faces(train, eval_faces):
+        raise QuantizeError(
+            f"{data}: the {eval_split!r} split is the training faces, so accuracy measured on it would say nothing; "
+            "give a CSV with a Usage column (Training / PublicTest) or a folder with train/ and test/"
+        )
     labels = own_labels_record(train)
     if opts.votes is not None:
         train, labels = with_vote_targets(train, opts.votes, opts.votes_weight)
@@ -154,3 +161,9 @@ def _yunet(path: Path | None) -> Path:
             "give its path with --yunet (face_detection_yunet_2023mar.onnx from the OpenCV Zoo)"
         )
     return found
+
+
+def _same_faces(train: FaceSet, other: FaceSet) -> bool:
+    """Whether `other` is the training split itself (a file without Usage, or a folder without split
+    subfolders, holds one split only)."""
+    return len(train) == len(other) and np.array_equal(train.images, other.images)

@@ -13,6 +13,7 @@ from edge.contract import CANONICAL_LABELS
 from quantize.datasets import FaceSet, load_dataset, stratified_split
 from quantize.errors import QuantizeError
 from quantize.labels import map_label_name, map_label_names
+from quantize.training_data import FaceOptions, load_training_data
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FER_CSV = SHARED / "data" / "fer2013" / "fer2013.csv.gz"
@@ -148,6 +149,18 @@ def test_csv_without_usage_is_one_training_split(tmp_path: Path) -> None:
     assert len(load_dataset(path, "train")) == 4
     with pytest.raises(QuantizeError, match="no Usage column"):
         load_dataset(path, "test")
+
+
+def test_csv_whose_usage_names_its_splits_train_and_test_loads_them(tmp_path: Path) -> None:
+    path = _write(tmp_path / "own.csv", _csv_lines(_faces(3, seed=8), [0, 1, 2], ["train", "train", "test"]))
+    assert list(load_dataset(path, "train").labels) == [0, 1]
+    assert list(load_dataset(path, "test").labels) == [2]
+
+
+def test_the_training_faces_are_never_the_faces_a_build_is_tested_on(tmp_path: Path) -> None:
+    path = _write(tmp_path / "train.csv", _csv_lines(_faces(4, seed=6), [0, 1, 2, 3], None))
+    with pytest.raises(QuantizeError, match="'train' split is the training faces"):
+        load_training_data(path, "train", FaceOptions(), None, lambda _: None)
 
 
 def test_missing_split_and_bad_files_say_what_is_wrong(tmp_path: Path) -> None:
