@@ -63,6 +63,11 @@ def open_onnx(path: Path, spec: dict[str, Any], where: str, device: str) -> Open
     if len(inputs) != 1 or len(inputs[0].shape) != 4:
         raise QuantizeError(f"{where}: expected one NCHW image input, found {[(i.name, i.shape) for i in inputs]}")
     batch_dim, channels, height, width = inputs[0].shape
+    if isinstance(channels, int) and channels not in (1, 3) and width in (1, 3):
+        raise QuantizeError(
+            f"{where}: its input {inputs[0].shape} is channels-last (NHWC); the tool feeds NCHW images, so "
+            "export the model with channels first (e.g. a transpose to NCHW at its input)"
+        )
     static = all(isinstance(d, int) for d in (channels, height, width))
     section = dict(spec.get("input") or {})
     if static:

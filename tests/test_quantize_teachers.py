@@ -375,6 +375,21 @@ def test_a_spec_file_with_keys_the_tool_does_not_read_is_refused_and_a_card_is_n
     assert load_teacher(path).preprocessing.mean == [0.5]
 
 
+def test_a_channels_last_onnx_teacher_is_named_and_told_what_to_change(tmp_path: Path) -> None:
+    class ChannelsLast(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = TinyNet(channels=3, classes=7)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x.permute(0, 3, 1, 2))
+
+    path = tmp_path / "nhwc.onnx"
+    _save_onnx(ChannelsLast(), path, (1, 48, 48, 3))
+    with pytest.raises(QuantizeError, match=r"teacher nhwc.onnx: its input .* is channels-last \(NHWC\)"):
+        load_teacher(path)
+
+
 def test_onnx_with_fixed_batch_runs_face_by_face(tmp_path: Path) -> None:
     model = TinyNet(channels=3, classes=7).eval()
     path = tmp_path / "fixed.onnx"
