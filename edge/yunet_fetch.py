@@ -63,7 +63,8 @@ def fetch_yunet(folder: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256, 
         handle, name = tempfile.mkstemp(prefix=".yunet.", dir=folder)
     except OSError as exc:
         raise ModelError(
-            f"cannot write the YuNet model into {folder} ({exc.strerror}); give a writable folder with --dir"
+            f"cannot write the YuNet model into {folder} ({exc.strerror}); make that folder writable, or put "
+            f"{target.name} in another (`edge models fetch --dir FOLDER`) and set detector.yunet_model to it"
         ) from None
     partial = Path(name)
     try:

@@ -220,12 +220,14 @@ install_config() {
     if [ -e "$ROOT$CONF" ]; then
         say "keeping the existing $CONF"
     else
-        local example tmp
+        local example tmp device_id
         example=$("$ROOT$VENV/bin/python" -c \
             'import edge, pathlib; print(pathlib.Path(edge.__file__).with_name("config.example.toml"))')
         [ -f "$example" ] || die "the installed package has no config.example.toml ($example)"
         tmp=$(mktemp "$ROOT$CONF_DIR/.config.XXXXXX")
-        "$ROOT$VENV/bin/python" - "$example" "$tmp" "$(hostname)" "$YUNET_PATH" <<'PY'
+        # The host name as a device id (letters, digits, - and _), as the daemon makes one: pi.lan -> pi.
+        device_id=$(printf %s "$(hostname | cut -d. -f1)" | tr -c 'A-Za-z0-9_-' '-')
+        "$ROOT$VENV/bin/python" - "$example" "$tmp" "${device_id:-edge}" "$YUNET_PATH" <<'PY'
 import re
 import sys
 
@@ -246,7 +248,7 @@ for (section, key), value in settings.items():  # keys the example lacks
 open(out, "w", encoding="utf-8").write("\n".join(lines) + "\n")
 PY
         mv "$tmp" "$ROOT$CONF"
-        say "wrote $CONF (device id $(hostname)); edit [source] and [mqtt] there"
+        say "wrote $CONF (device id ${device_id:-edge}); edit [source] and [mqtt] there"
     fi
     # It may hold MQTT credentials: readable by root and the service's group only.
     chmod 0640 "$ROOT$CONF"

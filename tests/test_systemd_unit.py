@@ -9,7 +9,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -219,13 +218,23 @@ def yunet_file(tmp_path) -> tuple[Path, str]:
     return path, hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def run_installer(root: Path, *args: str, script: Path = INSTALL) -> subprocess.CompletedProcess:
+def run_installer(
+    root: Path, *args: str, script: Path = INSTALL, hostname: str | None = None
+) -> subprocess.CompletedProcess:
+    """The script staged under `root`; `hostname` stands in for the machine's name (a `hostname` command first
+    on PATH that prints it)."""
     env = dict(
         os.environ,
         EDGE_MOOD_PREFIX=str(root),
         EDGE_MOOD_PYTHON=sys.executable,
         EDGE_MOOD_PIP_OPTS="--no-deps --no-index",
     )
+    if hostname is not None:
+        shims = root.parent / "shims"
+        shims.mkdir(exist_ok=True)
+        (shims / "hostname").write_text(f"#!/bin/sh\necho {hostname}\n")
+        (shims / "hostname").chmod(0o755)
+        env["PATH"] = f"{shims}:{env['PATH']}"
     return subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -235,7 +244,7 @@ def test_installer_installs_once_and_keeps_an_edited_config(tmp_path, wheel, yun
     yunet, digest = yunet_file
     args = ("--source", str(wheel), "--yunet-file", str(yunet), "--yunet-sha256", digest)
 
-    first = run_installer(root, *args)
+    first = run_installer(root, *args, hostname="living-room.lan")
     assert first.returncode == 0, first.stdout + first.stderr
     assert (root / "opt/edge-mood/venv/bin/edge").exists()
     assert (root / "etc/systemd/system/edge-mood.service").read_text() == UNIT.read_text()
@@ -246,7 +255,7 @@ def test_installer_installs_once_and_keeps_an_edited_config(tmp_path, wheel, yun
 
     # The written config is valid for the daemon and names this device and the detector's final path.
     config = load_config(config_path, {})
-    assert config.device_id == socket.gethostname()
+    assert config.device_id == "living-room", "a host name's domain is no part of a device id"
     assert config.detector.yunet_model == f"/opt/edge-mood/models/{yunet.name}"
     assert "# " in config_path.read_text()  # the example's comments survive
 
