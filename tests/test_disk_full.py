@@ -136,25 +136,30 @@ VISITS = 6
 SCRIPT = [Segment(8, None)] + [Segment(12, BRIGHT), Segment(12, None)] * VISITS
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared (real photos and the YuNet model)")
-def test_the_daemon_survives_a_full_disk_mid_run_and_loses_no_event(tiny_disk, tmp_path, broker, subscriber):
+def start_once_run(tmp_path: Path, broker, spool_dir: Path, script: list[Segment]) -> subprocess.Popen:
+    """`edge run --once` on frames of `script` played like a camera, its spool in `spool_dir`."""
     folder = tmp_path / "frames"
-    write_images(folder, SCRIPT)
+    write_images(folder, script)
     config = write_config(
         tmp_path,
         broker,
         folder,
         source={"realtime": True, "fps": 10.0},
-        spool={"dir": str(tiny_disk.path)},
+        spool={"dir": str(spool_dir)},
         tracking={"leave_after_s": 0.3},
     )
-    sub = subscriber(broker, "edge-mood/room1/#")
-    daemon = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "edge", "run", "--once", "--config", str(config)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared (real photos and the YuNet model)")
+def test_the_daemon_survives_a_full_disk_mid_run_and_loses_no_event(tiny_disk, tmp_path, broker, subscriber):
+    sub = subscriber(broker, "edge-mood/room1/#")
+    daemon = start_once_run(tmp_path, broker, tiny_disk.path, SCRIPT)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(daemon.stdout), daemon=True)
     reader.start()
@@ -184,23 +189,8 @@ def test_the_daemon_survives_a_full_disk_mid_run_and_loses_no_event(tiny_disk, t
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared (real photos and the YuNet model)")
 def test_a_once_run_whose_disk_stays_full_says_what_is_lost_and_exits_3(tiny_disk, tmp_path, broker, subscriber):
-    folder = tmp_path / "frames"
-    write_images(folder, SCRIPT[:5])
-    config = write_config(
-        tmp_path,
-        broker,
-        folder,
-        source={"realtime": True, "fps": 10.0},
-        spool={"dir": str(tiny_disk.path)},
-        tracking={"leave_after_s": 0.3},
-    )
     sub = subscriber(broker, "edge-mood/room1/events")
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "edge", "run", "--once", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    daemon = start_once_run(tmp_path, broker, tiny_disk.path, SCRIPT[:5])
     sub.wait_for(1, timeout=60)
     tiny_disk.fill()  # and never freed: what comes after waits in memory and is lost at the end
     output, _ = daemon.communicate(timeout=120)
