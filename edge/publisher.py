@@ -188,8 +188,9 @@ class Publisher:
     def stop(self, timeout: float = 5.0) -> None:
         """Let in-flight events be acknowledged, publish the retained "offline", disconnect.
 
-        Events not yet sent stay in the spool for the next start. Returns within about `timeout`
-        seconds (plus at most one connect attempt) also when the broker is away.
+        Events beyond the last in-flight window, or not acknowledged in time, stay in the spool for the next
+        start. Returns within about `timeout` seconds (plus at most one connect attempt) also when the broker
+        is away.
         """
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -230,7 +231,10 @@ class Publisher:
                 self._handle_acks()
                 if stopping:
                     if self.connected:
-                        self._send_state()  # the last state set before stop() still goes out
+                        # The last state and the events spooled just before stop() (the faces that left) still
+                        # go out, one in-flight window of them; stop() waits for their acknowledgements.
+                        self._send_state()
+                        self._send_events()
                     return
                 self._warn_about_drops()
                 if self.connected:

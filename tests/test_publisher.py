@@ -178,6 +178,19 @@ def test_clean_stop_sends_the_last_state_and_leaves_offline_retained(broker, sub
     assert state[0].json()["face_count"] == 0 and state[0].retain
 
 
+def test_events_spooled_just_before_a_clean_stop_are_sent_by_it(broker, subscriber, make_publisher):
+    events = subscriber(broker, EVENTS)
+    publisher = make_publisher(broker)
+    wait_until(lambda: publisher.connected, "the connection")
+    for i in range(3):  # as the daemon's last step spools a face_leave for each face in view
+        publisher.spool.append(sample_event(i))
+    publisher.wake()
+    publisher.publish_state(state_payload(device=DEVICE, ts=time.time(), faces=[], model="m"))
+    publisher.stop()
+    assert [m.json()["seq"] for m in events.wait_for(3)] == [1, 2, 3]
+    assert publisher.spool.depth == 0
+
+
 PUBLISHER_PROCESS = """
 import sys, time
 from pathlib import Path
