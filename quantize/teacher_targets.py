@@ -62,6 +62,7 @@ def teacher_logits(
             teacher.labels,
             teacher.preprocessing.to_dict(),
             teacher.output,
+            teacher.mirror_averaged,  # then the cached mirror answers are the face's own
             teacher.backend,
             faces_fingerprint(faces.images, faces.labels),
         ]

@@ -78,6 +78,7 @@ class Teacher:
             "input": self.preprocessing.to_dict(),
             "output": self.output,
             **({"align_template": self.align_template} if self.align_template else {}),
+            **({"flip_average": True} if self.mirror_averaged else {}),
         }
 
 

@@ -475,6 +475,12 @@ def test_a_flip_averaged_build_teaches_without_a_second_pass_for_mirrors(built, 
     assert sum(calls) == 50, "one pass: the graph averages each face with its mirror already"
     asked = forward(np.ascontiguousarray(faces.images[:, :, ::-1]))
     assert np.allclose(mirror, asked, atol=1e-4), "its answer on the mirror is its answer on the face"
+    # Told otherwise, the same file is another teacher: its own cache entry, its own record (and fingerprint).
+    told_otherwise = load_teacher(f"{built / 'syn.fp32.onnx'}:flip_average=false")
+    forward, calls = told_otherwise._forward, []
+    told_otherwise._forward = lambda batch: (calls.append(len(batch)), forward(batch))[1]
+    teacher_logits(told_otherwise, "sha", faces, tmp_path, log=lambda _: None)
+    assert sum(calls) == 100 and told_otherwise.record("sha") != teacher.record("sha")
     card = json.loads((built / "syn.json").read_text())
     (tmp_path / "syn.fp32.onnx").write_bytes((built / "syn.fp32.onnx").read_bytes())
     (tmp_path / "syn.json").write_text(json.dumps({**card, "flip_average": False}))
