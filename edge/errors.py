@@ -7,7 +7,8 @@ from edge.contract import ModelError, UserError
 
 __all__ = ["EXIT_EVENTS_UNSENT", "ConfigError", "ModelError", "SourceError", "UserError"]
 
-# `edge run --once`: the source ended, but the broker did not take every event (they stay in the spool).
+# `edge run --once`: the source ended, but the broker did not take every event (they stay in the spool, or were
+# lost with a spool whose disk stayed full).
 EXIT_EVENTS_UNSENT = 3
 
 
