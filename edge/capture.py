@@ -56,6 +56,7 @@ class FrameGrabber:
         self._corrupt_before = 0  # images skipped by sources already closed
         self._next_index = 0
         self._ever_attached = False
+        self._opening_since: float | None = None  # monotonic start of the reopen attempt under way
         self.dropped = 0
         self.reconnects = 0
         self.connected = False
@@ -70,11 +71,13 @@ class FrameGrabber:
         with self._cond:
             return self._ended and self._slot is None
 
-    @property
-    def waiting_for_source(self) -> bool:
+    def waiting_for_source(self, hung_after_s: float) -> bool:
         """The live source is gone (or not there yet) and the capture thread retries it with back-off: no
-        frame is due, and nothing is wedged."""
-        thread = self._thread
+        frame is due. Not so once one attempt to open it has taken longer than `hung_after_s`: a wedged
+        driver, which a restart may cure."""
+        opening_since, thread = self._opening_since, self._thread
+        if opening_since is not None and time.monotonic() - opening_since > hung_after_s:
+            return False
         return not self.connected and thread is not None and thread.is_alive() and not self._ended
 
     @property
@@ -208,12 +211,15 @@ class FrameGrabber:
         delay, attempts, since = self._initial_s, 0, time.monotonic()
         while not self._stop.wait(delay):
             attempts += 1
+            self._opening_since = time.monotonic()
             try:
                 source = self._open_fn()
             except Exception as exc:  # includes SourceError; every failure is retried, never fatal
                 logger.debug("reopen attempt %d failed: %s", attempts, exc)
                 delay = min(delay * 2, self._max_s)
                 continue
+            finally:
+                self._opening_since = None
             self._attach(source)
             if was_connected:
                 self.reconnects += 1

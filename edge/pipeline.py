@@ -262,7 +262,8 @@ class Daemon:
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
-        if self.grabber.waiting_for_source:  # the grabber has logged the loss and retries with back-off
+        # The grabber has logged the loss and retries with back-off (unless an attempt hangs).
+        if self.grabber.waiting_for_source(hung_after_s=self.config.service.stall_timeout_s):
             self._last_frame_at = now  # no frame is due until the camera is back
             self._announce(f"waiting for {self.grabber.description}")  # absent at start: up, and waiting
         healthy = now - self._last_frame_at < self.config.service.stall_timeout_s

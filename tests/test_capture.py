@@ -176,6 +176,29 @@ def test_absent_camera_at_start_is_waited_for() -> None:
         grabber.stop()
 
 
+def test_a_camera_away_is_waited_for_but_one_whose_reopening_hangs_is_not() -> None:
+    attempts, hang = {"n": 0}, threading.Event()
+
+    def open_camera() -> StandInCamera:
+        attempts["n"] += 1
+        if attempts["n"] < 4:
+            raise SourceUnavailable("camera /dev/video0 not found")
+        hang.wait(30)  # a wedged driver: the open call does not return
+        return StandInCamera()
+
+    grabber = FrameGrabber(open_camera, reconnect_initial_s=0.01, reconnect_max_s=0.02)
+    grabber.start()
+    try:
+        assert grabber.waiting_for_source(hung_after_s=0.3), "away and retried: no frame is due"
+        deadline = time.monotonic() + 5
+        while grabber.waiting_for_source(hung_after_s=0.3) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert attempts["n"] == 4 and not grabber.waiting_for_source(hung_after_s=0.3), "hung: no longer waiting"
+    finally:
+        hang.set()
+        grabber.stop()
+
+
 def test_source_that_cannot_work_fails_at_start(tmp_path: Path) -> None:
     grabber = FrameGrabber(lambda: open_source(str(tmp_path / "missing.mp4")))
     with pytest.raises(SourceError, match="missing.mp4"):
