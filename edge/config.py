@@ -260,7 +260,13 @@ SECTION_TYPES: dict[str, type[Section]] = get_type_hints(Config)
 
 
 def _hostname_id() -> str:
-    name = socket.gethostname().split(".")[0]
+    return device_id_from_host(socket.gethostname())
+
+
+def device_id_from_host(hostname: str) -> str:
+    """A device id from a host name: its first label, other characters than letters, digits, - and _ as -
+    (`pi.lan` -> `pi`). systemd/install.sh writes the same into the config it makes."""
+    name = hostname.strip().split(".")[0]
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in name) or "edge"
 
 

@@ -225,9 +225,11 @@ install_config() {
             'import edge, pathlib; print(pathlib.Path(edge.__file__).with_name("config.example.toml"))')
         [ -f "$example" ] || die "the installed package has no config.example.toml ($example)"
         tmp=$(mktemp "$ROOT$CONF_DIR/.config.XXXXXX")
-        # The host name as a device id (letters, digits, - and _), as the daemon makes one: pi.lan -> pi.
-        device_id=$(printf %s "$(hostname | cut -d. -f1)" | tr -c 'A-Za-z0-9_-' '-')
-        "$ROOT$VENV/bin/python" - "$example" "$tmp" "${device_id:-edge}" "$YUNET_PATH" <<'PY'
+        # The host name as a device id, made as the daemon makes one (pi.lan -> pi).
+        device_id=$("$ROOT$VENV/bin/python" -c \
+            'import sys; from edge.config import device_id_from_host; print(device_id_from_host(sys.argv[1]))' \
+            "$(hostname)")
+        "$ROOT$VENV/bin/python" - "$example" "$tmp" "$device_id" "$YUNET_PATH" <<'PY'
 import re
 import sys
 
@@ -248,7 +250,7 @@ for (section, key), value in settings.items():  # keys the example lacks
 open(out, "w", encoding="utf-8").write("\n".join(lines) + "\n")
 PY
         mv "$tmp" "$ROOT$CONF"
-        say "wrote $CONF (device id ${device_id:-edge}); edit [source] and [mqtt] there"
+        say "wrote $CONF (device id $device_id); edit [source] and [mqtt] there"
     fi
     # It may hold MQTT credentials: readable by root and the service's group only.
     chmod 0640 "$ROOT$CONF"
