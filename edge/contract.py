@@ -89,8 +89,9 @@ class ModelCard:
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
-# What a precision variant adds to its model's name (`quantize build` writes x.onnx and x.fp32.onnx).
-VARIANT_TAGS = (".fp32", ".int8")
+# What a precision variant adds to its model's name (`quantize build` writes x.onnx and x.fp32.onnx; QOperator
+# and QDQ comparisons are x.qop.onnx and x.qdq.onnx): such files are not models of their own.
+VARIANT_TAGS = (".fp32", ".int8", ".qop", ".qdq")
 
 
 def card_path_for(model_path: Path) -> Path:

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from edge.contract import VARIANT_TAGS
 from edge.errors import ModelError
 
 # A source checkout keeps models/ beside edge/; a pip install puts it under <prefix>/share/edge-mood.
@@ -22,8 +23,7 @@ YUNET_URL = (
 )
 YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
 
-# Other precisions of a model are named <name>.<variant>.onnx and are not models of their own.
-VARIANT_SUFFIXES = (".fp32.onnx", ".int8.onnx", ".qop.onnx", ".qdq.onnx")
+VARIANT_SUFFIXES = tuple(f"{tag}.onnx" for tag in VARIANT_TAGS)
 
 
 def model_dirs() -> list[Path]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.contract import CANONICAL_LABELS, ModelError, file_sha256, load_card, new_card, save_card
+from edge.contract import CANONICAL_LABELS, ModelError, card_path_for, file_sha256, load_card, new_card, save_card
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,3 +116,11 @@ def test_labels_that_home_assistant_could_not_tell_apart_are_named(tmp_path, lab
     assert line.startswith(f"model card {path}: ") and "rename" in line and "\n" not in line
     with pytest.raises(ModelError, match="refusing to write"):
         save_card(_card(tmp_path, labels), tmp_path / "written.json")
+
+
+@pytest.mark.parametrize(
+    ("model", "card"),
+    [("x.onnx", "x.json"), ("x.fp32.onnx", "x.json"), ("x.qdq.onnx", "x.json"), ("fer.v2.int8.onnx", "fer.v2.json")],
+)
+def test_every_variant_of_a_model_finds_the_models_card(tmp_path, model, card):
+    assert card_path_for(tmp_path / model) == tmp_path / card
