@@ -42,8 +42,20 @@ ENV_PREFIX = "EDGE_MOOD_"
 PASSWORD_ENV = "EDGE_MOOD_MQTT_PASSWORD"
 CONFIG_ENV = "EDGE_MOOD_CONFIG"
 # Variables under the prefix that are not settings: the config file's path, the password (read apart), and
-# systemd/install.sh's own options, which may still be exported in the shell that runs `edge` next.
-NOT_SETTINGS = frozenset({CONFIG_ENV, PASSWORD_ENV, "EDGE_MOOD_PREFIX", "EDGE_MOOD_PYTHON", "EDGE_MOOD_PIP_OPTS"})
+# the options of systemd/install.sh and docs/mosquitto/add-device.sh, which may still be exported in the shell
+# that runs `edge` next.
+NOT_SETTINGS = frozenset(
+    {
+        CONFIG_ENV,
+        PASSWORD_ENV,
+        "EDGE_MOOD_PREFIX",
+        "EDGE_MOOD_PYTHON",
+        "EDGE_MOOD_PIP_OPTS",
+        "EDGE_MOOD_TOPIC_PREFIX",
+        "EDGE_MOOD_DISCOVERY_PREFIX",
+        "EDGE_MOOD_DEVICE_PASSWORD",
+    }
+)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from edge.cli import build_parser, config_from_args
@@ -35,12 +38,16 @@ def test_run_help_names_the_exit_status_for_unsent_events(capsys):
     assert "exit status 3 when some could not be sent" in " ".join(capsys.readouterr().out.split())
 
 
-def test_the_config_file_named_by_the_environment_is_read_beside_the_installers_variables(tmp_path, monkeypatch):
+def test_the_config_file_named_by_the_environment_is_read_beside_the_scripts_variables(tmp_path, monkeypatch):
     config = tmp_path / "config.toml"
     config.write_text('[mqtt]\ndevice_id = "from-file"\nhost = "broker.lan"\n')
     monkeypatch.setenv("EDGE_MOOD_CONFIG", str(config))
-    for left_by_install_sh in ("EDGE_MOOD_PREFIX", "EDGE_MOOD_PYTHON", "EDGE_MOOD_PIP_OPTS"):
-        monkeypatch.setenv(left_by_install_sh, "x")
+    scripts = [Path("systemd/install.sh"), Path("docs/mosquitto/add-device.sh")]
+    repo = Path(__file__).resolve().parents[1]
+    their_variables = {name for script in scripts for name in re.findall(r"EDGE_MOOD_\w+", (repo / script).read_text())}
+    assert "EDGE_MOOD_PIP_OPTS" in their_variables and "EDGE_MOOD_TOPIC_PREFIX" in their_variables
+    for left_by_a_script in their_variables:
+        monkeypatch.setenv(left_by_a_script, "x")
     monkeypatch.setenv("EDGE_MOOD_MQTT_HOST", "from-env")
     loaded = config_from_args(build_parser().parse_args(["tail"]))
     assert loaded.path == config
