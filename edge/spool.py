@@ -65,7 +65,11 @@ class SpoolError(UserError):
 
 
 class _Corrupt(SpoolError):
-    """The spool file is damaged: not a database, or its integrity check fails."""
+    """The spool file is damaged: not a database, or its integrity check fails (`reason`: SQLite's words)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class Spool:
@@ -226,18 +230,18 @@ class Spool:
                     part.rename(aside / part.name)
             except OSError as move_failed:
                 raise SpoolError(
-                    f"spool {self.path} is corrupt ({exc}) and cannot be moved aside ({move_failed.strerror}); "
+                    f"spool {self.path} is corrupt ({exc.reason}) and cannot be moved aside ({move_failed.strerror}); "
                     f"move it and its -wal/-shm files out of {self.path.parent} and start again"
                 ) from None
             logger.error(
                 "spool %s is corrupt (%s); moved it to %s, where its unsent events stay (`sqlite3 %s .recover` "
                 "may retrieve them), and started a new spool",
                 self.path,
-                exc,
+                exc.reason,
                 aside,
                 aside / self.path.name,
             )
-            return self._connect()
+            return self._connect()  # corrupt again, afresh: _Corrupt's own line says the disk may be failing
 
     def _files(self) -> list[Path]:
         """The spool file and the WAL and shared-memory files SQLite keeps beside it (not the seq mark)."""
@@ -295,7 +299,11 @@ class Spool:
                 f"spool {self.path} cannot be used ({text}); check that no other edge-mood uses it and that "
                 f"its folder is on a local disk, or set [spool] dir"
             )
-        return _Corrupt(text)
+        return _Corrupt(
+            f"spool {self.path} is corrupt ({text}) although it was just made afresh; the disk under "
+            f"{self.path.parent} may be failing: check it (or set [spool] dir to another) and start again",
+            text,
+        )
 
     def _continue_counter(self) -> tuple[str, int, bool]:
         """(epoch, reserved, whether the spool already stores that epoch), from the mark and the spool.
