@@ -179,9 +179,10 @@ def _load_csv_split(path: Path, split: str, cache: bool) -> FaceSet:
             )
         return FaceSet(images, labels, str(path), split, rows=np.arange(len(labels)), file_rows=len(labels))
     wanted = CSV_SPLITS.get(split.lower(), split)
-    # FER2013's Usage values first; other CSVs name their splits as image-folder exports do (train, test, val).
-    accepted = {name.lower() for name in (wanted, *FOLDER_SPLITS.get(split.lower(), ()))}
-    match = next((i for i, u in enumerate(usage_names) if u.lower() in accepted), None)
+    # FER2013's Usage value first; other CSVs name their splits as image-folder exports do (train, test, val).
+    lowered = [u.lower() for u in usage_names]
+    names = (wanted, *FOLDER_SPLITS.get(split.lower(), ()))
+    match = next((lowered.index(n.lower()) for n in names if n.lower() in lowered), None)
     if match is None:
         raise QuantizeError(
             f"{path} has no rows with Usage {wanted!r} (present: {', '.join(usage_names)}); "
