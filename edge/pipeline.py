@@ -4,7 +4,8 @@ Capture runs on its own thread and always hands over the newest frame; this loop
 tracker events into payloads, writes them to the on-disk spool (so nothing is lost while the broker is
 away) and wakes the publisher. It feeds the systemd watchdog while frames keep flowing, and while the
 camera is gone and being retried (a restart would not bring it back sooner); it stops feeding it when frames
-stop although the camera is attached, which is a wedged camera or driver that a restart may cure.
+stop although the camera is attached, or an attempt to reopen it hangs: a wedged camera or driver, which a
+restart may cure.
 
 While no face is in view and no face is still tracked, the loop analyses frames at `detector.idle_fps`
 only and lets the others pass; the first face seen brings back every frame. How each analysed frame finds
