@@ -82,7 +82,7 @@ class Daemon:
         self.faces_now = 0
         self.bad_frames = 0
         self._frame_seen = False
-        self._status: str | None = None  # what systemd was last told; None: not ready yet
+        self._doing: str | None = None  # what systemd was last told ("processing", "waiting for"); None: not ready
         self._last_frame_at = time.monotonic()
         self._stalled = False
         self._last_state_at = 0.0
@@ -214,17 +214,19 @@ class Daemon:
         if not self._frame_seen:
             self._frame_seen = True
             logger.info("first frame processed; ready")
-        self._announce(f"processing {self.grabber.description}")
+        self._announce("processing")
 
-    def _announce(self, status: str) -> None:
-        """Tell systemd what the service does now (`systemctl status`); the first time, that it is up."""
-        if status == self._status:
+    def _announce(self, doing: str) -> None:
+        """Tell systemd what the service does now, with what source (`systemctl status`); the first time, that
+        it is up. Called per frame: only a change is sent."""
+        if doing == self._doing:
             return
-        if self._status is None:
+        status = f"{doing} {self.grabber.description}"
+        if self._doing is None:
             self.notifier.ready(status)
         else:
             self.notifier.status(status)
-        self._status = status
+        self._doing = doing
 
     def _count_bad_frame(self, frame: Frame, why: str) -> None:
         self.bad_frames += 1
@@ -266,7 +268,7 @@ class Daemon:
         # The grabber has logged the loss and retries with back-off (unless an attempt hangs).
         if self.grabber.waiting_for_source(hung_after_s=self.config.service.stall_timeout_s):
             self._last_frame_at = now  # no frame is due until the camera is back
-            self._announce(f"waiting for {self.grabber.description}")  # absent at start: up, and waiting
+            self._announce("waiting for")  # absent at start: up, and waiting
         healthy = now - self._last_frame_at < self.config.service.stall_timeout_s
         if not healthy and not self._stalled:
             self._stalled = True
@@ -278,7 +280,7 @@ class Daemon:
                 "; the systemd watchdog is no longer fed" if self.notifier.watchdog_interval_s else "",
             )
         interval = self.notifier.watchdog_interval_s or 5.0
-        if healthy and self._status is not None and now - self._last_watchdog_at >= interval / 2:
+        if healthy and self._doing is not None and now - self._last_watchdog_at >= interval / 2:
             self.notifier.watchdog()
             self._last_watchdog_at = now
         if now - self._last_stats_at >= self.config.stats.interval_s:

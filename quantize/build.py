@@ -42,7 +42,7 @@ from quantize.errors import QuantizeError
 from quantize.evaluate import Evaluation, evaluate_onnx, save_confusion_png
 from quantize.export import ExportReport, export_student
 from quantize.int8 import DEFAULT_MAX_DROP, calibration_faces, check_accuracy_drop, quantize_onnx
-from quantize.outputs import StagedOutputs, check_output_name
+from quantize.outputs import StagedOutputs, check_output
 from quantize.report import render_report, save_training_png
 from quantize.student import Student, views_label, zoom_crop
 from quantize.student_file import student_meta
@@ -104,7 +104,7 @@ class BuildOptions:
 def output_name(out: Path) -> tuple[Path, str]:
     """(folder, NAME) of `--out models/NAME` (a trailing .onnx is tolerated)."""
     out = Path(out)
-    check_output_name(out)
+    check_output(out)
     name = out.name[:-5] if out.name.endswith(".onnx") else out.name
     if not name or name.startswith("."):
         raise QuantizeError(f"output {out} has no usable name; use --out models/NAME")

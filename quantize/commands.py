@@ -145,15 +145,14 @@ def run_distill(args: argparse.Namespace) -> int:
     from quantize.build import default_cache_dir
     from quantize.card import dataset_record
     from quantize.distill import distill
-    from quantize.outputs import check_output_folder, check_output_name
+    from quantize.outputs import check_output
     from quantize.student_file import save_student
     from quantize.training_data import load_training_data, training_teacher_views
 
     cfg = _distill_config(args)
     cfg.check()
     device = _device(args)
-    check_output_name(args.out)
-    check_output_folder(args.out.parent)
+    check_output(args.out)
     cache_dir = args.cache_dir or default_cache_dir()
     data = load_training_data(args.data, None, _face_options(args), cache_dir, log)
     teachers = _load_teachers(args, device)
@@ -271,11 +270,10 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_build(args: argparse.Namespace) -> int:
     from quantize.build import BuildOptions, build, output_name
-    from quantize.outputs import check_output_folder
 
     cfg = _distill_config(args)
     cfg.check()
-    check_output_folder(output_name(args.out)[0])
+    output_name(args.out)  # a bad --out is refused now, not after training
     opts = BuildOptions(
         data=args.data,
         teachers=args.teacher,

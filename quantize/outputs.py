@@ -39,9 +39,13 @@ def _umask() -> int:
     return mask
 
 
-def check_output_folder(folder: Path) -> None:
-    """Fail now, not after hours of training, if `folder` cannot be created or written (creates nothing)."""
-    existing = Path(folder).absolute()
+def check_output(out: Path) -> None:
+    """Fail now, not after hours of training, if the files named after `--out` cannot be written: `out` is a
+    folder, or its folder cannot be created or written (creates nothing)."""
+    if Path(out).is_dir():
+        raise QuantizeError(f"--out {out} is a folder; name the output inside it, e.g. --out {Path(out) / 'NAME'}")
+    folder = Path(out).parent
+    existing = folder.absolute()
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
@@ -50,12 +54,6 @@ def check_output_folder(folder: Path) -> None:
         raise QuantizeError(
             f"cannot write into {folder}: {existing} is not writable; choose another --out or fix its permissions"
         )
-
-
-def check_output_name(out: Path) -> None:
-    """Fail now, not after training, if `--out` names a folder: the tool writes files named after `out`."""
-    if Path(out).is_dir():
-        raise QuantizeError(f"--out {out} is a folder; name the output inside it, e.g. --out {Path(out) / 'NAME'}")
 
 
 class StagedOutputs:

@@ -55,17 +55,10 @@ def teacher_logits(
     log: Callable[[str], None] = print,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(clean, mirror) logits of `teacher` on `faces` and on their mirror images, cached on disk."""
+    # The teacher as its record describes it (file, labels, input, output, flip_average...), the same record a
+    # resumed run's fingerprint holds, so a setting that changes its answers changes both.
     key_text = json.dumps(
-        [
-            CACHE_VERSION,
-            sha256,
-            teacher.labels,
-            teacher.preprocessing.to_dict(),
-            teacher.output,
-            teacher.mirror_averaged,  # then the cached mirror answers are the face's own
-            teacher.backend,
-            faces_fingerprint(faces.images, faces.labels),
-        ]
+        [CACHE_VERSION, teacher.record(sha256), faces_fingerprint(faces.images, faces.labels)], sort_keys=True
     )
     key = hashlib.sha256(key_text.encode()).hexdigest()[:24]
     cache_file = cache_dir / f"{teacher.path.stem}-{key}.npz" if cache_dir else None
