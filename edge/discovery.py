@@ -9,9 +9,9 @@ schemas/ha-discovery.schema.json describes what is published.
 Ids are namespaced by the topic prefix and the exact device id (`node_id`), so devices `Living-Room` and
 `living_room`, or two daemons under different prefixes, never share a discovery topic, a unique_id or a
 device. Entity ids are asked for with `default_entity_id` (Home Assistant 2025.10 and later), made the
-way older versions make them, from the device name and the entity name, so all versions agree for names
-in Latin script (ha_slug says what happens to others); Home Assistant appends `_2` where two devices ask
-for the same one.
+way older versions make them, from the device name and the entity name, with Home Assistant's own slugify
+library, so all versions agree in any script; Home Assistant appends `_2` where two devices ask for the
+same one.
 
 Templates reach into the JSON with `.get()` wherever a field may be missing: it renders "None", which
 Home Assistant reads as unknown, where plain attribute access would log a template warning.
@@ -20,10 +20,11 @@ Home Assistant reads as unknown, where plain attribute access would log a templa
 from __future__ import annotations
 
 import hashlib
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from slugify import slugify
 
 import edge
 from edge.contract import NO_MOOD, id_slug
@@ -103,24 +104,11 @@ class HomeAssistantOptions:
             raise ValueError(f"unknown diagnostics {unknown}; known: {', '.join(DIAGNOSTICS)}")
 
 
-# Latin letters that NFKD leaves whole, spelled as Home Assistant's transliteration (unidecode) spells them.
-_UNDECOMPOSED_LATIN = str.maketrans(
-    {"ß": "ss", "æ": "ae", "ø": "o", "œ": "oe", "ł": "l", "đ": "d", "ð": "d", "þ": "th", "ı": "i", "ħ": "h", "ŋ": "ng"}
-)
-
-
 def ha_slug(text: str) -> str:
-    """'Living-Room 2' -> 'living_room_2', 'Küche' -> 'kuche', 'Salle à manger' -> 'salle_a_manger': the
-    entity id Home Assistant makes of a name (its slugify), for names in Latin script.
-
-    Accents are dropped (NFKD, then no combining marks) and the Latin letters without one spelled out,
-    where Home Assistant transliterates with unidecode, a dependency we do without. Letters of other
-    scripts (Chinese, Cyrillic, Greek, ...) are dropped instead, not transliterated: '客厅' gives 'edge_mood'
-    where Home Assistant makes 'ke_ting'.
-    """
-    letters = unicodedata.normalize("NFKD", text).lower().translate(_UNDECOMPOSED_LATIN)
-    ascii_text = "".join(c for c in letters if not unicodedata.combining(c))
-    return id_slug(ascii_text) or "edge_mood"
+    """'Living-Room 2' -> 'living_room_2', 'Küche' -> 'kuche', '客厅' -> 'ke_ting': the entity id Home Assistant
+    makes of a name, by the library its own slugify uses (python-slugify, separator '_'); 'edge_mood' where
+    nothing is left."""
+    return slugify(text, separator="_") or "edge_mood"
 
 
 def node_id(topics: Topics) -> str:

@@ -74,9 +74,14 @@ def test_entity_ids_of_latin_script_names_are_home_assistants(name, slug):
     assert configs["mood"]["default_entity_id"] == f"sensor.{slug}_mood"
 
 
-def test_other_scripts_are_dropped_from_entity_ids_as_documented():
-    # Home Assistant transliterates (客厅 -> ke_ting); without unidecode we drop them (ha_slug, the docs).
-    assert ha_slug("客厅") == "edge_mood" and ha_slug("客厅 2") == "2"
+@pytest.mark.parametrize(
+    ("name", "slug"),
+    [("客厅", "ke_ting"), ("Гостиная 2", "gostinaia_2"), ("Σαλόνι", "saloni"), ("1,000 rooms", "1000_rooms")],
+)
+def test_entity_ids_of_other_scripts_and_numbers_are_home_assistants(name, slug):
+    # right: Home Assistant's slugify (python-slugify with text-unidecode, separator "_")
+    configs = by_key(discovery_messages(Topics("edge-mood", "cam1"), options=HomeAssistantOptions(name=name)))
+    assert configs["mood"]["default_entity_id"] == f"sensor.{slug}_mood"
 
 
 def test_ids_keep_devices_apart_that_differ_only_in_case_punctuation_or_prefix():
