@@ -92,11 +92,11 @@ def iou(a: Box, b: Box) -> float:
 class Tracker:
     """Greedy IoU tracker with per-track score smoothing and hysteresis."""
 
-    def __init__(self, labels: list[str], settings: TrackerSettings, first_id: int = 1):
+    def __init__(self, labels: list[str], settings: TrackerSettings):
         self.labels = list(labels)
         self.settings = settings
         self._tracks: list[Track] = []
-        self._next_id = first_id
+        self._next_id = 1
 
     @property
     def visible(self) -> list[FaceState]:
