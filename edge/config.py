@@ -282,6 +282,16 @@ def device_id_from_host(hostname: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in name) or "edge"
 
 
+def parse_flag(text: str) -> bool:
+    """'true', 'yes', 'on', '1' -> True; 'false', 'no', 'off', '0' -> False (any case); ValueError otherwise."""
+    word = text.strip().lower()
+    if word in ("true", "yes", "on", "1"):
+        return True
+    if word in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"{text!r} is not yes or no")
+
+
 def _bad(section: str, key: str, value: Any, allowed: str) -> ConfigError:
     return ConfigError(f"config {section}.{key} = {value!r} is not allowed; expected {allowed}")
 
@@ -295,9 +305,7 @@ def _coerce(section: str, key: str, spec: Key, value: Any) -> Any:
         text = value.strip().lower()
         try:
             if spec.kind is bool:
-                if text not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-                    raise ValueError
-                value = text in ("true", "1", "yes", "on")
+                value = parse_flag(text)
             else:
                 value = spec.kind(text)
         except ValueError:

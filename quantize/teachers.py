@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.config import parse_flag
 from edge.contract import CANONICAL_LABELS, parse_align_template
 from quantize.errors import QuantizeError
 from quantize.labels import is_other_class, map_label_names
@@ -208,10 +209,10 @@ def _flag(value: Any, key: str, where: str) -> bool:
     """A yes/no spec value, from a spec file (true/false) or the command line (text)."""
     if isinstance(value, bool):
         return value
-    text = str(value).strip().lower()
-    if text in ("true", "yes", "1", "false", "no", "0"):
-        return text in ("true", "yes", "1")
-    raise QuantizeError(f"{where}: {key} {value!r} is not true or false")
+    try:
+        return parse_flag(str(value))
+    except ValueError:
+        raise QuantizeError(f"{where}: {key} {value!r} is not true or false") from None
 
 
 def _align_template(spec: Mapping[str, Any], where: str) -> list[list[float]] | None:
