@@ -195,6 +195,11 @@ def _expanded(path: str | Path | None) -> str | None:
     return str(Path(path).expanduser()) if path else None
 
 
+SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason: another client connected with our client id
+# A connection closed sooner than this after it was made may have been taken over (brokers that just close it).
+SHORT_CONNECTION_S = 10.0
+
+
 class BrokerError(UserError):
     """The broker cannot be reached or refuses us (for the one-shot tools; the daemon retries instead)."""
 

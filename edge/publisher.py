@@ -38,7 +38,7 @@ import paho.mqtt.client as mqtt
 
 from edge.discovery import HomeAssistantOptions, discovery_messages, node_id, retired_topics
 from edge.errors import UserError
-from edge.mqtt_client import MqttSettings, make_client, speaks_tls
+from edge.mqtt_client import SESSION_TAKEN_OVER, SHORT_CONNECTION_S, MqttSettings, make_client, speaks_tls
 from edge.spool import Spool
 from edge.topics import OFFLINE, ONLINE, Topics
 
@@ -48,10 +48,8 @@ logger = logging.getLogger(__name__)
 
 IDLE_WAKE_S = 1.0  # the worker also looks at the spool this often without being woken
 
-SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason: another client connected with our client id
 # Where the broker just closes the connection on a take-over, TAKEOVER_DROPS connections in a row that
 # each lasted under SHORT_CONNECTION_S, within TAKEOVER_WINDOW_S, are read as one.
-SHORT_CONNECTION_S = 10.0
 TAKEOVER_DROPS = 3
 TAKEOVER_WINDOW_S = 120.0
 

@@ -6,6 +6,7 @@ import json
 import signal
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -14,7 +15,15 @@ from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
 
-from edge.mqtt_client import MqttSettings, connect_or_raise, make_client, refused_error
+from edge.mqtt_client import (
+    SESSION_TAKEN_OVER,
+    SHORT_CONNECTION_S,
+    BrokerError,
+    MqttSettings,
+    connect_or_raise,
+    make_client,
+    refused_error,
+)
 from edge.topics import OFFLINE, parse, subscription
 
 DEFAULT_KINDS = ("events", "state", "status")
@@ -41,19 +50,38 @@ def run_tail(
     # Its own client id: reusing the daemon's would make the broker disconnect the daemon.
     client = make_client(settings, f"edge-mood-tail-{uuid.uuid4().hex[:8]}")
     done = threading.Event()
-    refused: list[str] = []
+    failed: list[BrokerError] = []
     printed = 0
+    connected_at = 0.0
+
+    def fail(error: BrokerError) -> None:
+        failed.append(error)
+        done.set()
 
     def on_connect(client: mqtt.Client, _userdata, _flags, reason: mqtt.ReasonCode, _props) -> None:
         if reason.is_failure:
-            refused.append(str(reason))
-            done.set()
+            fail(refused_error(settings, reason))
             return
         client.subscribe([(f, 1) for f in filters])
 
     def on_subscribe(*_args) -> None:
         if subscribed is not None:
             subscribed.set()
+
+    def on_connect_made(*args) -> None:
+        nonlocal connected_at
+        connected_at = time.monotonic()
+        on_connect(*args)
+
+    def on_disconnect(_client: mqtt.Client, _userdata, _flags, reason: mqtt.ReasonCode, _props) -> None:
+        # A connection closed right after it was made was taken over by another client with this client id.
+        # Reconnecting would push that client off in turn, again and again; where the broker ties client ids
+        # to logins (use_username_as_clientid) it is the daemon on the same login.
+        lasted = time.monotonic() - connected_at
+        if reason.value == 0:  # our own disconnect
+            return
+        if connected_at and (reason.value == SESSION_TAKEN_OVER or lasted < SHORT_CONNECTION_S):
+            fail(_taken_over_error(settings, lasted))
 
     def on_message(_client: mqtt.Client, _userdata, msg: mqtt.MQTTMessage) -> None:
         nonlocal printed
@@ -64,8 +92,9 @@ def run_tail(
         if (count is not None and printed >= count) or (until_offline and went_offline):
             done.set()
 
-    client.on_connect = on_connect
+    client.on_connect = on_connect_made
     client.on_subscribe = on_subscribe
+    client.on_disconnect = on_disconnect
     client.on_message = on_message
     with _ctrl_c_sets(done):
         connect_or_raise(client, settings)
@@ -77,9 +106,19 @@ def run_tail(
         finally:
             client.disconnect()
             client.loop_stop()
-    if refused:
-        raise refused_error(settings, refused[0])
+    if failed:
+        raise failed[0]
     return 0
+
+
+def _taken_over_error(settings: MqttSettings, lasted: float) -> BrokerError:
+    login = f"login {settings.username!r}" if settings.username else "this login"
+    return BrokerError(
+        f"broker {settings.broker} closed the connection {lasted:.1f} s after it was made: another client with the "
+        f"same client id took it over; where the broker makes the login the client id (use_username_as_clientid), "
+        f"that is the daemon on {login}: watch with a login of your own that may read, e.g. edge tail --set "
+        f"mqtt.username=consumer --set mqtt.password_file=PATH"
+    )
 
 
 @contextmanager

@@ -19,7 +19,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.discovery import discovery_messages
-from edge.publisher import TAKEOVER_DROPS
+from edge.mqtt_client import BrokerError
+from edge.publisher import TAKEOVER_DROPS, MqttSettings
+from edge.tail import run_tail
 from tests.mqtt_support import sample_event, wait_until
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "mosquitto"
@@ -35,8 +37,8 @@ def acl_broker(broker_factory, tmp_path: Path, devices: tuple[str, ...]):
     settings = []
     for line in (DOCS / "edge-mood.conf").read_text().splitlines():
         key = line.split(" ", 1)[0]
-        if not line or line.startswith("#") or key in ("password_file", "allow_anonymous"):
-            continue  # the fixture sets these (its own password file)
+        if not line or line.startswith("#") or key in ("password_file", "allow_anonymous", "listener"):
+            continue  # the fixture sets these (its own password file, its listener on a free port)
         settings.append(f"acl_file {acl}" if key == "acl_file" else line)
     assert f"acl_file {acl}" in settings and "use_username_as_clientid true" in settings
     consumers = {name: LOGINS[name] for name in ("consumer", "homeassistant")}
@@ -57,6 +59,13 @@ def acl_broker(broker_factory, tmp_path: Path, devices: tuple[str, ...]):
     os.kill(broker.process.pid, signal.SIGHUP)
     time.sleep(0.5)  # mosquitto reloads between two network loops
     return broker
+
+
+def test_use_username_as_clientid_follows_a_listener_in_the_shipped_config():
+    # mosquitto applies it to the listener defined before it; above every listener it opens a listener on
+    # 1883 of its own, which fails where the devices' listener is 1883, and leaves the others unprotected.
+    lines = [line.split()[0] for line in (DOCS / "edge-mood.conf").read_text().splitlines() if line[:1].isalpha()]
+    assert "use_username_as_clientid" in lines and "listener" in lines[: lines.index("use_username_as_clientid")]
 
 
 def client(broker, client_id: str, username: str | None = None, protocol: str = "5") -> mqtt.Client:
@@ -232,3 +241,49 @@ def test_with_the_shipped_acl_the_documented_command_clears_a_stopped_devices_co
     assert set(retained_configs(broker, subscriber)) == mine["cam1"] | mine["cam2"]
     remove_retained("cam1")
     assert set(retained_configs(broker, subscriber)) == mine["cam2"]
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_edge_tail_on_a_devices_login_stops_with_the_fix_and_leaves_the_daemon_connected(
+    broker_factory, make_publisher, caplog, tmp_path, protocol
+):
+    # With use_username_as_clientid the device's login is the daemon's client id: `edge tail --config <the
+    # device's config>` pushes the daemon off once, and must stop there with the fix, not push it off again
+    # and again (nor wait for messages its login may not read).
+    if not shutil.which("mosquitto_passwd"):
+        pytest.skip("mosquitto_passwd not found (apt install mosquitto)")
+    broker = acl_broker(broker_factory, tmp_path, devices=("cam1",))
+    caplog.set_level(logging.INFO, logger="edge")
+    device = make_publisher(broker, username="cam1", password=LOGINS["cam1"], protocol=protocol)
+    wait_until(lambda: device.connected, "the device's connection")
+    tail_settings = MqttSettings(
+        host=broker.host,
+        port=broker.port,
+        protocol=protocol,
+        device_id="cam1",
+        username="cam1",
+        password=LOGINS["cam1"],
+        reconnect_min_s=0.05,
+        reconnect_max_s=0.5,
+        discovery=False,
+    )
+    outcome: list = []
+    stop = threading.Event()
+
+    def tail() -> None:
+        try:
+            outcome.append(run_tail(tail_settings, stop=stop))
+        except BrokerError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=tail, daemon=True)
+    thread.start()
+    thread.join(10)
+    stop.set()
+    thread.join(5)
+    assert outcome and isinstance(outcome[0], BrokerError), f"the tail kept waiting ({outcome})"
+    line = str(outcome[0])
+    assert "took it over" in line and "login 'cam1'" in line and "mqtt.username=consumer" in line
+    wait_until(lambda: device.connected, "the device's connection after the tail")
+    time.sleep(1.0)  # not a timing assertion: a tail still trying would push the device off in this second
+    assert device.connected and "take-over" not in caplog.text
