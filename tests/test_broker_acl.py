@@ -18,10 +18,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.discovery import discovery_messages
+from edge.discovery import discovery_messages, node_id
 from edge.mqtt_client import BrokerError
 from edge.publisher import TAKEOVER_DROPS, MqttSettings
 from edge.tail import run_tail
+from edge.topics import Topics
 from tests.mqtt_support import sample_event, wait_until
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "mosquitto"
@@ -66,6 +67,22 @@ def test_use_username_as_clientid_follows_a_listener_in_the_shipped_config():
     # 1883 of its own, which fails where the devices' listener is 1883, and leaves the others unprotected.
     lines = [line.split()[0] for line in (DOCS / "edge-mood.conf").read_text().splitlines() if line[:1].isalpha()]
     assert "use_username_as_clientid" in lines and "listener" in lines[: lines.index("use_username_as_clientid")]
+
+
+@pytest.mark.parametrize("device", ["livingroom", "Pi-Kitchen", "pi--2_", "-_-"])
+def test_add_device_lets_each_device_id_write_the_discovery_topics_the_daemon_uses(tmp_path, device):
+    # Any id the installer makes of a host name; the ACL line must name the daemon's own node id.
+    if not shutil.which("mosquitto_passwd"):
+        pytest.skip("mosquitto_passwd not found (apt install mosquitto)")
+    acl = tmp_path / "edge-mood.acl"
+    shutil.copy(DOCS / "edge-mood.acl", acl)
+    env = {**os.environ, "MOSQUITTO_PASSWD_FILE": str(tmp_path / "passwd"), "MOSQUITTO_ACL_FILE": str(acl)}
+    added = subprocess.run(
+        [str(DOCS / "add-device.sh"), device], env={**env, "EDGE_MOOD_DEVICE_PASSWORD": "pw"}, capture_output=True
+    )
+    assert added.returncode == 0, added.stderr
+    node = node_id(Topics("edge-mood", device))
+    assert acl.read_text().splitlines()[-2:] == [f"user {device}", f"topic readwrite homeassistant/+/{node}/+/config"]
 
 
 def client(broker, client_id: str, username: str | None = None, protocol: str = "5") -> mqtt.Client:

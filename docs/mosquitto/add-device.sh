@@ -16,9 +16,8 @@ die() { printf 'add-device: error: %s\n' "$*" >&2; exit 2; }
 
 device=${1:-}
 [ -n "$device" ] || die "usage: $0 DEVICE_ID"
-# Such an id is its own Home Assistant slug, which the node id below is built from (edge/discovery.py).
-[[ $device =~ ^[a-z0-9]+(_[a-z0-9]+)*$ ]] ||
-    die "device id '$device': use lowercase letters and digits, words joined by single _"
+# The device ids the installer makes from host names (edge.config.device_id_from_host), in ASCII.
+[[ $device =~ ^[A-Za-z0-9_-]+$ ]] || die "device id '$device': use letters, digits, - and _"
 case $device in
     homeassistant | consumer) die "'$device' is a consumer login in $ACL; pick another device id" ;;
 esac
@@ -33,9 +32,11 @@ else
     mosquitto_passwd "${create[@]}" "$PASSWD" "$device"
 fi
 
-# The node id names the device's discovery topics: edge_mood_<slug>_<sha256 of "<prefix>/<device>", 8 hex>.
+# The node id names the device's discovery topics: edge_mood_<slug>_<sha256 of "<prefix>/<device>", 8 hex>,
+# the slug as edge.contract.id_slug makes it (lowercase, runs of other characters than a-z and 0-9 as one _).
+slug=$(printf '%s' "$device" | tr '[:upper:]' '[:lower:]' | sed -E 's/[^a-z0-9]+/_/g; s/^_+//; s/_+$//')
 digest=$(printf '%s' "$PREFIX/$device" | sha256sum | cut -c1-8)
-node="edge_mood_${device}_${digest}"
+node="edge_mood_${slug:-edge_mood}_${digest}"
 if ! grep -qx "user $device" "$ACL"; then
     printf '\nuser %s\ntopic readwrite %s/+/%s/+/config\n' "$device" "$DISCOVERY_PREFIX" "$node" >>"$ACL"
 fi
