@@ -82,7 +82,15 @@ def test_add_device_lets_each_device_id_write_the_discovery_topics_the_daemon_us
     )
     assert added.returncode == 0, added.stderr
     node = node_id(Topics("edge-mood", device))
-    assert acl.read_text().splitlines()[-2:] == [f"user {device}", f"topic readwrite homeassistant/+/{node}/+/config"]
+    block = [f"user {device}", f"topic readwrite homeassistant/+/{node}/+/config"]
+    assert acl.read_text().splitlines()[-2:] == block
+    # Run again over the block an earlier version wrote (write only): it is made readwrite, not doubled.
+    acl.write_text(acl.read_text().replace("topic readwrite homeassistant/+/", "topic write homeassistant/+/"))
+    again = subprocess.run(
+        [str(DOCS / "add-device.sh"), device], env={**env, "EDGE_MOOD_DEVICE_PASSWORD": "pw2"}, capture_output=True
+    )
+    assert again.returncode == 0, again.stderr
+    assert acl.read_text().splitlines()[-2:] == block and acl.read_text().splitlines().count(f"user {device}") == 1
 
 
 def client(broker, client_id: str, username: str | None = None, protocol: str = "5") -> mqtt.Client:

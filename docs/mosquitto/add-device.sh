@@ -37,7 +37,10 @@ fi
 slug=$(printf '%s' "$device" | tr '[:upper:]' '[:lower:]' | sed -E 's/[^a-z0-9]+/_/g; s/^_+//; s/_+$//')
 digest=$(printf '%s' "$PREFIX/$device" | sha256sum | cut -c1-8)
 node="edge_mood_${slug:-edge_mood}_${digest}"
+topic="$DISCOVERY_PREFIX/+/$node/+/config"
 if ! grep -qx "user $device" "$ACL"; then
-    printf '\nuser %s\ntopic readwrite %s/+/%s/+/config\n' "$device" "$DISCOVERY_PREFIX" "$node" >>"$ACL"
+    printf '\nuser %s\ntopic readwrite %s\n' "$device" "$topic" >>"$ACL"
+else  # added by an earlier version, with write only: its login could not clear its configs
+    sed -i "s|^topic write $topic\$|topic readwrite $topic|" "$ACL"
 fi
 printf 'add-device: %s can log in and write edge-mood/%s/*; reload mosquitto to apply\n' "$device" "$device"
