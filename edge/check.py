@@ -9,7 +9,8 @@ from collections.abc import Callable
 from edge.config import Config
 from edge.errors import UserError
 from edge.mqtt_client import MqttSettings, connect_or_raise, make_client, refused_error
-from edge.wiring import build_detector, load_model, open_frame_source, open_spool, spool_path
+from edge.spool import peek
+from edge.wiring import build_detector, load_model, open_frame_source, spool_path
 
 BROKER_TIMEOUT_S = 5.0
 SOURCE_TIMEOUT_S = 10.0
@@ -69,11 +70,12 @@ def _read_one_frame(config: Config) -> str:
 
 
 def _spool_report(config: Config) -> str:
-    spool = open_spool(config)
-    try:
-        return f"{spool_path(config)} ({spool.depth} events waiting, last seq {spool.last_seq})"
-    finally:
-        spool.close()
+    """Read only: the check must not make the spool (as root, in the service's folder) nor touch its files."""
+    path = spool_path(config)
+    if not path.exists():
+        return f"{path} (none yet: the daemon makes it at start)"
+    depth, last_seq = peek(path)
+    return f"{path} ({depth} events waiting, last seq {last_seq})"
 
 
 def probe_broker(settings: MqttSettings) -> str:

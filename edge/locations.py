@@ -16,6 +16,7 @@ _CHECKOUT_MODELS = Path(__file__).resolve().parent.parent / "models"
 _INSTALLED_MODELS = Path(sys.prefix) / "share" / "edge-mood" / "models"
 _SYSTEM_APP = Path("/opt/edge-mood")  # systemd/install.sh: venv/ and models/ below it
 _SYSTEM_MODELS = _SYSTEM_APP / "models"
+_SYSTEM_STATE = Path("/var/lib/edge-mood")  # the unit's StateDirectory=
 
 # The YuNet face detector (OpenCV Model Zoo, MIT licence), pinned: edge/yunet_fetch.py refuses any other file.
 YUNET_URL = (
@@ -31,10 +32,22 @@ def model_dirs() -> list[Path]:
     return [d for d in (_CHECKOUT_MODELS, _INSTALLED_MODELS, _SYSTEM_MODELS) if d.is_dir()]
 
 
+def system_install(prefix: str = sys.prefix) -> bool:
+    """Whether this Python is the system-wide install's venv (systemd/install.sh: /opt/edge-mood/venv)."""
+    return _SYSTEM_APP in Path(prefix).resolve().parents
+
+
+def default_state_dir(prefix: str = sys.prefix) -> Path:
+    """Where the spool lives when neither spool.dir nor systemd's $STATE_DIRECTORY says: the service's
+    /var/lib/edge-mood for the system-wide install (so `sudo edge check` looks at the service's spool), else
+    ~/.local/state/edge-mood."""
+    return _SYSTEM_STATE if system_install(prefix) else Path.home() / ".local" / "state" / "edge-mood"
+
+
 def data_dir(environ: Mapping[str, str] | None = None) -> Path:
     """Where a fetched detector goes: /opt/edge-mood/models for the system-wide install, else the user's
     $XDG_DATA_HOME/edge-mood/models (~/.local/share/edge-mood/models)."""
-    if _SYSTEM_APP in Path(sys.prefix).resolve().parents:
+    if system_install():
         return _SYSTEM_MODELS
     env = os.environ if environ is None else environ
     base = env.get("XDG_DATA_HOME", "")

@@ -21,6 +21,7 @@ ends while it holds events.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -469,6 +470,24 @@ class Spool:
 
     def _meta(self, key: str) -> int:
         return int(self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
+
+
+def peek(path: Path) -> tuple[int, int]:
+    """(events waiting, last seq) of a spool file, read without writing anything: SQLite's immutable mode
+    makes no -wal or -shm file, which as another user (root in `edge check`) would lock the daemon out of
+    its own spool. Events a running daemon holds in its write-ahead log are not counted yet."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True)) as db:
+            depth = db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+            row = db.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()
+    except sqlite3.Error as exc:
+        row, cause = None, str(exc)
+    else:
+        cause = "no seq counter"
+    if row is None:
+        raise SpoolError(f"spool {path} cannot be read ({cause}); the daemon moves a broken spool aside at start")
+    last_seq = row[0]
+    return int(depth), int(last_seq)
 
 
 def _cause(exc: sqlite3.Error | OSError) -> str:

@@ -1,0 +1,48 @@
+"""`edge check` against real parts: the shipped model, the sample clip, a real broker, a real spool."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edge.check import run_check
+from edge.config import load_config
+from edge.spool import Spool
+
+SAMPLE = Path(__file__).resolve().parents[1] / "edge" / "sample" / "astronaut.mp4"
+
+
+def check(broker, spool_dir: Path, capsys) -> tuple[int, dict[str, str]]:
+    overrides = {
+        "source.uri": str(SAMPLE),
+        "mqtt.host": broker.host,
+        "mqtt.port": broker.port,
+        "mqtt.protocol": broker.protocol,
+        "mqtt.device_id": "cam1",
+        "spool.dir": str(spool_dir),
+    }
+    status = run_check(load_config(None, overrides, environ={}))
+    lines = capsys.readouterr().out.splitlines()[1:]
+    return status, {line.split()[0]: line for line in lines}
+
+
+def test_every_part_is_reported_and_a_missing_spool_is_not_made(broker, tmp_path, capsys):
+    status, report = check(broker, tmp_path / "state", capsys)
+    assert status == 0, report
+    assert set(report) == {"config", "model", "detector", "source", "spool", "broker"}
+    assert "none yet" in report["spool"]
+    assert not (tmp_path / "state").exists()
+
+
+def test_the_spool_is_read_without_writing_a_byte_beside_it(broker, tmp_path, capsys):
+    # As root on a system install the spool's folder belongs to the service: a -wal or -shm file made by
+    # the check would be root's, and the daemon could no longer write its own spool.
+    spool = Spool(tmp_path / "cam1" / "spool.sqlite3")
+    for n in range(3):
+        spool.append({"n": n})
+    spool.ack_many([1])
+    spool.close()
+    before = {p.name: p.read_bytes() for p in (tmp_path / "cam1").iterdir()}
+    status, report = check(broker, tmp_path, capsys)
+    assert status == 0, report
+    assert "(2 events waiting, last seq 3)" in report["spool"]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "cam1").iterdir()} == before
