@@ -194,11 +194,18 @@ install_yunet() {
     [ -n "$YUNET_URL" ] && args+=(--url "$YUNET_URL")
     [ -n "$YUNET_SHA256" ] && args+=(--sha256 "$YUNET_SHA256")
     [ -n "$YUNET_FILE" ] || say "fetching the YuNet face detector"
-    if ! out=$(PYTHONPATH="$CHECKOUT" "$PYTHON" -m edge.yunet_fetch "${args[@]}" 2>&1); then
-        die "$out"
+    if out=$(PYTHONPATH="$CHECKOUT" "$PYTHON" -m edge.yunet_fetch "${args[@]}" 2>&1); then
+        say "YuNet in place: ${out#"$ROOT"}"
+        return
     fi
-    YUNET_PATH=${out#"$ROOT"}
-    say "YuNet in place: $YUNET_PATH"
+    # An upgrade without internet keeps the detector it has (the daemon finds any YuNet in the folder).
+    local installed=("$ROOT$MODEL_DIR"/face_detection_yunet*.onnx)
+    if [ -z "$YUNET_FILE" ] && [ -f "${installed[-1]}" ]; then
+        say "warning: ${out%%$'\n'*}; keeping ${installed[-1]#"$ROOT"}"
+        return
+    fi
+    [ -n "$YUNET_FILE" ] || out+=" (this installer's option: --yunet-file PATH)"
+    die "$out"
 }
 
 # The expression model ships in the checkout's models/; a wheel or index install carries its own.
@@ -229,12 +236,12 @@ install_config() {
         device_id=$("$ROOT$VENV/bin/python" -c \
             'import sys; from edge.config import device_id_from_host; print(device_id_from_host(sys.argv[1]))' \
             "$(hostname)")
-        "$ROOT$VENV/bin/python" - "$example" "$tmp" "$device_id" "$YUNET_PATH" <<'PY'
+        "$ROOT$VENV/bin/python" - "$example" "$tmp" "$device_id" <<'PY'
 import re
 import sys
 
-example, out, hostname, yunet = sys.argv[1:5]
-settings = {("mqtt", "device_id"): hostname, ("detector", "yunet_model"): yunet}
+example, out, hostname = sys.argv[1:4]
+settings = {("mqtt", "device_id"): hostname}
 section, lines = "", []
 for line in open(example, encoding="utf-8").read().splitlines():
     header = re.match(r"\s*\[([A-Za-z0-9_.-]+)\]\s*$", line)
@@ -252,6 +259,9 @@ PY
         mv "$tmp" "$ROOT$CONF"
         say "wrote $CONF (device id $device_id); edit [source] and [mqtt] there"
     fi
+    # Earlier versions pinned the detector's path, which a later install may name otherwise; the daemon
+    # finds the YuNet in the model folder by itself.
+    sed -i 's|^yunet_model = ".*"  # set by install.sh$|yunet_model = ""|' "$ROOT$CONF"
     # It may hold MQTT credentials: readable by root and the service's group only.
     chmod 0640 "$ROOT$CONF"
     if [ -z "$ROOT" ]; then chown root:"$GROUP" "$ROOT$CONF"; fi

@@ -11,6 +11,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -228,6 +229,9 @@ def run_installer(
         EDGE_MOOD_PREFIX=str(root),
         EDGE_MOOD_PYTHON=sys.executable,
         EDGE_MOOD_PIP_OPTS="--no-deps --no-index",
+        # Offline, the run-time dependencies come from this interpreter's packages, as from the system's
+        # (apt) packages on a Pi; edge itself from the install.
+        PYTHONPATH=sysconfig.get_paths()["purelib"],
     )
     if hostname is not None:
         shims = root.parent / "shims"
@@ -253,17 +257,25 @@ def test_installer_installs_once_and_keeps_an_edited_config(tmp_path, wheel, yun
     config_path = root / "etc/edge-mood/config.toml"
     assert oct(config_path.stat().st_mode & 0o777) == "0o640"  # may hold the MQTT password
 
-    # The written config is valid for the daemon and names this device and the detector's final path.
+    # The written config is valid for the daemon and names this device; the detector is found in the model
+    # folder, not pinned by path, so a later install may name it otherwise.
     config = load_config(config_path, {})
     assert config.device_id == "living-room", "a host name's domain is no part of a device id"
-    assert config.detector.yunet_model == f"/opt/edge-mood/models/{yunet.name}"
+    assert config.detector.yunet_model == ""
     assert "# " in config_path.read_text()  # the example's comments survive
 
-    config_path.write_text(config_path.read_text() + "\n# edited by the owner\n")
-    second = run_installer(root, *args)
+    # An upgrade: the owner's edits stay, the path an earlier version pinned goes, and without internet
+    # the detector in place is kept.
+    pinned = 'yunet_model = "/opt/edge-mood/models/face_detection_yunet_old.onnx"  # set by install.sh'
+    text = config_path.read_text().replace('yunet_model = ""', pinned, 1)
+    config_path.write_text(text + "\n# edited by the owner\n")
+    offline = ("--source", str(wheel), "--yunet-url", "http://127.0.0.1:9/face_detection_yunet_2023mar.onnx")
+    second = run_installer(root, *offline)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "keeping the existing /etc/edge-mood/config.toml" in second.stdout
+    assert f"keeping /opt/edge-mood/models/{yunet.name}" in second.stdout
     assert config_path.read_text().endswith("# edited by the owner\n")
+    assert load_config(config_path, {}).detector.yunet_model == ""
 
     removed = run_installer(root, script=UNINSTALL)
     assert removed.returncode == 0, removed.stderr
