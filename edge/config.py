@@ -41,6 +41,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 ENV_PREFIX = "EDGE_MOOD_"
 PASSWORD_ENV = "EDGE_MOOD_MQTT_PASSWORD"
 CONFIG_ENV = "EDGE_MOOD_CONFIG"
+SERVICE_GROUP = "edge-mood-config"  # systemd/edge-mood.service: SupplementaryGroups=, made by install.sh
 # Variables under the prefix that are not settings: the config file's path, the password (read apart), and
 # the options of systemd/install.sh and docs/mosquitto/add-device.sh, which may still be exported in the shell
 # that runs `edge` next.
@@ -259,12 +260,25 @@ class Config:
             path = Path(self.mqtt.password_file).expanduser()
             try:
                 return path.read_text(encoding="utf-8").strip()
+            except PermissionError:
+                raise ConfigError(
+                    f"mqtt.password_file = {str(path)!r} cannot be read (permission denied); {service_can_read(path)}"
+                ) from None
             except OSError as exc:
                 raise ConfigError(
                     f"mqtt.password_file = {str(path)!r} cannot be read ({exc.strerror}); "
                     f"point it at a readable file holding only the password"
                 ) from None
         return self._environ.get(PASSWORD_ENV) or None
+
+
+def service_can_read(path: Path) -> str:
+    """The fix for a file the daemon may not read. The service runs as a throwaway user whose only way to
+    files under /etc is this group (systemd/edge-mood.service)."""
+    return (
+        f"the service reads files as group {SERVICE_GROUP}: sudo chgrp {SERVICE_GROUP} {path} && sudo chmod 0640 "
+        f"{path} (or run edge as a user who may read it)"
+    )
 
 
 # Section name -> its typed class, read from Config's annotations.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import ssl
 from dataclasses import dataclass, fields
@@ -11,7 +12,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.config import Config
+from edge.config import Config, service_can_read
 from edge.errors import ConfigError, UserError
 from edge.topics import Topics
 
@@ -160,6 +161,10 @@ def _configure_tls(client: mqtt.Client, settings: MqttSettings) -> None:
         if path and not Path(path).expanduser().is_file():
             raise ConfigError(
                 f"mqtt.{key} = {str(path)!r} is not a readable file; point it at the PEM file or leave it empty"
+            )
+        if path and not os.access(Path(path).expanduser(), os.R_OK):
+            raise ConfigError(
+                f"mqtt.{key} = {str(path)!r} cannot be read (permission denied); {service_can_read(path)}"
             )
     try:
         client.tls_set(

@@ -4,10 +4,12 @@ certificates made with openssl for this test only)."""
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
 
+from edge.config import load_config
 from edge.errors import ConfigError
 from edge.publisher import MqttSettings, Publisher
 from edge.spool import Spool
@@ -131,3 +133,22 @@ def test_missing_tls_file_is_a_config_error(tmp_path):
 def test_bad_settings_name_the_key(changes, message):
     with pytest.raises(ConfigError, match=message):
         MqttSettings(**{"device_id": "cam1", **changes})
+
+
+def test_a_password_or_key_the_daemon_may_not_read_names_the_services_group(tmp_path):
+    # As under systemd: the file is root's 0600 and the service may read it only through its group.
+    if os.geteuid() == 0:
+        pytest.skip("root reads every file")
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("pw\n")
+    secret.chmod(0o000)
+    config = load_config(None, {"mqtt.password_file": str(secret)}, environ={})
+    with pytest.raises(ConfigError, match=r"cannot be read \(permission denied\); .*chgrp edge-mood-config"):
+        config.mqtt_password()
+    spool = Spool(tmp_path / "spool.sqlite3")
+    try:
+        with pytest.raises(ConfigError, match=r"mqtt.tls_key = .*permission denied.*chmod 0640"):
+            (tmp_path / "client.crt").write_text("a certificate")
+            Publisher(MqttSettings(device_id="cam1", tls_cert=tmp_path / "client.crt", tls_key=secret), spool)
+    finally:
+        spool.close()
