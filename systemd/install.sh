@@ -169,9 +169,23 @@ write_constraints() {
     fi
 }
 
+# pip builds a source folder in place: as root that leaves root-owned build/ and *.egg-info in the user's
+# checkout, and a later install would ship the stale modules in build/. So a clean copy is built instead.
+clean_copy() {
+    local copy
+    copy=$(mktemp -d)
+    tar -C "$1" --exclude=./.git --exclude=./.venv --exclude=./build --exclude='./*.egg-info' -cf - . |
+        tar -C "$copy" -xf -
+    printf '%s\n' "$copy"
+}
+
 install_venv() {
-    local requirement constraints
+    local requirement constraints copy=""
     requirement=$(pip_requirement "$SOURCE")
+    if [ -d "$requirement" ]; then
+        copy=$(clean_copy "$requirement")
+        requirement=$copy
+    fi
     mkdir -p "$ROOT$APP_DIR"
     if [ ! -x "$ROOT$VENV/bin/python" ]; then
         say "creating $VENV (with system site-packages, for picamera2)"
@@ -183,6 +197,7 @@ install_venv() {
     "$ROOT$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade \
         --constraint "$constraints" "${PIP_OPTS[@]}" "$requirement"
     rm -f "$constraints"
+    [ -z "$copy" ] || rm -rf "$copy"
     "$ROOT$VENV/bin/edge" --version >/dev/null || die "the installed 'edge' command does not start"
 }
 
@@ -194,7 +209,7 @@ install_yunet() {
     [ -n "$YUNET_URL" ] && args+=(--url "$YUNET_URL")
     [ -n "$YUNET_SHA256" ] && args+=(--sha256 "$YUNET_SHA256")
     [ -n "$YUNET_FILE" ] || say "fetching the YuNet face detector"
-    if out=$(PYTHONPATH="$CHECKOUT" "$PYTHON" -m edge.yunet_fetch "${args[@]}" 2>&1); then
+    if out=$(PYTHONPATH="$CHECKOUT" PYTHONDONTWRITEBYTECODE=1 "$PYTHON" -m edge.yunet_fetch "${args[@]}" 2>&1); then
         say "YuNet in place: ${out#"$ROOT"}"
         return
     fi

@@ -220,7 +220,7 @@ def yunet_file(tmp_path) -> tuple[Path, str]:
 
 
 def run_installer(
-    root: Path, *args: str, script: Path = INSTALL, hostname: str | None = None
+    root: Path, *args: str, script: Path = INSTALL, hostname: str | None = None, pip_opts: str = "--no-deps --no-index"
 ) -> subprocess.CompletedProcess:
     """The script staged under `root`; `hostname` stands in for the machine's name (a `hostname` command first
     on PATH that prints it)."""
@@ -228,7 +228,7 @@ def run_installer(
         os.environ,
         EDGE_MOOD_PREFIX=str(root),
         EDGE_MOOD_PYTHON=sys.executable,
-        EDGE_MOOD_PIP_OPTS="--no-deps --no-index",
+        EDGE_MOOD_PIP_OPTS=pip_opts,
         # Offline, the run-time dependencies come from this interpreter's packages, as from the system's
         # (apt) packages on a Pi; edge itself from the install.
         PYTHONPATH=sysconfig.get_paths()["purelib"],
@@ -285,6 +285,28 @@ def test_installer_installs_once_and_keeps_an_edited_config(tmp_path, wheel, yun
     purged = run_installer(root, "--purge", script=UNINSTALL)
     assert purged.returncode == 0, purged.stderr
     assert not config_path.exists()
+
+
+@pytest.mark.slow
+def test_installer_builds_a_checkout_without_writing_into_it(tmp_path, yunet_file):
+    # `sudo systemd/install.sh` from a user's checkout: root-owned build/ and *.egg-info left there broke the
+    # user's own `pip install .`, and modules deleted since were shipped again from build/lib.
+    if not local_build_backend_fits():
+        pytest.skip("this interpreter's setuptools is older than pyproject.toml asks (the build needs no index)")
+    source = tmp_path / "checkout"
+    skip = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache")
+    shutil.copytree(REPO, source, ignore=skip)
+    (source / "build" / "lib" / "edge").mkdir(parents=True)
+    (source / "build" / "lib" / "edge" / "deleted_since.py").write_text("")
+    before = sorted(str(p.relative_to(source)) for p in source.rglob("*"))
+    yunet, digest = yunet_file
+    root = tmp_path / "root"
+    args = ("--source", str(source), "--yunet-file", str(yunet), "--yunet-sha256", digest)
+    result = run_installer(root, *args, pip_opts="--no-deps --no-index --no-build-isolation")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(str(p.relative_to(source)) for p in source.rglob("*")) == before
+    (site,) = (root / "opt/edge-mood/venv/lib").glob("python*/site-packages")
+    assert (site / "edge" / "cli.py").exists() and not (site / "edge" / "deleted_since.py").exists()
 
 
 @pytest.mark.parametrize("pin", ["default", "explicit"])
