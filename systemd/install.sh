@@ -72,6 +72,7 @@ NO_APT=0
 NO_START=0
 UNINSTALL=0
 PURGE=0
+ARGS=("$@")  # as given, for the "run it as root" line
 while [ $# -gt 0 ]; do
     case $1 in
         --source) SOURCE=${2:?--source needs a value}; shift ;;
@@ -95,7 +96,7 @@ if [ -n "$ROOT" ]; then
     NO_APT=1
     NO_START=1
 elif [ "$(id -u)" != 0 ]; then
-    die "run it as root: sudo $0 $*"
+    die "run it as root: sudo $0${ARGS[*]:+ ${ARGS[*]}}"
 fi
 
 # systemctl only where systemd is the running init (not in a chroot or container build).

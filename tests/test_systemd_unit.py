@@ -309,6 +309,14 @@ def test_installer_builds_a_checkout_without_writing_into_it(tmp_path, yunet_fil
     assert (site / "edge" / "cli.py").exists() and not (site / "edge" / "deleted_since.py").exists()
 
 
+def test_not_root_is_one_line_repeating_the_command_with_its_options():
+    if os.geteuid() == 0:
+        pytest.skip("runs as a user who is not root")
+    result = subprocess.run(["bash", str(UNINSTALL), "--purge"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith(f"run it as root: sudo {INSTALL} --uninstall --purge")
+
+
 @pytest.mark.parametrize("pin", ["default", "explicit"])
 def test_installer_refuses_a_detector_with_the_wrong_checksum(tmp_path, yunet_file, pin):
     root = tmp_path / "root"
