@@ -252,12 +252,15 @@ install_config() {
         device_id=$("$ROOT$VENV/bin/python" -c \
             'import sys; from edge.config import device_id_from_host; print(device_id_from_host(sys.argv[1]))' \
             "$(hostname)")
-        "$ROOT$VENV/bin/python" - "$example" "$tmp" "$device_id" <<'PY'
+        # The Pi camera where picamera2 is installed (apt, Raspberry Pi OS), else the first V4L2 camera.
+        source=/dev/video0
+        "$ROOT$VENV/bin/python" -c 'import picamera2' 2>/dev/null && source=picamera
+        "$ROOT$VENV/bin/python" - "$example" "$tmp" "$device_id" "$source" <<'PY'
 import re
 import sys
 
-example, out, hostname = sys.argv[1:4]
-settings = {("mqtt", "device_id"): hostname}
+example, out, hostname, source = sys.argv[1:5]
+settings = {("mqtt", "device_id"): hostname, ("source", "uri"): source}
 section, lines = "", []
 for line in open(example, encoding="utf-8").read().splitlines():
     header = re.match(r"\s*\[([A-Za-z0-9_.-]+)\]\s*$", line)
@@ -273,7 +276,7 @@ for (section, key), value in settings.items():  # keys the example lacks
 open(out, "w", encoding="utf-8").write("\n".join(lines) + "\n")
 PY
         mv "$tmp" "$ROOT$CONF"
-        say "wrote $CONF (device id $device_id); edit [source] and [mqtt] there"
+        say "wrote $CONF (device id $device_id, camera $source); edit [source] and [mqtt] there"
     fi
     # Earlier versions pinned the detector's path, which a later install may name otherwise; the daemon
     # finds the YuNet in the model folder by itself.

@@ -262,6 +262,8 @@ def test_installer_installs_once_and_keeps_an_edited_config(tmp_path, wheel, yun
     config = load_config(config_path, {})
     assert config.device_id == "living-room", "a host name's domain is no part of a device id"
     assert config.detector.yunet_model == ""
+    # No picamera2 here (it comes from apt on Raspberry Pi OS): the first V4L2 camera, not one that cannot open.
+    assert config.source.uri == "/dev/video0"
     assert "# " in config_path.read_text()  # the example's comments survive
 
     # An upgrade: the owner's edits stay, the path an earlier version pinned goes, and without internet
