@@ -175,7 +175,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "tls_cert": Key(str, "", "a path to a client certificate file"),
         "tls_key": Key(str, "", "a path to the client key file"),
         "tls_insecure": Key(bool, False, "true or false"),
-        "keepalive": Key(int, 30, "a positive number of seconds", _positive),
+        "keepalive": Key(int, 30, "5 seconds or more", lambda s: s >= 5),
         "qos": Key(int, 1, "0, 1 or 2", lambda q: q in (0, 1, 2)),
         "discovery": Key(bool, True, "true or false"),
         "discovery_prefix": Key(str, "homeassistant", TOPIC_PREFIX, _topic_prefix),

@@ -145,7 +145,9 @@ def _load_folder(root: Path, split: str, skip_corrupt: bool) -> FaceSet:
                 if skip_corrupt:
                     skipped += 1
                     continue
-                raise QuantizeError(f"cannot decode image {file}; delete or replace it, or pass --skip-corrupt")
+                raise QuantizeError(
+                    f"cannot decode image {file}; delete or replace it (train-teacher also takes --skip-corrupt)"
+                )
             images.append(image)
             labels.append(label)
     if not images:

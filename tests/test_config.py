@@ -120,3 +120,8 @@ def test_a_broker_host_the_network_layer_would_refuse_is_refused_with_the_key_na
 @pytest.mark.parametrize("host", ["broker.lan", "broker.lan.", "10.0.0.2", "::1", "büro.lan"])
 def test_host_names_and_addresses_are_accepted(host):
     assert load_config(None, {"mqtt.host": host}, environ={}).mqtt.host == host
+
+
+def test_a_keepalive_the_client_cannot_use_is_refused_by_the_config_check():
+    with pytest.raises(ConfigError, match="mqtt.keepalive = 2 is not allowed; expected 5 seconds or more"):
+        load_config(None, {"mqtt.keepalive": "2"}, environ={})
