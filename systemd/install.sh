@@ -21,7 +21,7 @@ CONF=$CONF_DIR/config.toml
 UNIT_DIR=/etc/systemd/system
 STATE_DIRS=(/var/lib/edge-mood /var/lib/private/edge-mood)
 
-# YuNet face detector: fetched and checked by edge/yunet_fetch.py (the pinned URL and sha256 live there).
+# YuNet face detector: fetched and checked by edge/yunet_fetch.py (the pinned URL and sha256 live in edge/locations.py).
 YUNET_URL=""
 YUNET_SHA256=""
 
