@@ -473,11 +473,14 @@ class Spool:
 
 
 def peek(path: Path) -> tuple[int, int]:
-    """(events waiting, last seq) of a spool file, read without writing anything: SQLite's immutable mode
-    makes no -wal or -shm file, which as another user (root in `edge check`) would lock the daemon out of
-    its own spool. Events a running daemon holds in its write-ahead log are not counted yet."""
+    """(events waiting, last seq) of a spool file, read without making a file beside it: as another user (root
+    in `edge check`) a -wal or -shm file of ours would lock the daemon out of its own spool. A running daemon
+    keeps both: they are read (read-only). Without them nobody writes, and SQLite's immutable mode reads the
+    file alone."""
+    in_use = all(path.with_name(path.name + suffix).exists() for suffix in ("-wal", "-shm"))
+    uri = f"{path.resolve().as_uri()}?{'mode=ro' if in_use else 'immutable=1'}"
     try:
-        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True)) as db:
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
             depth = db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
             row = db.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()
     except sqlite3.Error as exc:
@@ -486,8 +489,7 @@ def peek(path: Path) -> tuple[int, int]:
         cause = "no seq counter"
     if row is None:
         raise SpoolError(f"spool {path} cannot be read ({cause}); the daemon moves a broken spool aside at start")
-    last_seq = row[0]
-    return int(depth), int(last_seq)
+    return int(depth), int(row[0])
 
 
 def _cause(exc: sqlite3.Error | OSError) -> str:

@@ -46,3 +46,15 @@ def test_the_spool_is_read_without_writing_a_byte_beside_it(broker, tmp_path, ca
     assert status == 0, report
     assert "(2 events waiting, last seq 3)" in report["spool"]
     assert {p.name: p.read_bytes() for p in (tmp_path / "cam1").iterdir()} == before
+
+
+def test_a_spool_in_use_is_read_with_the_events_its_daemon_has_not_checkpointed(broker, tmp_path, capsys):
+    spool = Spool(tmp_path / "cam1" / "spool.sqlite3")
+    try:
+        for n in range(3):
+            spool.append({"n": n})
+        status, report = check(broker, tmp_path, capsys)
+    finally:
+        spool.close()
+    assert status == 0, report
+    assert "(3 events waiting, last seq 3)" in report["spool"]
