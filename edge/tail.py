@@ -59,24 +59,22 @@ def run_tail(
         done.set()
 
     def on_connect(client: mqtt.Client, _userdata, _flags, reason: mqtt.ReasonCode, _props) -> None:
+        nonlocal connected_at
         if reason.is_failure:
             fail(refused_error(settings, reason))
             return
+        connected_at = time.monotonic()
         client.subscribe([(f, 1) for f in filters])
 
     def on_subscribe(*_args) -> None:
         if subscribed is not None:
             subscribed.set()
 
-    def on_connect_made(*args) -> None:
-        nonlocal connected_at
-        connected_at = time.monotonic()
-        on_connect(*args)
-
     def on_disconnect(_client: mqtt.Client, _userdata, _flags, reason: mqtt.ReasonCode, _props) -> None:
-        # A connection closed right after it was made was taken over by another client with this client id.
-        # Reconnecting would push that client off in turn, again and again; where the broker ties client ids
-        # to logins (use_username_as_clientid) it is the daemon on the same login.
+        # A connection the broker closes right after it was made is read as taken over by another client with
+        # this client id (a broker restarting in those seconds reads the same): reconnecting would push that
+        # client off in turn, again and again. Where the broker ties client ids to logins
+        # (use_username_as_clientid) it is the daemon on the same login.
         lasted = time.monotonic() - connected_at
         if reason.value == 0:  # our own disconnect
             return
@@ -92,7 +90,7 @@ def run_tail(
         if (count is not None and printed >= count) or (until_offline and went_offline):
             done.set()
 
-    client.on_connect = on_connect_made
+    client.on_connect = on_connect
     client.on_subscribe = on_subscribe
     client.on_disconnect = on_disconnect
     client.on_message = on_message
