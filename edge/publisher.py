@@ -255,7 +255,9 @@ class Publisher:
             except queue.Empty:
                 break
             if self._birth is not None and mid == self._birth[0]:
-                self._on_ready(self._birth[1])
+                # Forgotten once acknowledged: after the ids wrap (65535) an event may be handed this id.
+                birth_generation, self._birth = self._birth[1], None
+                self._on_ready(birth_generation)
                 continue
             seq = self._inflight.pop(mid, None)
             if seq is None:

@@ -86,6 +86,25 @@ def test_broker_killed_mid_stream_every_event_arrives_once_after_dedup_in_order(
     assert publisher.spool.depth == 0
 
 
+def test_an_event_that_gets_the_online_messages_id_after_the_ids_wrap_is_acknowledged(
+    broker, subscriber, make_publisher
+):
+    # MQTT message ids wrap at 65535: about every two weeks at the daemon's rate. The event that is handed the
+    # id the "online" status had must still leave the spool when the broker acknowledges it. (65,535 real
+    # publishes would reach the wrap too; paho's counter is set just before it instead.)
+    sub = subscriber(broker, "edge-mood/cam1/events")
+    device = make_publisher(broker)
+    wait_until(lambda: device.connected, "the device's connection")
+    device.spool.append(sample_event(0))
+    device.wake()
+    assert device.wait_drained(20)
+    device._client._last_mid = 65535  # the next id is 1, the online status's: the connection's first message
+    device.spool.append(sample_event(1))
+    device.wake()
+    assert sub.wait_for(2)[1].json()["seq"] == 2
+    assert device.wait_drained(10), f"event seq 2 still waiting: depth {device.spool.depth}"
+
+
 def test_seq_continues_after_the_publisher_and_spool_are_reopened(broker, subscriber, make_publisher, tmp_path):
     sub = subscriber(broker, EVENTS)
     first = make_publisher(broker, spool=Spool(tmp_path / "spool.sqlite3"))
