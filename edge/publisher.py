@@ -423,12 +423,15 @@ class Publisher:
         if reason.value != SESSION_TAKEN_OVER and not flapping:
             return False
         if not self._takeover_reported:
+            # Without the MQTT 5 reason, a broker that restarts again and again within seconds looks the same.
+            maybe_restarts = "" if reason.value == SESSION_TAKEN_OVER else " (or the broker keeps restarting)"
             logger.error(
                 "broker %s keeps dropping this connection for another client with the same client id %s "
-                "(session take-over); give every device its own mqtt.device_id, and each device its own "
+                "(session take-over)%s; give every device its own mqtt.device_id, and each device its own "
                 "broker login restricted by an ACL so no other client can use its id (docs/reliability.md)",
                 self.settings.broker,
                 self.settings.daemon_client_id,
+                maybe_restarts,
             )
             self._takeover_reported = True
         return True
