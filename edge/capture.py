@@ -57,6 +57,10 @@ class FrameGrabber:
         self._next_index = 0
         self._ever_attached = False
         self._opening_since: float | None = None  # monotonic start of the reopen attempt under way
+        # The wait before the next reopen: it keeps growing while the source fails soon after it opens (a
+        # flaky stream), as while it cannot be opened at all; a source that stayed up a while starts over.
+        self._next_wait_s = reconnect_initial_s
+        self._attached_at = 0.0
         self.dropped = 0
         self.reconnects = 0
         self.connected = False
@@ -134,6 +138,7 @@ class FrameGrabber:
 
     def _attach(self, source: FrameSource) -> None:
         self._source = source
+        self._attached_at = time.monotonic()
         self.description = source.description
         self.live = source.live
         self.fps = getattr(source, "fps", None)
@@ -208,7 +213,10 @@ class FrameGrabber:
     def _reopen(self) -> bool:
         """Reopen the source with exponential back-off; False if stopped first."""
         was_connected = self._ever_attached
-        delay, attempts, since = self._initial_s, 0, time.monotonic()
+        attempts, since = 0, time.monotonic()
+        if since - self._attached_at >= self._max_s:
+            self._next_wait_s = self._initial_s
+        delay = self._next_wait_s
         while not self._stop.wait(delay):
             attempts += 1
             self._opening_since = time.monotonic()
@@ -220,6 +228,7 @@ class FrameGrabber:
                 continue
             finally:
                 self._opening_since = None
+            self._next_wait_s = min(delay * 2, self._max_s)
             self._attach(source)
             if was_connected:
                 self.reconnects += 1

@@ -18,6 +18,7 @@ import pytest
 from edge.capture import FrameGrabber
 from edge.errors import SourceError
 from edge.sources import FrameSource, SourceLost, SourceUnavailable, open_source
+from tests.mqtt_support import wait_until
 from tests.test_sources import frame_number, numbered_frame, write_images
 
 
@@ -156,6 +157,56 @@ def test_lost_live_source_is_reopened_with_one_log_line_per_state_change(caplog)
     assert sum("lost stand-in camera" in m for m in messages) == 1
     assert sum("reconnected to stand-in camera" in m for m in messages) == 1
     assert len(messages) == 3  # reading ..., lost ..., reconnected ...
+
+
+def test_a_stream_that_keeps_dropping_soon_after_it_opens_is_retried_with_growing_waits() -> None:
+    # A flaky network camera: every connection dies after three frames. Reconnecting at the shortest wait
+    # each time meant a reconnect and two log lines a second for as long as it flapped.
+    opened_at: list[float] = []
+
+    def open_flaky_camera() -> StandInCamera:
+        opened_at.append(time.monotonic())
+        return StandInCamera(fail_after=3)
+
+    grabber = FrameGrabber(open_flaky_camera, reconnect_initial_s=0.05, reconnect_max_s=0.4)
+    grabber.start()
+    try:
+        time.sleep(2.0)
+    finally:
+        grabber.stop()
+    waits = [b - a for a, b in zip(opened_at, opened_at[1:])]
+    # 0.05, 0.1, 0.2, 0.4, 0.4, ... (plus the three frames): about 7 opens in 2 s, against 30 at 0.05 s.
+    assert 4 <= len(opened_at) <= 10, waits
+    assert waits[3] > 0.3, waits
+
+
+def test_a_camera_that_stayed_up_a_while_is_reconnected_at_the_shortest_wait_again() -> None:
+    events: list[tuple[str, float]] = []
+
+    class RecordedCamera(StandInCamera):
+        def read(self) -> np.ndarray:
+            try:
+                return super().read()
+            except SourceLost:
+                events.append(("lost", time.monotonic()))
+                raise
+
+    def open_camera() -> StandInCamera:
+        events.append(("open", time.monotonic()))
+        # Five cameras flap (the waits grow 0.05, 0.1, 0.2, 0.4 s); the sixth stays up past reconnect_max_s.
+        flapping = sum(kind == "open" for kind, _ in events) <= 5
+        return RecordedCamera(fail_after=3 if flapping else 700)
+
+    grabber = FrameGrabber(open_camera, reconnect_initial_s=0.05, reconnect_max_s=1.0)
+    grabber.start()
+    try:
+        wait_until(lambda: sum(kind == "open" for kind, _ in events) >= 7, "the seventh camera", timeout=20)
+    finally:
+        grabber.stop()
+    opens = [t for kind, t in events if kind == "open"]
+    losses = [t for kind, t in events if kind == "lost"]
+    assert opens[5] - losses[4] >= 0.4  # still growing after four flaps
+    assert opens[6] - losses[5] < 0.3  # the sixth had stayed up: back to the shortest wait
 
 
 def test_absent_camera_at_start_is_waited_for() -> None:
