@@ -334,7 +334,7 @@ class Publisher:
         dropped = self.spool.dropped
         if dropped > self._dropped_seen and not self._drop_warned:
             logger.warning(
-                "spool full (at most %d events, none older than %.1f days): dropping the oldest "
+                "spool bound reached (at most %d events, none older than %.1f days): dropping the oldest "
                 "events; %d dropped so far (stats: spool_dropped)",
                 self.spool.max_events,
                 self.spool.max_age_s / 86400,

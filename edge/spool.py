@@ -161,10 +161,12 @@ class Spool:
             self._write_acks()
 
     def retry(self) -> None:
-        """Write what a failure left in memory (events, acks); does nothing when there is none."""
+        """Write what a failure left in memory (events, acks), and drop events that grew older than max_age_s
+        while none came in (appends drop them too); the publisher calls it every second."""
         with self._lock:
             self._write_acks()
             self._store_held()
+            self._expire()
 
     @property
     def depth(self) -> int:
@@ -357,6 +359,21 @@ class Spool:
             logger.info("spool %s can be written again; %d events kept in memory are stored", self.path, len(seqs))
             self._fault, self._overflow_warned = None, False
         return seqs
+
+    def _expire(self) -> None:
+        if self._fault is not None or not self._depth:
+            return
+        now = time.time()
+        too_old = "SELECT 1 FROM events WHERE created < ? LIMIT 1"
+        try:
+            if self._db.execute(too_old, (now - self.max_age_s,)).fetchone() is None:
+                return  # a read only: no write transaction each second
+            gone = self._write(self._drop_beyond_bounds, now, self._depth)
+        except sqlite3.Error as exc:
+            self._failed(exc)
+            return
+        self._depth -= gone
+        self._dropped += gone
 
     def _write_acks(self) -> None:
         if not self._unwritten_acks:

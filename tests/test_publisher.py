@@ -157,7 +157,7 @@ def test_spool_bound_during_an_outage_drops_the_oldest_counts_and_warns_once(
         publisher.wake()
     assert [s for s, _ in spool.pending(100)] == [8, 9, 10, 11, 12]
     assert spool.dropped == 7
-    warned = lambda: [r for r in caplog.records if "spool full" in r.getMessage()]  # noqa: E731
+    warned = lambda: [r for r in caplog.records if "spool bound reached" in r.getMessage()]  # noqa: E731
     wait_until(lambda: warned(), "the spool-full warning")
     for i in range(3):
         publisher.spool.append(sample_event(i))

@@ -237,3 +237,19 @@ def test_wal_mode_and_full_sync_are_on(tmp_path):
         spool.append(event(0))
         assert spool._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert spool._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_events_older_than_max_age_are_dropped_also_when_no_new_event_comes(tmp_path):
+    # An outage in an empty room: nothing is appended, yet week-old events must not be sent when the broker
+    # is back (retry() is what the publisher calls every second).
+    spool = Spool(tmp_path / "spool.sqlite3", max_age_s=0.5)
+    try:
+        for n in range(3):
+            spool.append({"n": n})
+        spool.retry()
+        assert spool.depth == 3
+        time.sleep(0.6)
+        spool.retry()
+        assert spool.depth == 0 and spool.dropped == 3 and spool.pending(10) == []
+    finally:
+        spool.close()
