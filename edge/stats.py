@@ -17,8 +17,9 @@ class StageTimer:
     A stage may run on some frames only (the detector every few frames, say): its mean is taken over every
     frame of the window, so the stages add up to what a frame costs on average."""
 
-    def __init__(self, window: int = 200):
+    def __init__(self, window: int = 200, fps_span_s: float = 10.0):
         self._frames: deque[dict[str, float]] = deque(maxlen=window)
+        self._fps_span_s = fps_span_s
         self._current: dict[str, float] = defaultdict(float)  # stages of the frame in progress
         self._frame_times: deque[float] = deque(maxlen=window)
         self._cpu_mark = (time.monotonic(), time.process_time())
@@ -35,10 +36,14 @@ class StageTimer:
         self._frame_times.append(time.monotonic())
 
     def fps(self) -> float:
-        if len(self._frame_times) < 2:
+        """Frames a second over the last `fps_span_s` seconds: 0 soon after frames stop (a camera gone), not
+        the rate it had when it went."""
+        now = time.monotonic()
+        recent = [t for t in self._frame_times if now - t <= self._fps_span_s]
+        if len(recent) < 2:
             return 0.0
-        span = self._frame_times[-1] - self._frame_times[0]
-        return (len(self._frame_times) - 1) / span if span > 0 else 0.0
+        span = recent[-1] - recent[0]
+        return (len(recent) - 1) / span if span > 0 else 0.0
 
     def stage_ms(self) -> dict[str, float]:
         """Mean milliseconds per frame of each stage over the window (0 on frames where it did not run)."""
