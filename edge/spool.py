@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import logging
 import sqlite3
@@ -40,6 +41,8 @@ from edge.seq_mark import RESERVE_BLOCK, SeqMark, new_epoch, read_mark, write_ma
 logger = logging.getLogger(__name__)
 
 SPOOL_FORMAT = 1  # PRAGMA user_version of files this code writes
+STORE_CHUNK = 200  # held events written per transaction
+WAL_SIZE_LIMIT = 4 * 1024 * 1024  # bytes
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -141,7 +144,7 @@ class Spool:
             self._held.append((time.time(), event))
             self._bound_held()
             stored = self._store_held()
-        return stored[-1] if stored else None
+            return stored[-1] if stored and not self._held else None
 
     def pending(self, limit: int, after: int = 0) -> list[tuple[int, bytes]]:
         """Up to `limit` unacknowledged events with seq > `after`, oldest first, as (seq, JSON bytes)."""
@@ -275,6 +278,9 @@ class Spool:
             if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
                 raise sqlite3.OperationalError("the file system does not support WAL mode")
             db.execute("PRAGMA synchronous=FULL")
+            # The write-ahead log shrinks back to this after a checkpoint instead of keeping its largest size
+            # (which, after a full disk, took the space freed).
+            db.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
             problems = [row[0] for row in db.execute("PRAGMA quick_check")]
             if problems != ["ok"]:
                 raise sqlite3.DatabaseError(f"integrity check failed: {problems[0]}")
@@ -342,23 +348,27 @@ class Spool:
     # -- writing ---------------------------------------------------------------------------------
 
     def _store_held(self) -> list[int]:
-        """Write every held event, oldest first, in one transaction; [] if that failed (they stay held)."""
-        if not self._held:
-            return []
-        try:
-            seqs, gone = self._write(self._insert_all, list(self._held))
-        except (sqlite3.Error, OSError) as exc:
-            self._failed(exc)
-            return []
-        self._held.clear()
-        self._last_seq = seqs[-1]
-        self._depth += len(seqs) - gone
-        self._dropped += gone
-        self._epoch_saved = True
-        if self._fault is not None:
-            logger.info("spool %s can be written again; %d events kept in memory are stored", self.path, len(seqs))
+        """Write the held events, oldest first, STORE_CHUNK to a transaction, until all are written or a write
+        fails (the rest stay held): space freed on a full disk takes as many as fit, not all or none."""
+        stored: list[int] = []
+        while self._held:
+            chunk = list(itertools.islice(self._held, STORE_CHUNK))
+            try:
+                seqs, gone = self._write(self._insert_all, chunk)
+            except (sqlite3.Error, OSError) as exc:
+                self._failed(exc)
+                break
+            for _ in chunk:
+                self._held.popleft()
+            self._last_seq = seqs[-1]
+            self._depth += len(seqs) - gone
+            self._dropped += gone
+            self._epoch_saved = True
+            stored += seqs
+        if stored and not self._held and self._fault is not None:
+            logger.info("spool %s can be written again; the events kept in memory are stored", self.path)
             self._fault, self._overflow_warned = None, False
-        return seqs
+        return stored
 
     def _expire(self) -> None:
         if self._fault is not None or not self._depth:

@@ -95,6 +95,22 @@ def test_a_full_disk_holds_events_in_memory_and_stores_them_in_order_once_freed(
         assert stored_before_full == list(range(4, 4 + len(stored_before_full)))
 
 
+def test_room_for_part_of_the_held_events_stores_that_part_oldest_first(tiny_disk):
+    # After a full disk, freed space took none of the held events until all of them fitted at once: a
+    # restart in that window lost every one of them.
+    with Spool(tiny_disk.path / "spool.sqlite3", memory_events=2000) as spool:
+        spool.append(event(0))
+        tiny_disk.fill()
+        for i in range(1, 700):  # 700 KiB of events: more than the whole 512 KiB disk holds
+            spool.append(event(i))
+        assert spool.held == 699 and spool.depth == 1
+        tiny_disk.free()
+        spool.retry()
+        assert 1 < spool.depth and spool.held > 0 and spool.depth + spool.held == 700
+        stored = [int(p.split(b'"n":')[1].split(b",")[0]) for _, p in spool.pending(1000)]
+        assert stored == list(range(len(stored)))  # the oldest first, in order
+
+
 def test_the_memory_queue_is_bounded_and_counts_what_it_drops(tiny_disk, caplog):
     with Spool(tiny_disk.path / "spool.sqlite3", memory_events=5) as spool:
         spool.append(event(0))
