@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 SPOOL_FORMAT = 1  # PRAGMA user_version of files this code writes
 STORE_CHUNK = 200  # held events written per transaction
+CLOCK_STEP_S = 60.0  # a change of the wall clock against the monotonic one this large is a step, not drift
 WAL_SIZE_LIMIT = 4 * 1024 * 1024  # bytes
 
 _SCHEMA = """
@@ -104,6 +105,7 @@ class Spool:
         self._unwritten_acks: set[int] = set()
         self._fault: str | None = None  # why the spool cannot be written right now
         self._overflow_warned = False
+        self._clock_offset = time.time() - time.monotonic()  # moves when the wall clock is stepped
         self._db = self._open()
         with self._lock, self._failures("open"):
             self._depth = self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
@@ -141,6 +143,7 @@ class Spool:
         """
         json.dumps(event, allow_nan=False)  # refuse it now, not when a held event is written later
         with self._lock:
+            self._follow_clock()
             self._held.append((time.time(), event))
             self._bound_held()
             stored = self._store_held()
@@ -167,6 +170,7 @@ class Spool:
         """Write what a failure left in memory (events, acks), and drop events that grew older than max_age_s
         while none came in (appends drop them too); the publisher calls it every second."""
         with self._lock:
+            self._follow_clock()
             self._write_acks()
             self._store_held()
             self._expire()
@@ -369,6 +373,23 @@ class Spool:
             logger.info("spool %s can be written again; the events kept in memory are stored", self.path)
             self._fault, self._overflow_warned = None, False
         return stored
+
+    def _follow_clock(self) -> None:
+        """Keep event ages true across a step of the wall clock. NTP steps it at boot on a Pi without a
+        real-time clock, which starts at the time it shut down, days behind: events stored before the step
+        would look days old to the age bound and be dropped minutes after they were made."""
+        offset = time.time() - time.monotonic()
+        step, self._clock_offset = offset - self._clock_offset, offset
+        if abs(step) < CLOCK_STEP_S:
+            return
+        self._held = deque((created + step, event) for created, event in self._held)
+        if self._depth:
+            try:
+                self._write(lambda: self._db.execute("UPDATE events SET created = created + ?", (step,)))
+            except sqlite3.Error as exc:
+                self._failed(exc)
+                return
+        logger.info("spool %s: the wall clock was stepped by %+.0f s; the events' times follow it", self.path, step)
 
     def _expire(self) -> None:
         if self._fault is not None or not self._depth:

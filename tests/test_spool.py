@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+import edge.spool as spool_module
 from edge.spool import Spool, SpoolError
 
 
@@ -251,5 +252,42 @@ def test_events_older_than_max_age_are_dropped_also_when_no_new_event_comes(tmp_
         time.sleep(0.6)
         spool.retry()
         assert spool.depth == 0 and spool.dropped == 3 and spool.pending(10) == []
+    finally:
+        spool.close()
+
+
+class SteppedClock:
+    """The clocks as the spool sees them: the wall clock `step` seconds off the real one (stepping the machine's
+    own would need root and disturb everything else on it), and both clocks `elapsed` seconds on."""
+
+    def __init__(self, step: float) -> None:
+        self.step = step
+        self.elapsed = 0.0
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
+
+    def time(self) -> float:
+        return time.time() + self.step + self.elapsed
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.elapsed
+
+
+def test_a_clock_stepped_forward_after_boot_does_not_age_the_events_stored_before(tmp_path, monkeypatch):
+    # A Pi without a real-time clock, off for 8 days, boots 8 days behind; the broker is not reachable yet.
+    clock = SteppedClock(-8 * 86400)
+    monkeypatch.setattr(spool_module, "time", clock)
+    spool = Spool(tmp_path / "spool.sqlite3", max_age_s=7 * 86400)
+    try:
+        for n in range(5):
+            spool.append({"n": n})
+        clock.step = 0.0  # NTP steps the clock 8 days forward
+        spool.append({"n": 5})
+        spool.retry()
+        assert spool.depth == 6 and spool.dropped == 0
+        clock.elapsed = 8 * 86400  # a week and a day later all of them are old, and go
+        spool.retry()
+        assert spool.depth == 0 and spool.dropped == 6
     finally:
         spool.close()
