@@ -53,6 +53,7 @@ def run_tail(
     failed: list[BrokerError] = []
     printed = 0
     connected_at = 0.0
+    short_drops = 0  # connections in a row that the broker closed within SHORT_CONNECTION_S
 
     def fail(error: BrokerError) -> None:
         failed.append(error)
@@ -71,14 +72,16 @@ def run_tail(
             subscribed.set()
 
     def on_disconnect(_client: mqtt.Client, _userdata, _flags, reason: mqtt.ReasonCode, _props) -> None:
-        # A connection the broker closes right after it was made is read as taken over by another client with
-        # this client id (a broker restarting in those seconds reads the same): reconnecting would push that
-        # client off in turn, again and again. Where the broker ties client ids to logins
-        # (use_username_as_clientid) it is the daemon on the same login.
-        lasted = time.monotonic() - connected_at
-        if reason.value == 0:  # our own disconnect
+        # Where the broker makes the login the client id (use_username_as_clientid), the tail on the daemon's
+        # login takes the daemon's session, the daemon takes it back, and so on. The broker may name it (MQTT
+        # 5); else two connections in a row closed within seconds of being made tell it from a broker restart.
+        # Without a login no broker can give the tail's own random id to anyone else.
+        nonlocal connected_at, short_drops
+        lasted, connected_at = time.monotonic() - connected_at, 0.0
+        if reason.value == 0 or not settings.username:  # our own disconnect, or no login to share
             return
-        if connected_at and (reason.value == SESSION_TAKEN_OVER or lasted < SHORT_CONNECTION_S):
+        short_drops = short_drops + 1 if lasted < SHORT_CONNECTION_S else 0
+        if reason.value == SESSION_TAKEN_OVER or short_drops >= 2:
             fail(_taken_over_error(settings, lasted))
 
     def on_message(_client: mqtt.Client, _userdata, msg: mqtt.MQTTMessage) -> None:
@@ -110,12 +113,11 @@ def run_tail(
 
 
 def _taken_over_error(settings: MqttSettings, lasted: float) -> BrokerError:
-    login = f"login {settings.username!r}" if settings.username else "this login"
     return BrokerError(
-        f"broker {settings.broker} closed the connection {lasted:.1f} s after it was made: another client with the "
-        f"same client id took it over; where the broker makes the login the client id (use_username_as_clientid), "
-        f"that is the daemon on {login}: watch with a login of your own that may read, e.g. edge tail --set "
-        f"mqtt.username=consumer --set mqtt.password_file=PATH"
+        f"broker {settings.broker} keeps closing this connection within seconds ({lasted:.1f} s the last time): "
+        f"another client took its session; where the broker makes the login the client id "
+        f"(use_username_as_clientid), that is the daemon on login {settings.username!r}: watch with a login of "
+        f"your own that may read, e.g. edge tail --set mqtt.username=consumer --set mqtt.password_file=PATH"
     )
 
 

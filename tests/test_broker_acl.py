@@ -275,8 +275,8 @@ def test_edge_tail_on_a_devices_login_stops_with_the_fix_and_leaves_the_daemon_c
     broker_factory, make_publisher, caplog, tmp_path, protocol
 ):
     # With use_username_as_clientid the device's login is the daemon's client id: `edge tail --config <the
-    # device's config>` pushes the daemon off once, and must stop there with the fix, not push it off again
-    # and again (nor wait for messages its login may not read).
+    # device's config>` pushes the daemon off, and must stop soon with the fix, not push it off again and
+    # again (nor wait for messages its login may not read).
     if not shutil.which("mosquitto_passwd"):
         pytest.skip("mosquitto_passwd not found (apt install mosquitto)")
     broker = acl_broker(broker_factory, tmp_path, devices=("cam1",))
@@ -310,7 +310,7 @@ def test_edge_tail_on_a_devices_login_stops_with_the_fix_and_leaves_the_daemon_c
     thread.join(5)
     assert outcome and isinstance(outcome[0], BrokerError), f"the tail kept waiting ({outcome})"
     line = str(outcome[0])
-    assert "took it over" in line and "login 'cam1'" in line and "mqtt.username=consumer" in line
+    assert "took its session" in line and "login 'cam1'" in line and "mqtt.username=consumer" in line
     wait_until(lambda: device.connected, "the device's connection after the tail")
     time.sleep(1.0)  # not a timing assertion: a tail still trying would push the device off in this second
     assert device.connected and "take-over" not in caplog.text

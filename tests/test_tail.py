@@ -130,6 +130,22 @@ def test_raw_prints_json_lines_and_all_devices_sees_every_device(broker, tmp_pat
     assert {r["payload"]["face_count"] for r in records if r["topic"].endswith("/state")} == {1}
 
 
+def test_a_broker_restart_soon_after_connecting_is_not_read_as_a_take_over(broker, tmp_path):
+    # Without a login no other client can be given the tail's own id: it reconnects and goes on printing.
+    publisher = start_daemon_side(broker, tmp_path)
+    try:
+        tail = TailThread(broker, count=4)
+        tail.wait_lines(2)  # retained status and state
+        broker.stop()
+        broker.start()
+        time.sleep(1.0)  # not a timing assertion: the tail's reconnect within its 0.05-0.5 s back-off
+        emit(publisher)
+        tail.thread.join(20)
+    finally:
+        stop(publisher)
+    assert tail.result == [0], tail.result
+
+
 def test_broker_down_is_one_clear_error(broker):
     broker.stop()
     with pytest.raises(BrokerError) as caught:
