@@ -105,13 +105,14 @@ class Spool:
         self._unwritten_acks: set[int] = set()
         self._fault: str | None = None  # why the spool cannot be written right now
         self._overflow_warned = False
-        self._clock_offset = time.time() - time.monotonic()  # moves when the wall clock is stepped
+        self._clock_offset = time.time() - _since_boot()  # moves when the wall clock is stepped
         self._db = self._open()
         with self._lock, self._failures("open"):
             self._depth = self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
             self._last_seq = self._meta("last_seq")
             self._dropped = dropped_before = self._meta("dropped")
             self._epoch, self._reserved, self._epoch_saved = self._continue_counter()
+            self._seq_at_open = self._last_seq  # events above it are this run's
             if self._depth:
                 gone = self._write(self._drop_beyond_bounds, time.time(), self._depth)
                 self._depth -= gone
@@ -369,30 +370,34 @@ class Spool:
             self._dropped += gone
             self._epoch_saved = True
             stored += seqs
-        if stored and not self._held and self._fault is not None:
-            logger.info("spool %s can be written again; the events kept in memory are stored", self.path)
-            self._fault, self._overflow_warned = None, False
+        if stored:
+            self._recovered()
         return stored
 
     def _follow_clock(self) -> None:
         """Keep event ages true across a step of the wall clock. NTP steps it at boot on a Pi without a
-        real-time clock, which starts at the time it shut down, days behind: events stored before the step
-        would look days old to the age bound and be dropped minutes after they were made."""
-        offset = time.time() - time.monotonic()
-        step, self._clock_offset = offset - self._clock_offset, offset
+        real-time clock, which starts at the time it shut down, days behind: events stored since would look
+        days old to the age bound and be dropped minutes after they were made. Events of an earlier run kept
+        their clock's times and are left alone."""
+        offset = time.time() - _since_boot()
+        step = offset - self._clock_offset
         if abs(step) < CLOCK_STEP_S:
+            self._clock_offset = offset  # drift and slewing, followed as they come
             return
-        self._held = deque((created + step, event) for created, event in self._held)
         if self._depth:
+            shift = "UPDATE events SET created = created + ? WHERE seq > ?"
             try:
-                self._write(lambda: self._db.execute("UPDATE events SET created = created + ?", (step,)))
+                self._write(lambda: self._db.execute(shift, (step, self._seq_at_open)))
             except sqlite3.Error as exc:
                 self._failed(exc)
-                return
+                return  # the step is still seen next time
+            self._recovered()
+        self._held = deque((created + step, event) for created, event in self._held)
+        self._clock_offset = offset
         logger.info("spool %s: the wall clock was stepped by %+.0f s; the events' times follow it", self.path, step)
 
     def _expire(self) -> None:
-        if self._fault is not None or not self._depth:
+        if not self._depth:
             return
         now = time.time()
         too_old = "SELECT 1 FROM events WHERE created < ? LIMIT 1"
@@ -405,6 +410,13 @@ class Spool:
             return
         self._depth -= gone
         self._dropped += gone
+        self._recovered()
+
+    def _recovered(self) -> None:
+        """After a write that worked: the fault is over once nothing waits in memory any more."""
+        if self._fault is not None and not self._held:
+            logger.info("spool %s can be written again; nothing waits in memory any more", self.path)
+            self._fault, self._overflow_warned = None, False
 
     def _write_acks(self) -> None:
         if not self._unwritten_acks:
@@ -416,6 +428,7 @@ class Spool:
             return
         self._unwritten_acks.clear()
         self._depth -= removed
+        self._recovered()
 
     def _write(self, work: Callable[..., Any], *args: Any) -> Any:
         """Run `work` in one write transaction. In-memory counters change only after it committed."""
@@ -518,6 +531,14 @@ class Spool:
 
     def _meta(self, key: str) -> int:
         return int(self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
+
+
+def _since_boot() -> float:
+    """Seconds since boot, suspended time included (unlike time.monotonic, which would read a suspend as a step
+    of the wall clock); the monotonic clock where the system has no such clock."""
+    if hasattr(time, "CLOCK_BOOTTIME"):
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    return time.monotonic()
 
 
 def peek(path: Path) -> tuple[int, int]:

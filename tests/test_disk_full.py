@@ -111,6 +111,20 @@ def test_room_for_part_of_the_held_events_stores_that_part_oldest_first(tiny_dis
         assert stored == list(range(len(stored)))  # the oldest first, in order
 
 
+def test_after_an_ack_that_could_not_be_written_old_events_still_expire(tiny_disk):
+    # A fault with nothing held in memory (only an ack failed) must end with the next write that works;
+    # it kept the age bound off until a new event came.
+    with Spool(tiny_disk.path / "spool.sqlite3", max_age_s=0.5) as spool:
+        spool.append(event(0))
+        spool.append(event(1))
+        tiny_disk.fill()
+        spool.ack_many([1])
+        tiny_disk.free()
+        time.sleep(0.6)
+        spool.retry()
+        assert spool.depth == 0 and spool.dropped == 1
+
+
 def test_the_memory_queue_is_bounded_and_counts_what_it_drops(tiny_disk, caplog):
     with Spool(tiny_disk.path / "spool.sqlite3", memory_events=5) as spool:
         spool.append(event(0))

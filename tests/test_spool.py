@@ -273,6 +273,9 @@ class SteppedClock:
     def monotonic(self) -> float:
         return time.monotonic() + self.elapsed
 
+    def clock_gettime(self, clock: int) -> float:
+        return time.clock_gettime(clock) + self.elapsed
+
 
 def test_a_clock_stepped_forward_after_boot_does_not_age_the_events_stored_before(tmp_path, monkeypatch):
     # A Pi without a real-time clock, off for 8 days, boots 8 days behind; the broker is not reachable yet.
@@ -289,5 +292,27 @@ def test_a_clock_stepped_forward_after_boot_does_not_age_the_events_stored_befor
         clock.elapsed = 8 * 86400  # a week and a day later all of them are old, and go
         spool.retry()
         assert spool.depth == 0 and spool.dropped == 6
+    finally:
+        spool.close()
+
+
+def test_a_clock_step_leaves_the_times_of_an_earlier_runs_events_alone(tmp_path, monkeypatch):
+    # The earlier run's events carry that run's (true) times: shifted with this run's step they would move
+    # into the future and outlive the age bound.
+    day = 86400
+    clock = SteppedClock(-6 * day)  # the earlier run, six days ago
+    monkeypatch.setattr(spool_module, "time", clock)
+    with Spool(tmp_path / "spool.sqlite3", max_age_s=7 * day) as spool:
+        spool.append({"run": "earlier"})
+    clock.step = -8 * day  # this boot, days behind until NTP
+    spool = Spool(tmp_path / "spool.sqlite3", max_age_s=7 * day)
+    try:
+        spool.append({"run": "this"})
+        clock.step = 0.0
+        spool.retry()
+        assert spool.depth == 2
+        clock.elapsed = 1.5 * day  # the earlier event is now 7.5 days old, this one 1.5
+        spool.retry()
+        assert [json.loads(p)["run"] for _, p in spool.pending(10)] == ["this"]
     finally:
         spool.close()
