@@ -5,8 +5,8 @@
 #   sudo systemd/install.sh --uninstall      stop and remove the service and venv, keep config and spool
 #   sudo systemd/install.sh --help           every option
 #
-# Running it again is safe: it upgrades the package, refreshes the unit and models, and never
-# touches an existing /etc/edge-mood/config.toml.
+# Running it again is safe: it upgrades the package, refreshes the unit and models, and keeps an
+# existing /etc/edge-mood/config.toml (it only empties the YuNet path an earlier version pinned there).
 set -euo pipefail
 
 SERVICE=edge-mood
@@ -172,20 +172,19 @@ write_constraints() {
 
 # pip builds a source folder in place: as root that leaves root-owned build/ and *.egg-info in the user's
 # checkout, and a later install would ship the stale modules in build/. So a clean copy is built instead.
-clean_copy() {
-    local copy
-    copy=$(mktemp -d)
+make_clean_copy() {
+    COPY=$(mktemp -d)
     tar -C "$1" --exclude=./.git --exclude=./.venv --exclude=./build --exclude='./*.egg-info' -cf - . |
-        tar -C "$copy" -xf -
-    printf '%s\n' "$copy"
+        tar -C "$COPY" -xf - || die "cannot copy $1 to $COPY to build it"
 }
 
 install_venv() {
-    local requirement constraints copy=""
+    local requirement constraints
     requirement=$(pip_requirement "$SOURCE")
+    COPY=""
     if [ -d "$requirement" ]; then
-        copy=$(clean_copy "$requirement")
-        requirement=$copy
+        make_clean_copy "$requirement"
+        requirement=$COPY
     fi
     mkdir -p "$ROOT$APP_DIR"
     if [ ! -x "$ROOT$VENV/bin/python" ]; then
@@ -195,10 +194,12 @@ install_venv() {
     constraints=$(mktemp)
     write_constraints "$constraints"
     say "installing $requirement"
+    local installed=0
     "$ROOT$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade \
-        --constraint "$constraints" "${PIP_OPTS[@]}" "$requirement"
+        --constraint "$constraints" "${PIP_OPTS[@]}" "$requirement" && installed=1
     rm -f "$constraints"
-    [ -z "$copy" ] || rm -rf "$copy"
+    [ -z "$COPY" ] || rm -rf "$COPY"
+    [ "$installed" = 1 ] || die "pip could not install $requirement (its output is above)"
     "$ROOT$VENV/bin/edge" --version >/dev/null || die "the installed 'edge' command does not start"
 }
 
@@ -280,7 +281,11 @@ PY
     fi
     # Earlier versions pinned the detector's path, which a later install may name otherwise; the daemon
     # finds the YuNet in the model folder by itself.
-    sed -i 's|^yunet_model = ".*"  # set by install.sh$|yunet_model = ""|' "$ROOT$CONF"
+    local pinned='^yunet_model = ".*"  # set by install.sh$'
+    if grep -q "$pinned" "$ROOT$CONF"; then
+        sed -i --follow-symlinks "s|$pinned|yunet_model = \"\"|" "$ROOT$CONF"
+        say "the YuNet path an earlier version pinned in $CONF is emptied (the daemon finds it by itself)"
+    fi
     # It may hold MQTT credentials: readable by root and the service's group only.
     chmod 0640 "$ROOT$CONF"
     if [ -z "$ROOT" ]; then chown root:"$GROUP" "$ROOT$CONF"; fi

@@ -275,6 +275,7 @@ def test_installer_installs_once_and_keeps_an_edited_config(tmp_path, wheel, yun
     second = run_installer(root, *offline)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "keeping the existing /etc/edge-mood/config.toml" in second.stdout
+    assert "earlier version pinned" in second.stdout
     assert f"keeping /opt/edge-mood/models/{yunet.name}" in second.stdout
     assert config_path.read_text().endswith("# edited by the owner\n")
     assert load_config(config_path, {}).detector.yunet_model == ""
