@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from edge.config import Config
 from edge.errors import UserError
+from edge.locations import SERVICE_STATE_DIR, system_install
 from edge.mqtt_client import MqttSettings, connect_or_raise, make_client, refused_error
 from edge.spool import peek
 from edge.wiring import build_detector, load_model, open_frame_source, spool_path
@@ -69,13 +73,26 @@ def _read_one_frame(config: Config) -> str:
     return f"{source.description}: {image.shape[1]}x{image.shape[0]} frame read"
 
 
+def spool_to_check(config: Config, prefix: str = sys.prefix, environ: Mapping[str, str] = os.environ) -> Path:
+    """The spool the daemon will use; for the installed copy run by hand (`sudo edge check`), the service's."""
+    if system_install(prefix) and not config.spool.dir and not environ.get("STATE_DIRECTORY"):
+        return spool_path(config.replaced({"spool.dir": str(SERVICE_STATE_DIR)}))
+    return spool_path(config)
+
+
 def _spool_report(config: Config) -> str:
     """Read only: the check must not make the spool (as root, in the service's folder) nor touch its files."""
-    path = spool_path(config)
-    if not path.exists():
-        return f"{path} (none yet: the daemon makes it at start)"
-    depth, last_seq = peek(path)
-    return f"{path} ({depth} events waiting, last seq {last_seq})"
+    path = spool_to_check(config)
+    try:
+        if path.exists():
+            depth, last_seq = peek(path)
+            return f"{path} ({depth} events waiting, last seq {last_seq})"
+        folder = next(p for p in path.parents if p.exists())
+    except PermissionError:
+        raise UserError(f"{path} cannot be looked at (permission denied); run edge check with sudo") from None
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{path} cannot be made: {folder} is not a folder this user may write in; fix spool.dir")
+    return f"{path} (none yet: the daemon makes it at start)"
 
 
 def probe_broker(settings: MqttSettings) -> str:

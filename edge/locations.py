@@ -16,7 +16,7 @@ _CHECKOUT_MODELS = Path(__file__).resolve().parent.parent / "models"
 _INSTALLED_MODELS = Path(sys.prefix) / "share" / "edge-mood" / "models"
 _SYSTEM_APP = Path("/opt/edge-mood")  # systemd/install.sh: venv/ and models/ below it
 _SYSTEM_MODELS = _SYSTEM_APP / "models"
-_SYSTEM_STATE = Path("/var/lib/edge-mood")  # the unit's StateDirectory=
+SERVICE_STATE_DIR = Path("/var/lib/edge-mood")  # the unit's StateDirectory=
 
 # The YuNet face detector (OpenCV Model Zoo, MIT licence), pinned: edge/yunet_fetch.py refuses any other file.
 YUNET_URL = (
@@ -35,13 +35,6 @@ def model_dirs() -> list[Path]:
 def system_install(prefix: str = sys.prefix) -> bool:
     """Whether this Python is the system-wide install's venv (systemd/install.sh: /opt/edge-mood/venv)."""
     return _SYSTEM_APP in Path(prefix).resolve().parents
-
-
-def default_state_dir(prefix: str = sys.prefix) -> Path:
-    """Where the spool lives when neither spool.dir nor systemd's $STATE_DIRECTORY says: the service's
-    /var/lib/edge-mood for the system-wide install (so `sudo edge check` looks at the service's spool), else
-    ~/.local/state/edge-mood."""
-    return _SYSTEM_STATE if system_install(prefix) else Path.home() / ".local" / "state" / "edge-mood"
 
 
 def data_dir(environ: Mapping[str, str] | None = None) -> Path:

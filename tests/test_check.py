@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge.check import run_check
+from edge.check import run_check, spool_to_check
 from edge.config import load_config
 from edge.spool import Spool
+from edge.wiring import spool_path
 
 SAMPLE = Path(__file__).resolve().parents[1] / "edge" / "sample" / "astronaut.mp4"
 
@@ -58,3 +59,19 @@ def test_a_spool_in_use_is_read_with_the_events_its_daemon_has_not_checkpointed(
         spool.close()
     assert status == 0, report
     assert "(3 events waiting, last seq 3)" in report["spool"]
+
+
+def test_the_installed_copy_run_by_hand_checks_the_services_spool(tmp_path):
+    config = load_config(None, {"mqtt.device_id": "cam1"}, environ={})
+    assert spool_to_check(config, "/opt/edge-mood/venv", {}) == Path("/var/lib/edge-mood/cam1/spool.sqlite3")
+    assert spool_to_check(config, "/home/pi/edge-mood/.venv", {}) == spool_path(config)  # ~/.local/state
+    under_systemd = {"STATE_DIRECTORY": str(tmp_path)}
+    assert spool_to_check(config, "/opt/edge-mood/venv", under_systemd) == spool_path(config)
+
+
+def test_a_spool_folder_that_cannot_be_made_fails_the_check(broker, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    status, report = check(broker, blocker / "state", capsys)
+    assert status == 1
+    assert "FAIL" in report["spool"] and "not a folder this user may write in" in report["spool"]

@@ -9,7 +9,6 @@ import pytest
 
 from edge.cli import main
 from edge.config import SCHEMA, SECTION_TYPES, ConfigError, load_config
-from edge.locations import default_state_dir
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "edge" / "config.example.toml"
 
@@ -91,12 +90,6 @@ def test_state_dir_follows_systemd(tmp_path):
     config = load_config(None, environ={"STATE_DIRECTORY": f"{tmp_path}/a:{tmp_path}/b"})
     assert config.state_dir == tmp_path / "a"
     assert load_config(None, {"spool.dir": str(tmp_path / "c")}, environ={}).state_dir == tmp_path / "c"
-
-
-def test_the_system_install_keeps_its_spool_where_the_service_does_also_without_systemd():
-    # `sudo /opt/edge-mood/venv/bin/edge check` runs outside the unit: it must look at the service's spool.
-    assert default_state_dir("/opt/edge-mood/venv") == Path("/var/lib/edge-mood")
-    assert default_state_dir("/home/pi/edge-mood/.venv") == Path.home() / ".local" / "state" / "edge-mood"
 
 
 def test_cli_prints_one_line_and_exits_2(tmp_path, capsys):
