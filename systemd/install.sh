@@ -330,6 +330,7 @@ edge-mood is installed.
   config:   $CONF   (then: sudo systemctl restart $SERVICE)
   check:    sudo $VENV/bin/edge check --config $CONF
   logs:     journalctl -u $SERVICE -f
-  events:   sudo $VENV/bin/edge tail --config $CONF
+  events:   sudo $VENV/bin/edge tail --config $CONF   (a broker with per-device logins: add --set
+            mqtt.username=<a reader login> --set mqtt.password_file=<its file>; see docs/reliability.md)
   remove:   sudo $0 --uninstall   (add --purge to delete config and spool too)
 EOF
