@@ -38,10 +38,10 @@ def test_no_frame_yet_gives_no_stages() -> None:
 
 def test_fps_falls_to_zero_once_frames_stop() -> None:
     # Home Assistant's frame-rate sensor showed a gone camera's last rate for as long as it stayed away.
-    timer = StageTimer(fps_span_s=0.3)
+    timer = StageTimer(fps_span_s=1.0)
     for _ in range(5):
         timer.frame_done()
         time.sleep(0.02)
-    assert 10 < timer.fps() < 60
-    time.sleep(0.4)
+    assert timer.fps() > 0
+    time.sleep(1.1)
     assert timer.fps() == 0.0
