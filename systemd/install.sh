@@ -295,11 +295,12 @@ install_unit() {
     mkdir -p "$ROOT$UNIT_DIR"
     install -m 0644 "$SCRIPT_DIR/$SERVICE.service" "$ROOT$UNIT_DIR/$SERVICE.service"
     say "installed $UNIT_DIR/$SERVICE.service"
+    # Reloaded also with --no-start: else systemd keeps the old unit until the next boot or reload.
+    if have_systemd; then systemctl daemon-reload; fi
     if [ "$NO_START" = 1 ] || ! have_systemd; then
         say "not starting it (--no-start or no running systemd); later: sudo systemctl enable --now $SERVICE"
         return
     fi
-    systemctl daemon-reload
     systemctl enable "$SERVICE.service" >/dev/null 2>&1
     # restart, not start: a second run must pick up the new code. It returns once READY=1 came.
     say "starting it (ready after the first camera frame; gives up after 2 minutes)"
@@ -315,9 +316,15 @@ if [ "$UNINSTALL" = 1 ]; then
 fi
 
 umask 022
-# The detector's checksum first: a wrong file stops the install before anything else changes.
-install_yunet
-install_system_packages
+# A detector file brought along is checked first: a wrong file stops the install before anything else
+# changes. A download needs the CA certificates that apt installs on a minimal system.
+if [ -n "$YUNET_FILE" ]; then
+    install_yunet
+    install_system_packages
+else
+    install_system_packages
+    install_yunet
+fi
 ensure_group
 install_venv
 install_models
