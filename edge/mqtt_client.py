@@ -6,6 +6,8 @@ import logging
 import os
 import socket
 import ssl
+import time
+from collections import deque
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -203,6 +205,35 @@ def _expanded(path: str | Path | None) -> str | None:
 SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason: another client connected with our client id
 # A connection closed sooner than this after it was made may have been taken over (brokers that just close it).
 SHORT_CONNECTION_S = 10.0
+TAKEOVER_WINDOW_S = 120.0  # short connections further apart than this are not one take-over
+
+
+class TakeOverWatch:
+    """Tells a session take-over (another client connected with our client id) from an ordinary outage. MQTT 5
+    brokers may name it; others (MQTT 3.1.1, mosquitto 2.0.11 also under 5) just close the connection, so
+    `drops` connections in a row that each lasted under SHORT_CONNECTION_S, within `window_s`, are read as one.
+    A broker that went away refuses the attempts between (`unreachable`), which starts the count again."""
+
+    def __init__(self, drops: int, window_s: float = TAKEOVER_WINDOW_S) -> None:
+        self._ends: deque[float] = deque(maxlen=drops)  # when the short-lived connections ended
+        self._window_s = window_s
+        self._connected_at: float | None = None
+
+    def connected(self) -> None:
+        self._connected_at = time.monotonic()
+
+    def unreachable(self) -> None:
+        self._ends.clear()
+
+    def taken_over(self, reason: mqtt.ReasonCode) -> bool:
+        """Called when a connection that was up is closed by the broker."""
+        now, connected_at, self._connected_at = time.monotonic(), self._connected_at, None
+        if connected_at is not None and now - connected_at < SHORT_CONNECTION_S:
+            self._ends.append(now)
+        else:
+            self._ends.clear()
+        flapping = len(self._ends) == self._ends.maxlen and now - self._ends[0] < self._window_s
+        return reason.value == SESSION_TAKEN_OVER or flapping
 
 
 class BrokerError(UserError):

@@ -30,7 +30,6 @@ import queue
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,7 +37,7 @@ import paho.mqtt.client as mqtt
 
 from edge.discovery import HomeAssistantOptions, discovery_messages, node_id, retired_topics
 from edge.errors import UserError
-from edge.mqtt_client import SESSION_TAKEN_OVER, SHORT_CONNECTION_S, MqttSettings, make_client, speaks_tls
+from edge.mqtt_client import SESSION_TAKEN_OVER, MqttSettings, TakeOverWatch, make_client, speaks_tls
 from edge.spool import Spool
 from edge.topics import OFFLINE, ONLINE, Topics
 
@@ -48,10 +47,8 @@ logger = logging.getLogger(__name__)
 
 IDLE_WAKE_S = 1.0  # the worker also looks at the spool this often without being woken
 
-# Where the broker just closes the connection on a take-over, TAKEOVER_DROPS connections in a row that
-# each lasted under SHORT_CONNECTION_S, within TAKEOVER_WINDOW_S, are read as one.
+# Short connections in a row read as a session take-over where the broker gives no reason (TakeOverWatch).
 TAKEOVER_DROPS = 3
-TAKEOVER_WINDOW_S = 120.0
 
 
 class Publisher:
@@ -104,8 +101,7 @@ class Publisher:
         self._outage_causes: set[str] = set()  # what this outage's log lines named: one line per cause
         self._refused = False  # the broker answered this attempt's CONNECT with a refusal
         self._announce_backlog = False
-        self._connected_at = 0.0
-        self._short_drops: deque[float] = deque(maxlen=TAKEOVER_DROPS)  # when short-lived connections ended
+        self._takeover = TakeOverWatch(TAKEOVER_DROPS)
         self._takeover_reported = False
         self._quiet_reconnect = False  # after a reported take-over, its reconnects are not news
         self._rediscover = False  # Home Assistant came online: send the discovery configs again
@@ -359,7 +355,7 @@ class Publisher:
             self._generation += 1
             generation = self._generation
             self._up = True
-        self._connected_at = time.monotonic()
+        self._takeover.connected()
         if self._quiet_reconnect:
             logger.debug("MQTT: connected to broker %s again after a session take-over", self.settings.broker)
         elif self._outage_causes and self._outage_since is not None:
@@ -380,7 +376,7 @@ class Publisher:
             client.subscribe(self._ha_status_topic, qos=1)
 
     def _on_connect_fail(self, _client: mqtt.Client, _userdata) -> None:
-        self._short_drops.clear()  # the broker is away: not a take-over
+        self._takeover.unreachable()
         exc = sys.exc_info()[1]  # paho calls this from inside its `except OSError`
         why = (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__) if exc else "no answer"
         self._log_outage(
@@ -398,9 +394,8 @@ class Publisher:
                 self._log_outage(self._handshake_failure(), cause="handshake")
             self._refused = False
             return
-        now = time.monotonic()
-        self._outage_since = now
-        self._quiet_reconnect = self._taken_over(reason, now)
+        self._outage_since = time.monotonic()
+        self._quiet_reconnect = self._taken_over(reason)
         if self._quiet_reconnect:
             logger.debug("MQTT: session taken over by another client with id %s", self.settings.daemon_client_id)
             self._outage_causes.add("taken over")
@@ -410,17 +405,9 @@ class Publisher:
             f"lost connection to broker {self.settings.broker} ({why}); spooling events and retrying", cause="lost"
         )
 
-    def _taken_over(self, reason: mqtt.ReasonCode, now: float) -> bool:
+    def _taken_over(self, reason: mqtt.ReasonCode) -> bool:
         """Whether another client with our client id pushed us off; logged once, with the fix."""
-        # MQTT 5 brokers may name the reason. Others (MQTT 3.1.1, mosquitto 2.0.11 also under 5) just close
-        # the connection: short connections in a row, each followed by a reconnect that worked at once (a
-        # broker that went away refuses the first attempts), tell a take-over apart.
-        if now - self._connected_at < SHORT_CONNECTION_S:
-            self._short_drops.append(now)
-        else:
-            self._short_drops.clear()
-        flapping = len(self._short_drops) == TAKEOVER_DROPS and now - self._short_drops[0] < TAKEOVER_WINDOW_S
-        if reason.value != SESSION_TAKEN_OVER and not flapping:
+        if not self._takeover.taken_over(reason):
             return False
         if not self._takeover_reported:
             # Without the MQTT 5 reason, a broker that restarts again and again within seconds looks the same.

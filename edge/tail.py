@@ -6,7 +6,6 @@ import json
 import signal
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -16,10 +15,9 @@ from typing import Any, TextIO
 import paho.mqtt.client as mqtt
 
 from edge.mqtt_client import (
-    SESSION_TAKEN_OVER,
-    SHORT_CONNECTION_S,
     BrokerError,
     MqttSettings,
+    TakeOverWatch,
     connect_or_raise,
     make_client,
     refused_error,
@@ -52,19 +50,19 @@ def run_tail(
     done = threading.Event()
     failed: list[BrokerError] = []
     printed = 0
-    connected_at = 0.0
-    short_drops = 0  # connections in a row that the broker closed within SHORT_CONNECTION_S
+    # Two short connections in a row: the tail stops before the daemon's own watch (three) would blame the
+    # daemon's setup for a take-over the tail caused.
+    takeover = TakeOverWatch(drops=2)
 
     def fail(error: BrokerError) -> None:
         failed.append(error)
         done.set()
 
     def on_connect(client: mqtt.Client, _userdata, _flags, reason: mqtt.ReasonCode, _props) -> None:
-        nonlocal connected_at
         if reason.is_failure:
             fail(refused_error(settings, reason))
             return
-        connected_at = time.monotonic()
+        takeover.connected()
         client.subscribe([(f, 1) for f in filters])
 
     def on_subscribe(*_args) -> None:
@@ -73,16 +71,12 @@ def run_tail(
 
     def on_disconnect(_client: mqtt.Client, _userdata, _flags, reason: mqtt.ReasonCode, _props) -> None:
         # Where the broker makes the login the client id (use_username_as_clientid), the tail on the daemon's
-        # login takes the daemon's session, the daemon takes it back, and so on. The broker may name it (MQTT
-        # 5); else two connections in a row closed within seconds of being made tell it from a broker restart.
-        # Without a login no broker can give the tail's own random id to anyone else.
-        nonlocal connected_at, short_drops
-        lasted, connected_at = time.monotonic() - connected_at, 0.0
+        # login takes the daemon's session, the daemon takes it back, and so on. Without a login no broker
+        # can give the tail's own random id to anyone else.
         if reason.value == 0 or not settings.username:  # our own disconnect, or no login to share
             return
-        short_drops = short_drops + 1 if lasted < SHORT_CONNECTION_S else 0
-        if reason.value == SESSION_TAKEN_OVER or short_drops >= 2:
-            fail(_taken_over_error(settings, lasted))
+        if takeover.taken_over(reason):
+            fail(_taken_over_error(settings))
 
     def on_message(_client: mqtt.Client, _userdata, msg: mqtt.MQTTMessage) -> None:
         nonlocal printed
@@ -112,9 +106,9 @@ def run_tail(
     return 0
 
 
-def _taken_over_error(settings: MqttSettings, lasted: float) -> BrokerError:
+def _taken_over_error(settings: MqttSettings) -> BrokerError:
     return BrokerError(
-        f"broker {settings.broker} keeps closing this connection within seconds ({lasted:.1f} s the last time): "
+        f"broker {settings.broker} keeps closing this connection within seconds of making it: "
         f"another client took its session; where the broker makes the login the client id "
         f"(use_username_as_clientid), that is the daemon on login {settings.username!r}: watch with a login of "
         f"your own that may read, e.g. edge tail --set mqtt.username=consumer --set mqtt.password_file=PATH"
