@@ -256,8 +256,7 @@ class Spool:
 
     def _files(self) -> list[Path]:
         """The spool file and the WAL and shared-memory files SQLite keeps beside it (not the seq mark)."""
-        parts = [self.path, self.path.with_name(self.path.name + "-wal"), self.path.with_name(self.path.name + "-shm")]
-        return [part for part in parts if part.exists()]
+        return [part for part in (self.path, *_sqlite_companions(self.path)) if part.exists()]
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -533,6 +532,11 @@ class Spool:
         return int(self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
 
 
+def _sqlite_companions(path: Path) -> tuple[Path, Path]:
+    """The write-ahead log and shared-memory files SQLite keeps beside a database in WAL mode."""
+    return path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
+
+
 def _since_boot() -> float:
     """Seconds since boot, suspended time included (unlike time.monotonic, which would read a suspend as a step
     of the wall clock); the monotonic clock where the system has no such clock."""
@@ -546,7 +550,7 @@ def peek(path: Path) -> tuple[int, int]:
     in `edge check`) a -wal or -shm file of ours would lock the daemon out of its own spool. A running daemon
     keeps both: they are read (read-only). Without them nobody writes, and SQLite's immutable mode reads the
     file alone."""
-    in_use = all(path.with_name(path.name + suffix).exists() for suffix in ("-wal", "-shm"))
+    in_use = all(part.exists() for part in _sqlite_companions(path))
     uri = f"{path.resolve().as_uri()}?{'mode=ro' if in_use else 'immutable=1'}"
     try:
         with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
