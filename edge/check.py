@@ -6,12 +6,12 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 
 from edge.config import Config
 from edge.errors import UserError
-from edge.locations import SERVICE_STATE_DIR, system_install
+from edge.locations import SERVICE_STATE_DIR, system_install, user_state_dir
 from edge.mqtt_client import MqttSettings, connect_or_raise, make_client, refused_error
 from edge.spool import peek
 from edge.wiring import build_detector, load_model, open_frame_source, spool_path
@@ -73,9 +73,10 @@ def _read_one_frame(config: Config) -> str:
     return f"{source.description}: {image.shape[1]}x{image.shape[0]} frame read"
 
 
-def spool_to_check(config: Config, prefix: str = sys.prefix, environ: Mapping[str, str] = os.environ) -> Path:
-    """The spool the daemon will use; for the installed copy run by hand (`sudo edge check`), the service's."""
-    if system_install(prefix) and not config.spool.dir and not environ.get("STATE_DIRECTORY"):
+def spool_to_check(config: Config, prefix: str = sys.prefix) -> Path:
+    """The spool the daemon will use; for the installed copy run by hand (`sudo edge check`), the service's
+    where neither spool.dir nor systemd names another."""
+    if system_install(prefix) and config.state_dir == user_state_dir():
         return spool_path(config.replaced({"spool.dir": str(SERVICE_STATE_DIR)}))
     return spool_path(config)
 

@@ -31,7 +31,7 @@ from edge.config_sections import (
 )
 from edge.discovery import DIAGNOSTICS, HA_STATUS_TOPIC
 from edge.errors import ConfigError
-from edge.locations import YUNET_SHA256, YUNET_URL
+from edge.locations import YUNET_SHA256, YUNET_URL, user_state_dir
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -244,7 +244,7 @@ class Config:
         from_systemd = self._environ.get("STATE_DIRECTORY", "").split(":")[0]
         if from_systemd:
             return Path(from_systemd)
-        return Path.home() / ".local" / "state" / "edge-mood"
+        return user_state_dir()
 
     def replaced(self, overrides: Mapping[str, Any]) -> Config:
         """A copy with some keys changed ({"section.key": value}), each checked like any other layer."""

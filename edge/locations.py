@@ -37,6 +37,11 @@ def system_install(prefix: str = sys.prefix) -> bool:
     return _SYSTEM_APP in Path(prefix).resolve().parents
 
 
+def user_state_dir() -> Path:
+    """Where a spool lives by default outside systemd: ~/.local/state/edge-mood."""
+    return Path.home() / ".local" / "state" / "edge-mood"
+
+
 def data_dir(environ: Mapping[str, str] | None = None) -> Path:
     """Where a fetched detector goes: /opt/edge-mood/models for the system-wide install, else the user's
     $XDG_DATA_HOME/edge-mood/models (~/.local/share/edge-mood/models)."""

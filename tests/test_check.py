@@ -63,10 +63,10 @@ def test_a_spool_in_use_is_read_with_the_events_its_daemon_has_not_checkpointed(
 
 def test_the_installed_copy_run_by_hand_checks_the_services_spool(tmp_path):
     config = load_config(None, {"mqtt.device_id": "cam1"}, environ={})
-    assert spool_to_check(config, "/opt/edge-mood/venv", {}) == Path("/var/lib/edge-mood/cam1/spool.sqlite3")
-    assert spool_to_check(config, "/home/pi/edge-mood/.venv", {}) == spool_path(config)  # ~/.local/state
-    under_systemd = {"STATE_DIRECTORY": str(tmp_path)}
-    assert spool_to_check(config, "/opt/edge-mood/venv", under_systemd) == spool_path(config)
+    assert spool_to_check(config, "/opt/edge-mood/venv") == Path("/var/lib/edge-mood/cam1/spool.sqlite3")
+    assert spool_to_check(config, "/home/pi/edge-mood/.venv") == spool_path(config)  # ~/.local/state
+    under_systemd = load_config(None, {"mqtt.device_id": "cam1"}, environ={"STATE_DIRECTORY": str(tmp_path)})
+    assert spool_to_check(under_systemd, "/opt/edge-mood/venv") == spool_path(under_systemd)
 
 
 def test_a_spool_folder_that_cannot_be_made_fails_the_check(broker, tmp_path, capsys):
