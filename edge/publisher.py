@@ -223,18 +223,17 @@ class Publisher:
             try:
                 self.spool.retry()  # events and acks a full disk left in memory
                 self._handle_acks()
-                if stopping:
-                    if self.connected:
-                        # The last state and the events spooled just before stop() (the faces that left) still
-                        # go out, one in-flight window of them; stop() waits for their acknowledgements.
-                        self._send_state()
-                        self._send_events()
-                    return
-                self._warn_about_drops()
+                if not stopping:
+                    self._warn_about_drops()
                 if self.connected:
-                    self._send_discovery_again()
+                    if not stopping:
+                        self._send_discovery_again()
+                    # Also on the way out: the last state and the events spooled just before stop() (the faces
+                    # that left) go out, one in-flight window of them; stop() waits for their acknowledgements.
                     self._send_state()
                     self._send_events()
+                if stopping:
+                    return
                 self._last_error = None
             except UserError as exc:  # the spool failed (disk full, file gone): say so once, keep trying
                 if str(exc) != self._last_error:
