@@ -40,11 +40,11 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 import paho.mqtt.client as mqtt
 from daemon_on_fer_video import free_port, outcome_by_face, start_mosquitto, write_video
 from edge_stages import FRAME_H, FRAME_W, PHOTO, blurred_background, cut_heads, paste_head
@@ -337,7 +337,7 @@ def machine_line() -> str:
         pass
     return (
         f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, OpenCV {cv2.__version__}, "
-        f"onnxruntime {ort.__version__}, nice {os.nice(0)}"
+        f"onnxruntime {version('onnxruntime')}, nice {os.nice(0)}"
     )
 
 

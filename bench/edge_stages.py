@@ -17,11 +17,11 @@ import platform
 import statistics
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 
 from edge.classifier import ExpressionModel
 from edge.crop import crop_face
@@ -141,7 +141,7 @@ def main() -> int:
 
     print(
         f"# edge vision stages: {FRAME_W}x{FRAME_H} BGR frames, 1 thread (OpenCV {cv2.__version__}, "
-        f"onnxruntime {ort.__version__}), {platform.machine()} {platform.processor() or ''}".rstrip()
+        f"onnxruntime {version('onnxruntime')}), {platform.machine()} {platform.processor() or ''}".rstrip()
     )
     print(
         f"# model: {shown} -> {model.model_id} {model.precision} "

@@ -39,7 +39,7 @@ from edge.local_broker import local_broker
 # A stand-in for picamera2 (the daemon imports it only for `source.uri = "picamera"`): YUV420 frames,
 # luma from the frames file, paced like a camera. The schedule repeats: each face for `hold` frames, on
 # the left or right in turn, then `gap` frames of the empty room.
-STAND_IN = '''
+STAND_IN = """
 import os, time
 import numpy as np
 
@@ -80,7 +80,7 @@ class Picamera2:
 
     def close(self):
         pass
-'''
+"""
 
 VARIANTS = {"malloc as is": {}, "MALLOC_ARENA_MAX=2": {"MALLOC_ARENA_MAX": "2"}}
 
@@ -162,15 +162,19 @@ def report(daemons: list[Daemon], received: Counter, minutes: float, warm_up_min
     for rows in list(zip(*(d.samples for d in daemons)))[::every]:
         print(f"{rows[0][0] / 60:>7.0f} " + " ".join(f"{row[1]:>20.1f}" for row in rows))
     print()
-    print(f"| variant | RSS MB at {warm_up_min:g} min | at end | growth after, KB/min | fds | threads | events | warnings |")
+    header = (
+        f"variant | RSS MB at {warm_up_min:g} min | at end | growth after, KB/min | fds | threads | events | warnings"
+    )
+    print(f"| {header} |")
     print("| --- | ---: | ---: | ---: | --- | --- | ---: | ---: |")
     for index, daemon in enumerate(daemons):
         warm = next((s for s in daemon.samples if s[0] >= warm_up_min * 60), daemon.samples[-1])
         first, last = daemon.samples[0], daemon.samples[-1]
         events = sum(n for (device, _), n in received.items() if device == f"soak-{index}")
+        growth = growth_kb_per_min(daemon.samples, warm_up_min * 60)
         warnings = sum(" WARNING " in line or " ERROR " in line for line in daemon.log.read_text().splitlines())
         print(
-            f"| {daemon.name} | {warm[1]:.1f} | {last[1]:.1f} | {growth_kb_per_min(daemon.samples, warm_up_min * 60):+.1f} | "
+            f"| {daemon.name} | {warm[1]:.1f} | {last[1]:.1f} | {growth:+.1f} | "
             f"{first[2]} -> {last[2]} | {first[3]} -> {last[3]} | {events} | {warnings} |"
         )
 
