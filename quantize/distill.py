@@ -34,7 +34,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from edge.contract import CANONICAL_LABELS
 from quantize.datasets import FaceSet, stratified_split
-from quantize.distill_checkpoint import Checkpoint, Progress, run_fingerprint
+from quantize.distill_checkpoint import Checkpoint, Progress, run_identity
 from quantize.distill_config import DistillConfig, autocast_dtype
 from quantize.distill_loss import class_weights, distillation_loss
 from quantize.mixup import mix_batch, mixing_rng
@@ -94,7 +94,7 @@ def distill(
     dtype = autocast_dtype(cfg.precision, dev)  # an unsupported precision fails before the teachers run
     groups = training_targets(teachers, teacher_fit, cfg, cache_dir, log)
     run = _Run(cfg, settings, fit, val, dev, dtype, alpha=cfg.alpha if teachers else 1.0)
-    checkpoint = Checkpoint(work_dir, run_fingerprint(settings, records, train_faces), run.parts())
+    checkpoint = Checkpoint(work_dir, run_identity(settings, records, train_faces), run.parts())
     state = checkpoint.resume(validating=val is not None, log=log)
 
     for epoch in range(state.epoch + 1, cfg.epochs + 1):

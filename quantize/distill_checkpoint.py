@@ -1,12 +1,15 @@
 """Resuming a distillation. After every epoch the whole training state is written atomically to
-<work dir>/distill.ckpt together with a fingerprint of the settings, the teachers as loaded (labels, input,
-output...), the faces and their targets; running the same distillation again resumes from it, while a
-checkpoint with another fingerprint is ignored (and replaced after the next epoch)."""
+<work dir>/distill.ckpt together with what identifies the run: the settings, the teachers as loaded (labels,
+input, output...), the faces and their targets. Running the same distillation again resumes from it. A run
+that differs starts afresh and keeps the other run's checkpoint one step back, as distill.previous.ckpt, so
+that a rerun with one option mistyped does not throw away hours of training: the other run's own command
+finds it there and resumes it."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -19,6 +22,7 @@ from quantize.digest import faces_fingerprint
 from quantize.training import save_atomically
 
 CHECKPOINT_NAME = "distill.ckpt"
+PREVIOUS_NAME = "distill.previous.ckpt"  # the checkpoint of the run before, kept one step back
 
 
 @dataclass
@@ -36,38 +40,85 @@ class Progress:
 PROGRESS_KEYS = tuple(f.name for f in fields(Progress))
 
 
-def run_fingerprint(settings: dict[str, Any], teachers: list[dict[str, Any]], faces: FaceSet) -> str:
-    """Hex sha256 of what decides a distillation's result: settings, teachers, training faces and their targets.
+def run_identity(settings: dict[str, Any], teachers: list[dict[str, Any]], faces: FaceSet) -> dict[str, Any]:
+    """What decides a distillation's result: settings, teachers, training faces and their targets.
 
     Each teacher counts with its whole record (file, labels, input, output, template), not its file alone: a
     rerun with a teacher's labels or preprocessing fixed must not resume the run that read it wrongly. The
     targets are those of the label source (votes and their weight), the labels alone without one."""
-    targets = None if faces.targets is None else hashlib.sha256(faces.targets.tobytes()).hexdigest()
+    return {
+        "settings": json.loads(json.dumps(settings, sort_keys=True, default=str)),
+        "teachers": teachers,
+        "faces": faces_fingerprint(faces.images, faces.labels),
+        "targets": None if faces.targets is None else hashlib.sha256(faces.targets.tobytes()).hexdigest(),
+    }
+
+
+def fingerprint(identity: dict[str, Any]) -> str:
     text = json.dumps(
-        [settings, teachers, faces_fingerprint(faces.images, faces.labels), targets],
+        [identity["settings"], identity["teachers"], identity["faces"], identity["targets"]],
         sort_keys=True,
         default=str,
     )
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def differences(saved: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
+    """What differs between a checkpoint's run and this one, in words for the log."""
+    if saved is None:  # written before checkpoints kept their identity
+        return ["other settings, data or teachers"]
+    changed = [
+        f"{key} {saved['settings'].get(key)!r} -> {value!r}"
+        for key, value in now["settings"].items()
+        if saved["settings"].get(key) != value
+    ]
+    names = lambda teachers: [t["file"] for t in teachers]  # noqa: E731
+    if names(saved["teachers"]) != names(now["teachers"]):
+        changed.append(f"teachers {names(saved['teachers']) or 'none'} -> {names(now['teachers']) or 'none'}")
+    elif saved["teachers"] != now["teachers"]:
+        changed.append("a teacher's file or spec")
+    if saved["faces"] != now["faces"]:
+        changed.append("the training faces")
+    if saved["targets"] != now["targets"]:
+        changed.append("the label source (--votes or its weight)")
+    return changed
+
+
 class Checkpoint:
     """The checkpoint of one distillation in `work_dir` (none without one). `parts` names the objects whose
     state it saves and restores: the student, its optimizer, scheduler and gradient scaler."""
 
-    def __init__(self, work_dir: Path | None, fingerprint: str, parts: dict[str, Any]) -> None:
+    def __init__(self, work_dir: Path | None, identity: dict[str, Any], parts: dict[str, Any]) -> None:
         self.path = work_dir / CHECKPOINT_NAME if work_dir else None
-        self.fingerprint = fingerprint
+        self.previous = work_dir / PREVIOUS_NAME if work_dir else None
+        self.identity = identity
+        self.fingerprint = fingerprint(identity)
         self.parts = parts
 
     def resume(self, validating: bool, log: Callable[[str], None]) -> Progress:
-        """The progress of a matching checkpoint, with `parts` restored to its state; a fresh start otherwise."""
-        if self.path is None or not self.path.is_file():
+        """The progress of this run's checkpoint, with `parts` restored to its state; a fresh start without one."""
+        if self.path is None or self.previous is None:
             return Progress()
         state = _load(self.path)
         if state is None or state.get("fingerprint") != self.fingerprint:
-            log(f"{self.path} belongs to other settings, data or teachers; starting afresh")
-            return Progress()
+            kept = _load(self.previous)
+            if kept is not None and kept.get("fingerprint") == self.fingerprint:
+                other = f"; the other run's {self.path.name} takes its place" if self.path.is_file() else ""
+                _swap(self.path, self.previous)
+                log(f"this run's checkpoint was kept as {self.previous.name}{other}")
+                state = kept
+            elif state is not None:
+                changed = differences(state.get("identity"), self.identity)
+                os.replace(self.path, self.previous)
+                log(
+                    f"{self.path} is of another run ({'; '.join(changed[:4])}): kept as {self.previous.name}, "
+                    f"where that run's own command resumes it; starting afresh"
+                )
+                return Progress()
+            else:
+                if self.path.is_file():
+                    log(f"cannot read {self.path} (damaged); starting afresh")
+                return Progress()
         for name, part in self.parts.items():
             part.load_state_dict(state[name])
         progress = Progress(**{key: state[key] for key in PROGRESS_KEYS})
@@ -81,6 +132,7 @@ class Checkpoint:
         save_atomically(
             {
                 "fingerprint": self.fingerprint,
+                "identity": self.identity,
                 **{name: part.state_dict() for name, part in self.parts.items()},
                 **{key: getattr(progress, key) for key in PROGRESS_KEYS},
             },
@@ -88,7 +140,21 @@ class Checkpoint:
         )
 
 
+def _swap(path: Path, previous: Path) -> None:
+    """Exchange the two checkpoints (either may be missing); each rename is atomic, so a crash in between
+    leaves both files under one of their names or the other."""
+    spare = path.with_name(path.name + ".swap")
+    if path.exists():
+        os.replace(path, spare)
+    os.replace(previous, path)
+    if spare.exists():
+        os.replace(spare, previous)
+
+
 def _load(path: Path) -> dict[str, Any] | None:
+    """The checkpoint at `path`; None when there is none or it cannot be read."""
+    if not path.is_file():
+        return None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - a damaged checkpoint only costs a fresh start

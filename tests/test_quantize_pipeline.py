@@ -265,6 +265,28 @@ def test_a_rerun_with_the_teachers_labels_or_the_label_source_fixed_trains_afres
 
 
 @pytest.mark.slow
+def test_a_rerun_with_an_option_changed_keeps_the_other_runs_checkpoint_for_its_own_command(synthetic, tmp_path):
+    """A mistyped rerun (here the epochs left at another value) must not throw away the finished run's training."""
+    work = tmp_path / "work"
+
+    def run(epochs: int) -> tuple[list[dict], list[str]]:
+        messages: list[str] = []
+        cfg = DistillConfig(student="xs", epochs=epochs, batch_size=32)
+        result = distill(synthetic.train, [], cfg, work_dir=work, progress=False, log=messages.append)
+        return result.history, messages
+
+    first, _ = run(epochs=2)
+    _, messages = run(epochs=1)
+    assert any("is of another run (epochs 2 -> 1)" in m and "distill.previous.ckpt" in m for m in messages), messages
+    again, messages = run(epochs=2)
+    assert not any(m.startswith("epoch") for m in messages), f"trained again instead of resuming: {messages}"
+    assert again == first
+    assert any("kept as distill.previous.ckpt" in m for m in messages), messages
+    _, messages = run(epochs=1)
+    assert not any(m.startswith("epoch") for m in messages), "the mistyped run's checkpoint was kept too"
+
+
+@pytest.mark.slow
 def test_without_validation_every_face_is_trained_on_and_the_last_epoch_is_kept(synthetic, tmp_path):
     teacher = load_teacher(synthetic.teachers["onnx"])
     cfg = DistillConfig(student="xs", epochs=3, batch_size=32, val_fraction=0.0)
