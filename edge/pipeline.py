@@ -88,6 +88,7 @@ class Daemon:
         self._last_state_at = 0.0
         self._last_stats_at = time.monotonic()
         self._last_watchdog_at = 0.0
+        self._last_clock = 0.0  # the frame clock of the last frame (_frame_clock)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -116,7 +117,9 @@ class Daemon:
         return EXIT_EVENTS_UNSENT if self.once and unsent else 0
 
     def _loop(self) -> None:
-        last_clock = 0.0
+        # The retained state may still show the faces of a run that ended without saying so (a crash, a power
+        # cut); none is tracked yet, whether or not the camera is there.
+        self._publish_state()
         while not self.stop_requested.is_set():
             waited = time.perf_counter()
             frame = self.grabber.get(timeout=0.5)
@@ -127,12 +130,17 @@ class Daemon:
                 self._housekeeping()
                 continue
             self.timer.add("capture_wait", time.perf_counter() - waited)
-            last_clock = self._frame_clock(frame)
-            self._process(frame, last_clock)
+            self._last_clock = self._frame_clock(frame)
+            self._process(frame, self._last_clock)
             self._housekeeping()
-        # The source ended or the daemon stops (systemctl stop, an upgrade): nobody watches the room any more, so
-        # every face in view leaves and the retained state says so, rather than standing until the next start.
-        self._emit(self.tracker.finish(last_clock), frame_index=-1)
+        # The source ended or the daemon stops (systemctl stop, an upgrade).
+        self._all_faces_leave()
+
+    def _all_faces_leave(self) -> None:
+        """Nobody watches the room any more: every face in view leaves and the retained state says so, rather
+        than standing until frames come again (an MQTT reader, or Home Assistant after a restart, would take
+        it for now)."""
+        self._emit(self.tracker.finish(self._last_clock), frame_index=-1)
         self._publish_state()
 
     def _shutdown(self) -> int:
@@ -266,10 +274,13 @@ class Daemon:
     def _housekeeping(self) -> None:
         now = time.monotonic()
         # The grabber has logged the loss and retries with back-off (unless an attempt hangs).
-        if self.grabber.waiting_for_source(hung_after_s=self.config.service.stall_timeout_s):
+        waiting = self.grabber.waiting_for_source(hung_after_s=self.config.service.stall_timeout_s)
+        if waiting:
             self._last_frame_at = now  # no frame is due until the camera is back
             self._announce("waiting for")  # absent at start: up, and waiting
         healthy = now - self._last_frame_at < self.config.service.stall_timeout_s
+        if self.tracker.tracking and (waiting or not healthy):
+            self._all_faces_leave()  # the camera is gone or stalled
         if not healthy and not self._stalled:
             self._stalled = True
             logger.warning(

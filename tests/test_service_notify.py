@@ -13,6 +13,7 @@ camera that the test can stall (stop sending, connection kept open) and resume, 
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import shlex
 import signal
@@ -26,6 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
+import paho.mqtt.publish as publish
 import pytest
 
 from tests.tiny_model import write_tiny_model
@@ -211,12 +213,22 @@ def log_tail(log: Path) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-25:])
 
 
+def assert_every_face_left(events, state) -> None:
+    """Every face announced has left, and the retained state shows none: a reader (or Home Assistant after a
+    restart) must not take the faces of a camera that is gone for faces in view now."""
+    entered = lambda got: {m.json()["track_id"] for m in got if m.json()["type"] == "face_enter"}  # noqa: E731
+    left = lambda got: {m.json()["track_id"] for m in got if m.json()["type"] == "face_leave"}  # noqa: E731
+    events.wait_until(lambda got: entered(got) <= left(got), 15)
+    state.wait_until(lambda got: bool(got) and got[-1].json()["face_count"] == 0, 15)
+
+
 @pytest.mark.slow
 def test_ready_watchdog_stall_recovery_and_clean_stop(broker, subscriber, stream, workdir):
     state_dir = workdir / "state"
     state_dir.mkdir()
     notify = NotifySocket(workdir / "notify.sock")
     log = workdir / "daemon.log"
+    events = subscriber(broker, f"edge-mood/{DEVICE}/events")
     daemon = start_like_systemd(write_config(workdir, broker, stream.url), state_dir, notify.path, log)
     try:
         # READY=1 once frames flow (model loading and stream probing come first).
@@ -231,7 +243,9 @@ def test_ready_watchdog_stall_recovery_and_clean_stop(broker, subscriber, stream
             10 * WATCHDOG_S,
         )
 
-        # The camera stalls: the pings stop (systemd would restart the service) while the process lives.
+        # The camera stalls with faces in view: the pings stop (systemd would restart the service) while the
+        # process lives, and the faces leave: nobody watches the room.
+        events.wait_until(lambda got: any(m.json()["type"] == "face_enter" for m in got), 30)
         stream.flowing.clear()
         stalled_at = time.monotonic()
         quiet_s = WATCHDOG_S * 1.5  # longer than the ping interval: silence means no ping is due
@@ -244,6 +258,7 @@ def test_ready_watchdog_stall_recovery_and_clean_stop(broker, subscriber, stream
         assert last_ping - stalled_at <= STALL_TIMEOUT_S + WATCHDOG_S, "pinged on well after the stall"
         assert daemon.poll() is None, log_tail(log)
         assert "no frame for" in log.read_text()
+        assert_every_face_left(events, subscriber(broker, f"edge-mood/{DEVICE}/state"))
 
         # Frames flow again (the daemon reconnects): the pings come back.
         stream.flowing.set()
@@ -280,13 +295,17 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_a_camera_missing_at_start_or_unplugged_is_waited_for_with_the_watchdog_fed(broker, jpeg, workdir):
+def test_a_camera_missing_at_start_or_unplugged_is_waited_for_with_the_watchdog_fed(broker, subscriber, jpeg, workdir):
     port = free_port()
     state_dir = workdir / "state"
     state_dir.mkdir()
     notify = NotifySocket(workdir / "notify.sock")
     log = workdir / "daemon.log"
     config = write_config(workdir, broker, f"http://127.0.0.1:{port}/stream.mjpg")
+    # The retained state of a run that ended without a word (a power cut) still shows a face.
+    stale = json.dumps({"schema": 1, "device": DEVICE, "face_count": 1, "faces": [{"track_id": 7}]})
+    publish.single(f"edge-mood/{DEVICE}/state", stale, retain=True, hostname=broker.host, port=broker.port)
+    events = subscriber(broker, f"edge-mood/{DEVICE}/events")
     daemon = start_like_systemd(config, state_dir, notify.path, log)
     camera = None
     fed_for = lambda since, pings: len([t for t in notify.times("WATCHDOG=1") if t > since]) >= pings  # noqa: E731
@@ -295,6 +314,8 @@ def test_a_camera_missing_at_start_or_unplugged_is_waited_for_with_the_watchdog_
         notify.wait_until("READY=1", lambda: notify.times("READY=1") or daemon.poll() is not None, 90)
         assert daemon.poll() is None, f"daemon exited {daemon.returncode}:\n{log_tail(log)}"
         assert any(line.startswith("STATUS=waiting for") for _, line in notify.messages), notify.messages
+        state = subscriber(broker, f"edge-mood/{DEVICE}/state")
+        state.wait_until(lambda got: bool(got) and got[-1].json()["face_count"] == 0, 15)
         past_stall = time.monotonic() + STALL_TIMEOUT_S
         notify.wait_until(
             "pings past the stall timeout", lambda: fed_for(past_stall, 2), STALL_TIMEOUT_S + 10 * WATCHDOG_S
@@ -305,7 +326,9 @@ def test_a_camera_missing_at_start_or_unplugged_is_waited_for_with_the_watchdog_
         notify.wait_until(
             "STATUS=processing", lambda: any(m.startswith("STATUS=processing") for _, m in notify.messages), 40
         )
-        # Unplugged: the stream closes and refuses connections; the daemon retries, still fed.
+        # Unplugged with faces in view: the stream closes and refuses connections; the daemon retries, still
+        # fed, and the faces leave.
+        events.wait_until(lambda got: any(m.json()["type"] == "face_enter" for m in got), 30)
         camera.close()
         camera = None
         notify.wait_until("the loss", lambda: "lost " in log.read_text(), 20)
@@ -313,6 +336,7 @@ def test_a_camera_missing_at_start_or_unplugged_is_waited_for_with_the_watchdog_
         notify.wait_until("pings after the loss", lambda: fed_for(lost_at + STALL_TIMEOUT_S, 2), 10 * WATCHDOG_S)
         assert daemon.poll() is None, log_tail(log)
         assert "no frame for" not in log.read_text(), "a missing camera is not a stall"
+        assert_every_face_left(events, subscriber(broker, f"edge-mood/{DEVICE}/state"))
         lines = log.read_text().splitlines()
         assert not [line for line in lines if "[tcp @" in line or "VIDEOIO" in line], "FFmpeg/OpenCV's own lines"
 
