@@ -16,7 +16,8 @@ Ordering and no loss:
 
 Home Assistant discovery configs go out retained after the birth message on every connect, and again
 whenever Home Assistant announces itself "online" on its status topic (it restarted, or its broker lost
-the retained configs).
+the retained configs). A retained config under the device's node id that it does not offer now, left by an
+earlier run, is cleared as the broker hands it over.
 
 Faults of the broker's setup that would otherwise show only as a reconnect loop get one line each: another
 client taking over our client id (session take-over) and a broker port that speaks TLS while we do not.
@@ -35,7 +36,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from edge.discovery import HomeAssistantOptions, discovery_messages, node_id, retired_topics
+from edge.discovery import HomeAssistantOptions, discovery_messages, node_configs_filter, node_id
 from edge.errors import UserError
 from edge.mqtt_client import SESSION_TAKEN_OVER, MqttSettings, TakeOverWatch, make_client, speaks_tls
 from edge.spool import Spool
@@ -72,6 +73,11 @@ class Publisher:
         self.topics: Topics = settings.topics
         self._discovery = _discovery_payloads(settings, labels, model, home_assistant) if settings.discovery else []
         self._ha_status_topic = home_assistant.status_topic if settings.discovery else ""
+        # Retained configs under this device's node id that it does not offer now are cleared when the broker
+        # hands them over (see _clear_config).
+        self._own_configs = node_configs_filter(self.topics, settings.discovery_prefix)
+        self._offered = {topic for topic, _ in self._discovery}
+        self._cleared: set[str] = set()
         self._client = make_client(settings, settings.daemon_client_id)
         self._client.will_set(self.topics.status, OFFLINE, qos=1, retain=True)
         # paho's hint says int, but it only adds the delay to a clock: fractions of a second work.
@@ -82,7 +88,7 @@ class Publisher:
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
-        self._client.on_message = self._on_ha_status
+        self._client.on_message = self._on_message
 
         self._cond = threading.Condition()
         self._kick = False
@@ -371,6 +377,7 @@ class Publisher:
         info = client.publish(self.topics.status, ONLINE, qos=1, retain=True)
         self._birth = (info.mid, generation)
         self._publish_discovery()
+        client.subscribe(self._own_configs, qos=1)
         if self._ha_status_topic:
             client.subscribe(self._ha_status_topic, qos=1)
 
@@ -435,7 +442,25 @@ class Publisher:
             f"mqtt.port, mqtt.protocol and mqtt.tls against the broker's listener; retrying"
         )
 
-    def _on_ha_status(self, _client: mqtt.Client, _userdata, message: mqtt.MQTTMessage) -> None:
+    def _on_message(self, client: mqtt.Client, _userdata, message: mqtt.MQTTMessage) -> None:
+        if mqtt.topic_matches_sub(self._own_configs, message.topic):
+            self._clear_config(client, message)
+        else:
+            self._on_ha_status(message)
+
+    def _clear_config(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
+        """A retained config of this device that it does not offer now (an entity of an earlier run: another
+        model's labels, a diagnostic or the triggers switched off, discovery turned off) is cleared, which
+        removes the entity from Home Assistant. Only retained ones: the rest are this run's own configs
+        passing by."""
+        if not message.retain or not message.payload or message.topic in self._offered:
+            return
+        client.publish(message.topic, b"", qos=1, retain=True)
+        if message.topic not in self._cleared:
+            self._cleared.add(message.topic)
+            logger.info("Home Assistant: removed %s, which this configuration no longer offers", message.topic)
+
+    def _on_ha_status(self, message: mqtt.MQTTMessage) -> None:
         # A retained "online" (where Home Assistant's birth is set to retain) comes with every connect, which
         # sends the configs anyway; a live one means Home Assistant has just (re)started.
         if message.topic == self._ha_status_topic and message.payload == ONLINE.encode() and not message.retain:
@@ -462,9 +487,8 @@ class Publisher:
 def _discovery_payloads(
     settings: MqttSettings, labels: Sequence[str], model: str | None, options: HomeAssistantOptions
 ) -> list[tuple[str, bytes]]:
-    """The retained discovery messages: every config, then an empty payload (which removes the entity from
-    Home Assistant) for each entity the user switched off."""
-    prefix = settings.discovery_prefix
-    configs = discovery_messages(settings.topics, discovery_prefix=prefix, labels=labels, model=model, options=options)
-    retired = retired_topics(settings.topics, discovery_prefix=prefix, labels=labels, options=options)
-    return [(topic, json.dumps(config).encode()) for topic, config in configs] + [(topic, b"") for topic in retired]
+    """The retained discovery configs, by topic."""
+    configs = discovery_messages(
+        settings.topics, discovery_prefix=settings.discovery_prefix, labels=labels, model=model, options=options
+    )
+    return [(topic, json.dumps(config).encode()) for topic, config in configs]

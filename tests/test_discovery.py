@@ -17,11 +17,12 @@ import pytest
 
 import edge
 from edge.config import ConfigError, load_config
-from edge.discovery import DIAGNOSTICS, HomeAssistantOptions, discovery_messages, ha_slug, node_id, retired_topics
+from edge.discovery import DIAGNOSTICS, HomeAssistantOptions, discovery_messages, ha_slug, node_id
 from edge.payloads import event_payload, state_payload, stats_payload
 from edge.publisher import MqttSettings, Publisher
 from edge.spool import Spool
 from edge.topics import Topics
+from tests.mqtt_support import wait_until
 from tests.scenes import SHARED, Segment, write_video
 from tests.test_daemon_e2e import edge as run_edge
 from tests.test_daemon_e2e import write_config
@@ -196,12 +197,6 @@ def test_options_shape_the_device_and_its_entities():
     assert configs["mood"]["default_entity_id"] == "sensor.hall_camera_mood"  # from the name users see
     assert all("expire_after" not in c for c in configs.values())
     assert set(configs) == {"mood", "mood_confidence", "faces", "presence", "face_event", "fps"}
-    retired = retired_topics(topics, labels=LABELS, options=options)
-    node = node_id(topics)
-    assert f"homeassistant/sensor/{node}/rss_mb/config" in retired
-    assert f"homeassistant/device_automation/{node}/expression_happy/config" in retired
-    assert f"homeassistant/sensor/{node}/fps/config" not in retired
-    assert retired_topics(topics, labels=LABELS) == []  # nothing is switched off by default
     with pytest.raises(ValueError, match="cpu_load"):
         HomeAssistantOptions(diagnostics=("cpu_load",))
 
@@ -331,7 +326,9 @@ def test_bad_homeassistant_values_are_one_clear_line(key, value, words):
 # -- on a real broker --------------------------------------------------------------------------------
 
 
-def run_publisher(broker, tmp_path, device: str, options: HomeAssistantOptions | None = None, **changes) -> Publisher:
+def run_publisher(
+    broker, tmp_path, device: str, options: HomeAssistantOptions | None = None, labels=LABELS, **changes
+) -> Publisher:
     settings = MqttSettings(
         host=broker.host,
         port=broker.port,
@@ -344,7 +341,7 @@ def run_publisher(broker, tmp_path, device: str, options: HomeAssistantOptions |
     publisher = Publisher(
         settings,
         Spool(tmp_path / f"{device}.sqlite3"),
-        labels=LABELS,
+        labels=labels,
         model="student_s@0123456789ab",
         home_assistant=options,
     )
@@ -444,6 +441,28 @@ def test_entities_switched_off_are_removed(broker, subscriber, tmp_path):
     finally:
         stop(second)
     assert got == expected
+
+
+def test_configs_an_earlier_run_published_and_this_one_does_not_offer_are_removed(broker, subscriber, tmp_path):
+    """A model with other labels leaves no device trigger of the old labels behind, and discovery turned off
+    removes the device: every retained config under the node id that a run does not offer is cleared."""
+    topics = Topics("edge-mood", "cam5")
+    first = run_publisher(broker, tmp_path, "cam5")
+    subscriber(broker, "edge-mood/cam5/state").wait_for(1)
+    assert len(retained(broker, subscriber, "cam5")) == len(discovery_messages(topics, labels=LABELS))
+    stop(first)
+    six = [label for label in LABELS if label != "disgust"]
+    expected = {topic for topic, _ in discovery_messages(topics, labels=six)}
+    second = run_publisher(broker, tmp_path, "cam5", labels=six)
+    try:
+        wait_until(lambda: retained(broker, subscriber, "cam5") == expected, "only the six labels' configs")
+    finally:
+        stop(second)
+    third = run_publisher(broker, tmp_path, "cam5", discovery=False)
+    try:
+        wait_until(lambda: not retained(broker, subscriber, "cam5"), "no config left")
+    finally:
+        stop(third)
 
 
 # -- the real daemon ---------------------------------------------------------------------------------
