@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import torch
 from torch import nn
@@ -69,7 +69,18 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler:
 
 def save_atomically(obj: Any, path: Path) -> None:
     """torch.save to a temporary file renamed over `path`: a crash leaves the old checkpoint or the new one."""
-    write_atomically(path, lambda f: torch.save(obj, f))
+
+    def save(f: BinaryIO) -> None:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as exc:
+            # torch's zip writer hides a failed write (a full disk) behind "enforce fail ... unexpected pos"
+            # when it closes the archive; the OSError it is handling says the real cause.
+            if isinstance(exc.__context__, OSError):
+                raise exc.__context__ from None
+            raise
+
+    write_atomically(path, save)
 
 
 def to_memory_format(model: ModuleT, memory_format: torch.memory_format) -> ModuleT:

@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
 from quantize.cli import main  # noqa: E402
-from tests.quantize_support import synthetic_faces, write_fer_csv  # noqa: E402
+from tests.quantize_support import fill, synthetic_faces, tiny_disk, write_fer_csv  # noqa: E402
 from tests.tiny_model import write_tiny_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -220,3 +220,17 @@ def test_missing_extra_is_named_with_the_install_command(tmp_path):
     assert done.stderr.strip() == (
         "error: the quantize tool needs the optional package torch; install it with pip install 'edge-mood[quantize]'"
     )
+
+
+def test_a_full_disk_while_a_checkpoint_is_saved_is_one_line_and_keeps_the_old_one(data, tmp_path, capsys):
+    with tiny_disk(tmp_path / "disk") as disk:
+        old = disk / "s.pt.work" / "distill.ckpt"
+        old.parent.mkdir()
+        old.write_bytes(b"an earlier epoch")
+        fill(disk, leave=16384)  # the checkpoint is larger: torch's writer fails part way
+        argv = ["distill", "--data", str(data), "--student", "xs", "--epochs", "1", "--threads", "1"]
+        assert main([*argv, "--out", str(disk / "s.pt")]) == 2
+        line = _one_error_line(capsys)
+        assert "No space left on device" in line and "free some space" in line and str(disk) in line
+        assert old.read_bytes() == b"an earlier epoch"
+        assert not [p for p in disk.rglob("*.tmp")]
