@@ -49,6 +49,7 @@ class FaceSet:
     rows: np.ndarray | None = None  # int64 (N,): each face's data row in a CSV file (None for image folders)
     targets: np.ndarray | None = None  # float32 (N, len(CANONICAL_LABELS)): per-face class distributions
     file_rows: int | None = None  # data rows in that CSV file, every split's (None for image folders)
+    usage: str | None = None  # the CSV's Usage value of these rows (None without a Usage column)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -191,7 +192,15 @@ def _load_csv_split(path: Path, split: str, cache: bool) -> FaceSet:
             f"use one of {', '.join(CSV_SPLITS)} or a Usage value"
         )
     mask = usage == match
-    return FaceSet(images[mask], labels[mask], str(path), split, rows=np.flatnonzero(mask), file_rows=len(labels))
+    return FaceSet(
+        images[mask],
+        labels[mask],
+        str(path),
+        split,
+        rows=np.flatnonzero(mask),
+        file_rows=len(labels),
+        usage=usage_names[match],
+    )
 
 
 def _cache_file(path: Path) -> Path:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,15 +31,26 @@ _CANONICAL_COLUMNS = [
 NO_LABEL = -1
 
 
-def read_votes(path: Path, usage: str | None = None) -> np.ndarray:
-    """(N, 10) float32 votes in file order (NaN rows where FER+ has none), of every row or of one Usage value."""
+@dataclass
+class VoteFile:
+    """A vote file's rows in file order: their votes and what each row says about the face it is for."""
+
+    votes: np.ndarray  # float32 (N, 10), NaN rows where FER+ has none
+    usages: list[str | None]  # each row's usage column (None without one)
+    rows: list[int | None]  # each row's data row number, from its row or image-name column (None without one)
+    lines: list[int]  # each row's line in the file, for messages
+
+
+def read_vote_file(path: Path) -> VoteFile:
+    """Every row of a vote file; a count that is not a number is a QuantizeError naming the line."""
     path = Path(path).expanduser()
     try:
         raw = gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
         with raw as handle:
-            rows = list(csv.reader(io.StringIO(handle.read())))
+            text = handle.read()
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise QuantizeError(f"cannot read FER+ vote file {path}: {exc}; check that the file is complete") from None
+    rows = list(csv.reader(io.StringIO(text)))
     header = [h.strip() for h in rows[0]] if rows else []
     missing = [c for c in VOTE_COLUMNS if c not in header]
     if missing:
@@ -46,14 +59,22 @@ def read_votes(path: Path, usage: str | None = None) -> np.ndarray:
             f"usage,row,{','.join(VOTE_COLUMNS)})"
         )
     columns = [header.index(c) for c in VOTE_COLUMNS]
-    usage_col = header.index("usage") if "usage" in header else None
-    votes = []
+    lowered = [h.lower() for h in header]
+    usage_col = lowered.index("usage") if "usage" in lowered else None
+    # Microsoft's own file names each face's image, fer0000123.png for data row 123, where ours has its number.
+    row_col = next((lowered.index(n) for n in ("row", "image name") if n in lowered), None)
+    votes: list[list[float]] = []
+    usages: list[str | None] = []
+    numbers: list[int | None] = []
+    lines: list[int] = []
     for line_no, row in enumerate(rows[1:], start=2):
         if not row:
             continue
-        if usage is not None and (usage_col is None or row[usage_col] != usage):
-            continue
         cells = [row[c].strip() if c < len(row) else "" for c in columns]
+        usages.append(None if usage_col is None or usage_col >= len(row) else row[usage_col].strip())
+        number = None if row_col is None or row_col >= len(row) else re.search(r"\d+", row[row_col])
+        numbers.append(int(number.group()) if number else None)
+        lines.append(line_no)
         if not any(cells):
             votes.append([np.nan] * len(VOTE_COLUMNS))
             continue
@@ -61,7 +82,15 @@ def read_votes(path: Path, usage: str | None = None) -> np.ndarray:
             votes.append([float(c or 0) for c in cells])
         except ValueError:
             raise QuantizeError(f"{path.name} line {line_no}: a vote count is not a number") from None
-    return np.asarray(votes, dtype=np.float32).reshape(-1, len(VOTE_COLUMNS))
+    return VoteFile(np.asarray(votes, dtype=np.float32).reshape(-1, len(VOTE_COLUMNS)), usages, numbers, lines)
+
+
+def read_votes(path: Path, usage: str | None = None) -> np.ndarray:
+    """(N, 10) float32 votes in file order (NaN rows where FER+ has none), of every row or of one Usage value."""
+    file = read_vote_file(path)
+    if usage is None:
+        return file.votes
+    return file.votes[np.asarray([u == usage for u in file.usages], dtype=bool)]
 
 
 def _denoised(votes: np.ndarray) -> np.ndarray:

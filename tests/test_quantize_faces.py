@@ -94,6 +94,36 @@ def test_votes_need_the_csv_they_were_made_for(tmp_path: Path) -> None:
         with_vote_targets(load_dataset(csv, "train", cache=False), longer, 1.0)
 
 
+def test_votes_for_other_faces_with_the_same_row_count_are_refused(tmp_path: Path) -> None:
+    images, labels = synthetic_faces(1, seed=0)
+    csv = write_fer_csv(tmp_path / "d.csv", {"PublicTest": (images[:3], labels[:3]), "Training": (images, labels)})
+    train = load_dataset(csv, "train", cache=False)
+    counts = "0,9,0,0,0,0,0,0,1,0"
+    usages = ["PublicTest"] * 3 + ["Training"] * 7
+    # Rows 0-6 of FER2013 as the shared vote file has them: seven Training rows, where this CSV has three tests.
+    other = _votes_file(tmp_path / "other.csv.gz", [f"Training,{i},{counts}" for i in range(10)])
+    with pytest.raises(QuantizeError, match=r"line 2 has usage 'Training', but data row 0 of .*d.csv has a Usage"):
+        with_vote_targets(train, other, 0.5)
+    last_test = _votes_file(
+        tmp_path / "test.csv.gz", [f"{u},{i},{counts}" for i, u in enumerate(usages[:-1])] + [f"PublicTest,9,{counts}"]
+    )
+    with pytest.raises(QuantizeError, match=r"line 11 has usage 'PublicTest', but data row 9 of .*d.csv has Usage 'T"):
+        with_vote_targets(train, last_test, 0.5)
+    shifted = _votes_file(tmp_path / "shifted.csv.gz", [f"{u},{i + 1},{counts}" for i, u in enumerate(usages)])
+    with pytest.raises(QuantizeError, match=r"line 2 is for data row 1, but it lines up with data row 0 of"):
+        with_vote_targets(train, shifted, 0.5)
+    # Microsoft's own layout (Usage, Image name; no name where FER+ dropped the face), saved with a BOM.
+    official = tmp_path / "fer2013new.csv"
+    names = [f"fer{i:07d}.png" if i != 4 else "" for i in range(10)]
+    rows = [f"{u},{name},{counts}" for u, name in zip(usages, names)]
+    official.write_text("\n".join([VOTE_HEADER.replace("usage,row", "Usage,Image name"), *rows]), encoding="utf-8-sig")
+    assert with_vote_targets(train, official, 0.5)[1]["faces_with_votes"] == 7
+    rows[5] = rows[5].replace("fer0000005", "fer0000006")
+    official.write_text("\n".join([VOTE_HEADER.replace("usage,row", "Usage,Image name"), *rows]), encoding="utf-8-sig")
+    with pytest.raises(QuantizeError, match=r"line 7 is for data row 6, but it lines up with data row 5 of"):
+        with_vote_targets(train, official, 0.5)
+
+
 # ---------------------------------------------------------------- alignment
 
 

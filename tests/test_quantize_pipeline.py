@@ -257,8 +257,9 @@ def test_a_rerun_with_the_teachers_labels_or_the_label_source_fixed_trains_afres
     reordered = load_teacher(path, {"labels": list(reversed(LABELS))})
     assert not resumed(reordered, synthetic.train), "the same file with its labels fixed is another teacher"
     votes = synthetic.folder / "votes.csv"
-    rows = len(synthetic.train) + len(synthetic.test)
-    votes.write_text("\n".join([VOTE_HEADER, *(f"Training,{i},0,9,0,0,0,0,0,0,0,0" for i in range(rows))]) + "\n")
+    usages = ["Training"] * len(synthetic.train) + ["PublicTest"] * len(synthetic.test)  # the CSV's order
+    rows = [f"{usage},{i},0,9,0,0,0,0,0,0,0,0" for i, usage in enumerate(usages)]
+    votes.write_text("\n".join([VOTE_HEADER, *rows]) + "\n")
     voted, _ = with_vote_targets(synthetic.train, votes, 0.5)
     assert not resumed(reordered, voted), "votes are another label source"
     assert resumed(reordered, voted), "the same run again resumes"
