@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,14 +43,20 @@ class VoteFile:
 
 
 def read_vote_file(path: Path) -> VoteFile:
-    """Every row of a vote file; a count that is not a number is a QuantizeError naming the line."""
+    """Every row of a vote file. A file that is not UTF-8 text (a BOM is fine), a row cut short, or a count
+    that is negative, not finite or not a number is a QuantizeError naming the line."""
     path = Path(path).expanduser()
     try:
-        raw = gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
+        raw = gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
         with raw as handle:
-            text = handle.read()
+            text = handle.read().decode("utf-8-sig")
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise QuantizeError(f"cannot read FER+ vote file {path}: {exc}; check that the file is complete") from None
+    except UnicodeDecodeError as exc:  # Latin-1, or UTF-16 as spreadsheets save "Unicode text"
+        raise QuantizeError(
+            f"FER+ vote file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+            "save it as CSV in UTF-8"
+        ) from None
     rows = list(csv.reader(io.StringIO(text)))
     header = [h.strip() for h in rows[0]] if rows else []
     missing = [c for c in VOTE_COLUMNS if c not in header]
@@ -63,6 +70,7 @@ def read_vote_file(path: Path) -> VoteFile:
     usage_col = lowered.index("usage") if "usage" in lowered else None
     # Microsoft's own file names each face's image, fer0000123.png for data row 123, where ours has its number.
     row_col = next((lowered.index(n) for n in ("row", "image name") if n in lowered), None)
+    width = max(columns + [c for c in (usage_col, row_col) if c is not None]) + 1
     votes: list[list[float]] = []
     usages: list[str | None] = []
     numbers: list[int | None] = []
@@ -70,18 +78,29 @@ def read_vote_file(path: Path) -> VoteFile:
     for line_no, row in enumerate(rows[1:], start=2):
         if not row:
             continue
-        cells = [row[c].strip() if c < len(row) else "" for c in columns]
-        usages.append(None if usage_col is None or usage_col >= len(row) else row[usage_col].strip())
-        number = None if row_col is None or row_col >= len(row) else re.search(r"\d+", row[row_col])
+        if len(row) < width:
+            raise QuantizeError(
+                f"{path.name} line {line_no} has {len(row)} columns where the header has {len(header)}; the file "
+                "is cut short or the row lost cells: give the complete vote file"
+            )
+        cells = [row[c].strip() for c in columns]
+        usages.append(None if usage_col is None else row[usage_col].strip())
+        number = None if row_col is None else re.search(r"\d+", row[row_col])
         numbers.append(int(number.group()) if number else None)
         lines.append(line_no)
         if not any(cells):
             votes.append([np.nan] * len(VOTE_COLUMNS))
             continue
         try:
-            votes.append([float(c or 0) for c in cells])
+            counts = [float(c or 0) for c in cells]
         except ValueError:
             raise QuantizeError(f"{path.name} line {line_no}: a vote count is not a number") from None
+        if not all(math.isfinite(c) and c >= 0 for c in counts):
+            raise QuantizeError(
+                f"{path.name} line {line_no}: a vote count is negative or not finite; counts are how many "
+                "annotators chose each column (0 or more)"
+            )
+        votes.append(counts)
     return VoteFile(np.asarray(votes, dtype=np.float32).reshape(-1, len(VOTE_COLUMNS)), usages, numbers, lines)
 
 

@@ -71,3 +71,36 @@ def test_shared_vote_file_covers_fer2013_row_for_row() -> None:
     targets, usable = vote_distributions(public)
     assert usable.mean() > 0.95
     assert np.allclose(targets[usable].sum(axis=1), 1.0)
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("latin-1", r"v.csv is not UTF-8 text \(byte 0xe9 at offset \d+\); save it as CSV in UTF-8"),
+        ("utf-16", r"v.csv is not UTF-8 text \(byte 0xff at offset 0\); save it as CSV in UTF-8"),
+        ("cut short", r"v.csv line 3 has 4 columns where the header has 12; the file is cut short"),
+        ("negative", r"v.csv line 3: a vote count is negative or not finite"),
+        ("not finite", r"v.csv line 3: a vote count is negative or not finite"),
+    ],
+)
+def test_a_vote_file_that_cannot_be_right_is_refused_naming_the_line(case: str, expected: str, tmp_path: Path) -> None:
+    rows = ["Training,0,0,9,0,0,0,0,0,0,1,0", "Training,1,8,0,0,1,0,0,1,0,0,0"]
+    encoding = {"latin-1": "latin-1", "utf-16": "utf-16"}.get(case, "utf-8")
+    if case == "latin-1":
+        rows[1] += ",café"  # a note in an extra column, as a spreadsheet saves it
+    elif case == "cut short":
+        rows[1] = "Training,1,8,0"
+    elif case == "negative":
+        rows[1] = "Training,1,8,0,0,-1,0,0,1,0,0,0"
+    elif case == "not finite":
+        rows[1] = "Training,1,8,0,0,nan,0,0,1,0,0,0"
+    path = tmp_path / "v.csv"
+    path.write_text("\n".join([HEADER, *rows]) + "\n", encoding=encoding)
+    with pytest.raises(QuantizeError, match=expected):
+        read_votes(path)
+
+
+def test_a_utf8_file_with_a_byte_order_mark_reads_its_usage(tmp_path: Path) -> None:
+    path = tmp_path / "v.csv"
+    path.write_text(f"{HEADER}\nPublicTest,0,0,10,0,0,0,0,0,0,0,0\n", encoding="utf-8-sig")
+    assert majority_labels(read_votes(path, "PublicTest")).tolist() == [CANONICAL_LABELS.index("happy")]
