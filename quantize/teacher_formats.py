@@ -18,7 +18,7 @@ from torch import nn
 
 from quantize.archs import model_from_state_dict, unwrap_checkpoint
 from quantize.errors import QuantizeError
-from quantize.teacher_input import Preprocessing, preprocessing_from_spec
+from quantize.teacher_input import Preprocessing, parse_channels, preprocessing_from_spec
 from quantize.training import to_memory_format
 
 TORCHSCRIPT_MARKERS = ("constants.pkl", "/code/")
@@ -49,6 +49,21 @@ def _require_size(spec: Mapping[str, Any], where: str, path: Path) -> None:
 # ---------------------------------------------------------------- ONNX
 
 
+def _preprocessing(section: Mapping[str, Any], default_channels: int, where: str) -> Preprocessing:
+    """The spec's input section as Preprocessing; a value it cannot hold names the teacher."""
+    try:
+        return preprocessing_from_spec(section, default_channels)
+    except QuantizeError as exc:
+        raise QuantizeError(f"{where}: {exc}") from None
+
+
+def _stated_channels(section: Mapping[str, Any], where: str) -> int:
+    try:
+        return parse_channels(section["channels"])
+    except QuantizeError as exc:
+        raise QuantizeError(f"{where}: {exc}") from None
+
+
 def open_onnx(path: Path, spec: dict[str, Any], where: str, device: str) -> OpenedModel:
     import onnxruntime as ort
 
@@ -71,7 +86,7 @@ def open_onnx(path: Path, spec: dict[str, Any], where: str, device: str) -> Open
     static = all(isinstance(d, int) for d in (channels, height, width))
     section = dict(spec.get("input") or {})
     if static:
-        stated = preprocessing_from_spec(section, channels) if section else None
+        stated = _preprocessing(section, channels, where) if section else None
         if stated is not None and ("size" in section or "shape" in section) and stated.size != (height, width):
             raise QuantizeError(
                 f"{where}: spec says input {stated.size[0]}x{stated.size[1]} but the ONNX model "
@@ -83,7 +98,7 @@ def open_onnx(path: Path, spec: dict[str, Any], where: str, device: str) -> Open
         section.setdefault("channels", channels)
     else:
         _require_size(spec, where, path)
-    preprocessing = preprocessing_from_spec(section, int(channels) if isinstance(channels, int) else 3)
+    preprocessing = _preprocessing(section, int(channels) if isinstance(channels, int) else 3, where)
     name = inputs[0].name
 
     def forward(batch: np.ndarray) -> np.ndarray:
@@ -138,12 +153,12 @@ def open_torch(
     _require_size(spec, where, path)
     section = dict(spec.get("input") or {})
     if channels is not None:
-        if "channels" in section and int(section["channels"]) != channels:
+        if "channels" in section and _stated_channels(section, where) != channels:
             raise QuantizeError(
                 f"{where}: spec says {section['channels']} channels but the first conv takes {channels}; fix the spec"
             )
         section["channels"] = channels
-    preprocessing = preprocessing_from_spec(section, channels or 3)
+    preprocessing = _preprocessing(section, channels or 3, where)
     model.eval().to(device)
     # TorchScript modules keep their own layout.
     channels_last = backend == "torch"

@@ -106,7 +106,36 @@ def _per_channel(values: Any, channels: int, what: str) -> list[float]:
         return values * channels
     if channels == 1 and len(values) == 3:
         return [sum(values) / 3.0]  # a grey model given RGB statistics: their average is the grey statistic
-    raise QuantizeError(f"{what} has {len(values)} values for a {channels}-channel input; give 1 or {channels}")
+    allowed = "1 or 3" if channels == 3 else "1 (or 3 RGB values, which are averaged)"
+    raise QuantizeError(f"{what} has {len(values)} values for a {channels}-channel input; give {allowed}")
+
+
+def parse_channels(value: Any) -> int:
+    """A spec's input channels: 1 (grey) or 3 (colour), as a number or its text."""
+    try:
+        channels = int(str(value).strip())
+    except ValueError:
+        channels = 0
+    if channels not in (1, 3):
+        raise QuantizeError(f"input channels {value!r} unknown; use 1 (grey) or 3 (colour)")
+    return channels
+
+
+def _parse_size(value: Any) -> tuple[int, int]:
+    """A spec's input size: N, "N", "HxW" or [H, W]."""
+    if isinstance(value, (int, float)):
+        parts: Any = [value, value]
+    elif isinstance(value, str):
+        parts = value.lower().replace("x", " ").split()
+        parts = parts * 2 if len(parts) == 1 else parts
+    else:
+        parts = value
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return int(parts[0]), int(parts[1])
+    except (TypeError, ValueError):
+        raise QuantizeError(f"input size {value!r} unknown; use N, HxW or [H, W], e.g. 48, 96x96 or [96, 96]") from None
 
 
 def parse_normalisation(value: Any, which: int) -> list[float]:
@@ -141,17 +170,8 @@ def preprocessing_from_spec(section: Mapping[str, Any], default_channels: int = 
         size = size or shape[2:]
     if channels is None and "color" in section:
         channels = 1 if str(section["color"]).lower() in ("gray", "grey") else 3
-    channels = int(channels or default_channels)
-    if size is None:
-        size = (48, 48)
-    elif isinstance(size, str):
-        parts = size.lower().replace("x", " ").split()
-        try:
-            size = (int(parts[0]), int(parts[-1]))
-        except (ValueError, IndexError):
-            raise QuantizeError(f"input size {section['size']!r} is not N or HxW") from None
-    elif isinstance(size, (int, float)):
-        size = (int(size), int(size))
+    channels = parse_channels(default_channels if channels is None else channels)
+    size = (48, 48) if size is None else _parse_size(size)
     default = "imagenet" if channels == 3 else "none"
     mean_value = section.get("mean", default)
     std_value = section.get("std", mean_value if isinstance(mean_value, str) else default)
@@ -159,7 +179,7 @@ def preprocessing_from_spec(section: Mapping[str, Any], default_channels: int = 
     if scale not in ("pixel/255", "pixel"):
         raise QuantizeError(f"input scale {section.get('scale')!r} unknown; use 'pixel/255' or 'pixel'")
     return Preprocessing(
-        size=(int(size[0]), int(size[1])),
+        size=size,
         channels=channels,
         mean=parse_normalisation(mean_value, 0),
         std=parse_normalisation(std_value, 1),

@@ -34,6 +34,7 @@ from quantize.teacher_input import Preprocessing, preprocessing_from_spec  # noq
 from quantize.teacher_spec import parse_teacher_arg  # noqa: E402
 from quantize.teachers import load_teacher  # noqa: E402
 from quantize.train_teacher import train_teacher  # noqa: E402
+from tests.tiny_model import write_tiny_model  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FER_CSV = SHARED / "data" / "fer2013" / "fer2013.csv.gz"
@@ -469,6 +470,35 @@ def test_checkpoint_teacher_faults_are_one_line_errors(tmp_path: Path, resnet18_
         load_teacher(f"{tmp_path / 'garbage.pt'}:size=48")
     with pytest.raises(QuantizeError, match="does not exist"):
         load_teacher(tmp_path / "missing.pt")
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_spec_values_the_tool_cannot_use_name_the_teacher_and_what_to_give(
+    tmp_path: Path, resnet18_state: dict
+) -> None:
+    checkpoint = tmp_path / "rn.pt"
+    torch.save(resnet18_state, checkpoint)
+    scripted = tmp_path / "ts.pt"
+    torch.jit.script(TinyNet(channels=1, classes=7).eval()).save(str(scripted))
+    onnx = write_tiny_model(tmp_path)
+    channels = r"input channels '(gray|rgb)' unknown; use 1 \(grey\) or 3 \(colour\)"
+    with pytest.raises(QuantizeError, match=rf"^teacher ts.pt: {channels}$"):
+        load_teacher(f"{scripted}:size=48,channels=gray")
+    with pytest.raises(QuantizeError, match=rf"^teacher rn.pt: {channels}$"):
+        load_teacher(f"{checkpoint}:size=48,channels=rgb")
+    with pytest.raises(QuantizeError, match=rf"^teacher tiny.onnx \(spec tiny.json\): {channels}$"):
+        load_teacher(f"{onnx}:channels=rgb")
+    with pytest.raises(QuantizeError, match=r"^teacher ts.pt: input size 'abc' unknown; use N, HxW or \[H, W\]"):
+        load_teacher(f"{scripted}:size=abc")
+    (tmp_path / "rn.json").write_text(json.dumps({"input": {"size": [48]}}))
+    with pytest.raises(QuantizeError, match=r"^teacher rn.pt \(spec rn.json\): input size \[48\] unknown; use N"):
+        load_teacher(checkpoint)
+    with pytest.raises(QuantizeError, match=r"^teacher ts.pt: mean has 2 values for a 1-channel input; give 1 \(or 3"):
+        load_teacher(f"{scripted}:size=48,channels=1,mean=0.5/0.5")
+    with pytest.raises(
+        QuantizeError, match=r"^teacher rn.pt \(spec rn.json\): std has 2 .* 3-channel input; give 1 or 3$"
+    ):
+        load_teacher(f"{checkpoint}:size=48,std=0.5/0.5")
 
 
 def test_pickled_model_needs_trust_and_probabilities_become_log_scores(tmp_path: Path) -> None:
