@@ -26,7 +26,7 @@ from edge.faces import YuNetDetector
 from quantize.datasets import FaceSet
 from quantize.digest import faces_fingerprint
 from quantize.errors import QuantizeError
-from quantize.outputs import write_atomically
+from quantize.outputs import write_cache
 
 ENLARGE = 3
 BORDER = 24  # pixels of replicated border around the enlarged face, so the detector sees its edges
@@ -64,7 +64,7 @@ def detect_landmarks(
     found_share = float(np.isfinite(points[:, 0, 0]).mean())
     log(f"landmarks: YuNet found {found_share * 100:.1f}% of {len(faces)} {faces.split} faces")
     if cache_file is not None:
-        write_atomically(cache_file, lambda f: np.save(f, points))
+        write_cache(cache_file, lambda f: np.save(f, points), "the landmarks", log)
     return points
 
 

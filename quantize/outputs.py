@@ -33,6 +33,18 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
         raise
 
 
+def write_cache(path: Path, write: Callable[[BinaryIO], object], what: str, log: Callable[[str], None]) -> None:
+    """write_atomically for a cache file: a cache folder that is read-only or full costs the next run the time
+    to compute `what` again, so it is a warning and this run goes on with what it computed."""
+    try:
+        write_atomically(path, write)
+    except OSError as exc:
+        log(
+            f"warning: could not cache {what} in {path.parent} ({exc.strerror or exc}); going on without the cache, "
+            "so the next run computes them again (--cache-dir names another folder)"
+        )
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

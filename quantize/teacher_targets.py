@@ -27,7 +27,7 @@ from torch import Tensor
 from quantize.datasets import FaceSet
 from quantize.digest import faces_fingerprint
 from quantize.distill_config import DistillConfig
-from quantize.outputs import write_atomically
+from quantize.outputs import write_cache
 from quantize.teachers import Teacher
 
 CACHE_VERSION = 1
@@ -79,7 +79,7 @@ def teacher_logits(
     )
     log(f"teacher {teacher.name}: {time.monotonic() - start:.0f} s")
     if cache_file is not None:
-        write_atomically(cache_file, lambda f: np.savez(f, clean=clean, mirror=mirror))
+        write_cache(cache_file, lambda f: np.savez(f, clean=clean, mirror=mirror), "the teacher logits", log)
     return clean, mirror
 
 

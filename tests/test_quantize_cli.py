@@ -234,3 +234,16 @@ def test_a_full_disk_while_a_checkpoint_is_saved_is_one_line_and_keeps_the_old_o
         assert "No space left on device" in line and "free some space" in line and str(disk) in line
         assert old.read_bytes() == b"an earlier epoch"
         assert not [p for p in disk.rglob("*.tmp")]
+
+
+def test_a_full_teacher_cache_folder_is_a_warning_and_the_student_is_still_written(data, tmp_path, capsys):
+    out = tmp_path / "s.pt"
+    with tiny_disk(tmp_path / "disk") as disk:
+        fill(disk)
+        argv = ["distill", "--data", str(data), "--teacher", str(_teacher(tmp_path)), "--student", "xs"]
+        assert main([*argv, "--epochs", "1", "--threads", "1", "--cache-dir", str(disk), "--out", str(out)]) == 0
+        assert [p.name for p in disk.iterdir()] == ["filler"]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
+    assert len(warnings) == 1 and "could not cache the teacher logits" in warnings[0] and str(disk) in warnings[0]
+    assert "No space left on device" in warnings[0] and "--cache-dir" in warnings[0]
+    assert out.is_file()
