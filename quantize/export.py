@@ -102,6 +102,9 @@ def export_student(
     for name in EXPORTERS if exporter == "auto" else (exporter,):
         try:
             _export(folded, example, path, name)
+        except OSError as exc:  # a full disk or unwritable folder fails every exporter alike: say that instead
+            path.unlink(missing_ok=True)
+            raise OSError(exc.errno, exc.strerror, exc.filename or str(path)) from None
         except Exception as exc:  # exporter internals raise many types; the next exporter may still work
             first_line = (str(exc).strip().splitlines() or [""])[0][:160]
             failures.append(f"{name}: {type(exc).__name__}: {first_line}")

@@ -247,3 +247,17 @@ def test_a_full_teacher_cache_folder_is_a_warning_and_the_student_is_still_writt
     assert len(warnings) == 1 and "could not cache the teacher logits" in warnings[0] and str(disk) in warnings[0]
     assert "No space left on device" in warnings[0] and "--cache-dir" in warnings[0]
     assert out.is_file()
+
+
+def test_a_full_disk_during_onnx_export_says_so_and_writes_nothing(data, tmp_path, capsys):
+    student = tmp_path / "s.pt"
+    argv = ["distill", "--data", str(data), "--student", "xs", "--epochs", "1", "--threads", "1"]
+    assert main([*argv, "--out", str(student)]) == 0
+    with tiny_disk(tmp_path / "disk") as disk:
+        fill(disk, leave=16384)  # less than the model
+        assert main(["export", "--student", str(student), "--out", str(disk / "m"), "--exporter", "legacy"]) == 2
+        line = _one_error_line(capsys)
+        assert line.startswith("error: No space left on device: ") and line.endswith(
+            "free some space or choose another --out"
+        )
+        assert [p.name for p in disk.iterdir()] == ["filler"]
