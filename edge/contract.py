@@ -30,6 +30,8 @@ CARD_SCHEMA_VERSION = 1
 COLORS = ("gray", "rgb")
 # How a grey face's grey levels are normalised before the model sees it, in training and in the daemon alike.
 ILLUMINATIONS = ("none", "equalize", "clahe")
+# A card's crop.margin lies strictly between these: the share of the face box added on each side.
+CROP_MARGIN_LIMITS = (-0.5, 2.0)
 LANDMARKS = 5  # YuNet's points: right eye, left eye, nose tip, right and left mouth corner
 CANONICAL_LABELS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 # Home Assistant's mood sensor reads this while no face has a settled expression, so no label may read as it.
@@ -154,8 +156,9 @@ def parse_card(data: dict[str, Any], path: Path) -> ModelCard:
         raise _fail(path, "`input.std` must not contain 0")
     crop = data.get("crop", {})
     margin = crop.get("margin", 0.0) if isinstance(crop, dict) else None
-    if not isinstance(margin, (int, float)) or not -0.5 < margin < 2.0:
-        raise _fail(path, f"`crop.margin` must be a number between -0.5 and 2, got {margin!r}")
+    low, high = CROP_MARGIN_LIMITS
+    if not isinstance(margin, (int, float)) or not low < margin < high:
+        raise _fail(path, f"`crop.margin` must be a number between {low:g} and {high:g}, got {margin!r}")
     illumination = inp.get("illumination", "none")
     if illumination not in ILLUMINATIONS:
         raise _fail(path, f"`input.illumination` must be one of {', '.join(ILLUMINATIONS)}, got {illumination!r}")

@@ -21,13 +21,22 @@ def log(message: str) -> None:
 
 
 def _device(args: argparse.Namespace) -> str:
-    import torch
+    from quantize.training import choose_device, set_threads
 
-    from quantize.training import choose_device
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     return choose_device(args.device)
+
+
+def _check_crop_margin(margin: float) -> None:
+    """Refuse now a margin the daemon would refuse in the card, rather than after training and export."""
+    from edge.contract import CROP_MARGIN_LIMITS
+
+    low, high = CROP_MARGIN_LIMITS
+    if not low < margin < high:
+        raise QuantizeError(
+            f"--crop-margin {margin:g} must lie between {low:g} and {high:g} (not either end), the range the daemon "
+            "accepts in a card; the default is 0.1"
+        )
 
 
 def _distill_config(args: argparse.Namespace) -> Any:
@@ -187,6 +196,7 @@ def run_export(args: argparse.Namespace) -> int:
     from quantize.outputs import StagedOutputs
     from quantize.student_file import load_student
 
+    _check_crop_margin(args.crop_margin)
     model, meta = load_student(args.student)
     folder, name = output_name(args.out)
     name = name.removesuffix(".fp32")
@@ -273,6 +283,7 @@ def run_build(args: argparse.Namespace) -> int:
 
     cfg = _distill_config(args)
     cfg.check()
+    _check_crop_margin(args.crop_margin)
     output_name(args.out)  # a bad --out is refused now, not after training
     opts = BuildOptions(
         data=args.data,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -61,6 +62,15 @@ class DistillConfig:
             (self.epochs >= 1, "epochs must be at least 1"),
             (self.batch_size >= 2, "batch size must be at least 2"),
             (self.optimizer in OPTIMIZERS, f"optimizer {self.optimizer!r} unknown; use {' or '.join(OPTIMIZERS)}"),
+            (
+                self.lr is None or 0 < self.lr < math.inf,
+                f"--lr {self.lr} must be a positive number (default 3e-3 for AdamW, 0.05 for SGD)",
+            ),
+            (
+                self.weight_decay is None or 0 <= self.weight_decay < math.inf,
+                f"--weight-decay {self.weight_decay} must be 0 or more (default 0.05 for AdamW, 5e-4 for SGD)",
+            ),
+            (self.seed >= 0, f"--seed {self.seed} must be 0 or more"),
             (self.temperature > 0, "temperature must be positive"),
             (0.0 <= self.alpha <= 1.0, f"alpha {self.alpha} must lie between 0 and 1"),
             (0.0 <= self.label_smoothing < 1.0, "label smoothing must lie in [0, 1)"),

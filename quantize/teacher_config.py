@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -58,6 +59,14 @@ class TrainConfig:
             cfg.weight_decay = 5e-4 if cfg.optimizer == "sgd" else 0.05
         if cfg.epochs < 1 or cfg.batch_size < 2:
             raise QuantizeError("need --epochs >= 1 and --batch-size >= 2")
+        if not 0 < cfg.lr < math.inf:
+            raise QuantizeError(
+                f"--lr {cfg.lr} must be a positive number (default 0.1*batch/256 for sgd, 1e-3 for adamw)"
+            )
+        if not 0 <= cfg.weight_decay < math.inf:
+            raise QuantizeError(f"--weight-decay {cfg.weight_decay} must be 0 or more")
+        if cfg.seed < 0:
+            raise QuantizeError(f"--seed {cfg.seed} must be 0 or more")
         cfg.device = choose_device(cfg.device)
         if cfg.precision == "auto":
             on_gpu = cfg.device.startswith("cuda")

@@ -24,7 +24,7 @@ from quantize.teacher_augment import Augmentation
 from quantize.teacher_config import TrainConfig, make_autocast
 from quantize.teacher_input import Preprocessing
 from quantize.teacher_run_files import RunFiles
-from quantize.training import make_optimizer, optimizer_step, to_memory_format, warmup_cosine
+from quantize.training import make_optimizer, optimizer_step, set_threads, to_memory_format, warmup_cosine
 
 
 @dataclass
@@ -73,6 +73,7 @@ def train_teacher(
 def train_config(config: TrainConfig, resume: bool = True) -> TrainResult:
     """Train (or resume) per `config`; returns where the best weights and their spec went."""
     cfg = config.resolved()
+    set_threads(cfg.threads)
     lr, weight_decay = cfg.lr, cfg.weight_decay
     assert lr is not None and weight_decay is not None, "resolved() fills them in"
     out = Path(cfg.out).expanduser()
@@ -80,8 +81,6 @@ def train_config(config: TrainConfig, resume: bool = True) -> TrainResult:
         raise QuantizeError(f"--out {out} must end in .pt or .pth (a bare state_dict is written there)")
     out.parent.mkdir(parents=True, exist_ok=True)
     files = RunFiles.beside(out)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
     train_set, val_set = _load_data(cfg)
     pre = cfg.preprocessing()

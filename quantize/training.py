@@ -27,6 +27,15 @@ def choose_device(requested: str) -> str:
     return requested
 
 
+def set_threads(threads: int | None) -> None:
+    """Use `threads` CPU threads in torch (None: all cores); fewer than 1 is a QuantizeError."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise QuantizeError(f"--threads {threads} must be at least 1 (default: all cores)")
+    torch.set_num_threads(threads)
+
+
 def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """AdamW, or SGD with Nesterov momentum 0.9; weight decay on the weights only."""
     # No weight decay on BatchNorm and bias parameters (the one-dimensional ones): decaying them only hurts.

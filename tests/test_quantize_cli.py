@@ -63,6 +63,12 @@ def _teacher(folder: Path) -> Path:
         "unreadable out",
         "bad zoom view",
         "no calibration faces",
+        "negative lr",
+        "negative seed",
+        "negative threads",
+        "no threads",
+        "crop margin too wide",
+        "crop margin too tight",
     ],
 )
 def test_build_errors_are_one_line_and_write_nothing(case, data, tmp_path, capsys):
@@ -87,6 +93,13 @@ def test_build_errors_are_one_line_and_write_nothing(case, data, tmp_path, capsy
         extra = ["--zoom-view", "0.8"]  # below 1 would shrink the face, which is not a zoom view
     elif case == "no calibration faces":
         extra = ["--calibration-faces", "0"]
+    elif case in ("negative lr", "negative seed", "negative threads", "no threads"):
+        option = "--" + case.split()[1]
+        extra = [option, "0" if case == "no threads" else "-1"]
+    elif case == "crop margin too wide":
+        extra = ["--crop-margin", "5"]
+    elif case == "crop margin too tight":
+        extra = ["--crop-margin", "-0.5"]
     elif case == "unreadable out":
         (tmp_path / "models").write_text("a file where the output folder should be")
     before = _files(tmp_path)
@@ -102,6 +115,12 @@ def test_build_errors_are_one_line_and_write_nothing(case, data, tmp_path, capsy
         "unreadable out": "models",
         "bad zoom view": "zoom view 0.8",
         "no calibration faces": "--calibration-faces 0",
+        "negative lr": "--lr -1.0 must be a positive number",
+        "negative seed": "--seed -1 must be 0 or more",
+        "negative threads": "--threads -1 must be at least 1",
+        "no threads": "--threads 0 must be at least 1",
+        "crop margin too wide": "--crop-margin 5 must lie between -0.5 and 2",
+        "crop margin too tight": "--crop-margin -0.5 must lie between -0.5 and 2",
     }[case]
     assert expected in line
     assert _files(tmp_path) == before
@@ -115,6 +134,22 @@ def test_out_naming_a_folder_is_refused_before_any_training(command, data, tmp_p
     line = _one_error_line(capsys)
     assert "models is a folder" in line and "models/NAME" in line
     assert _files(tmp_path) == ["models"]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("--lr", "-1", "--lr -1.0 must be a positive number"),
+        ("--seed", "-1", "--seed -1 must be 0 or more"),
+        ("--threads", "0", "--threads 0 must be at least 1"),
+    ],
+)
+def test_train_teacher_refuses_option_values_before_reading_the_data(option, value, expected, data, tmp_path, capsys):
+    out = tmp_path / "teachers" / "t.pt"
+    argv = ["train-teacher", "--arch", "resnet18", "--data", str(data), "--epochs", "1", "--out", str(out)]
+    assert main([*argv, option, value]) == 2
+    assert expected in _one_error_line(capsys)
+    assert _files(tmp_path) == []
 
 
 def test_export_refuses_a_file_that_is_not_a_student(tmp_path, capsys):
