@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.contract import LANDMARKS, file_sha256
+from edge.contract import LANDMARKS, ModelError, file_sha256
 from edge.crop import similarity_transform, warp_face
 from edge.faces import YuNetDetector
 from quantize.datasets import FaceSet
@@ -34,6 +34,22 @@ SCORE_THRESHOLD = 0.5  # lower than the daemon's 0.7: these faces are known to b
 # Which landmark a point becomes in the mirror image: the eyes swap, and so do the mouth corners.
 MIRROR_ORDER = (1, 0, 2, 4, 3)
 CACHE_VERSION = "1"
+
+
+def _yunet_detector(yunet: Path, side: int) -> YuNetDetector:
+    """YuNet at `side` pixels, tried once on a blank image: OpenCV loads any ONNX file and fails only when it
+    runs one that is not YuNet."""
+    try:
+        detector = YuNetDetector(yunet, detect_width=side, score_threshold=SCORE_THRESHOLD, min_face_px=8)
+        detector.detect(np.zeros((side, side), np.uint8))
+    except (ModelError, cv2.error):
+        # The daemon's own message says to re-run its installer; this file is the user's own choice.
+        raise QuantizeError(
+            f"YuNet model {yunet} is not a YuNet face detector ONNX; give --yunet the path of "
+            "face_detection_yunet_2023mar.onnx from the OpenCV Zoo (`edge models fetch` downloads it and prints "
+            "its path)"
+        ) from None
+    return detector
 
 
 def detect_landmarks(
@@ -52,7 +68,7 @@ def detect_landmarks(
         except (OSError, ValueError):
             pass  # damaged cache: detect again and overwrite it
     side = faces.images.shape[1] * ENLARGE + 2 * BORDER
-    detector = YuNetDetector(yunet, detect_width=side, score_threshold=SCORE_THRESHOLD, min_face_px=8)
+    detector = _yunet_detector(yunet, side)
     points = np.full((len(faces), LANDMARKS, 2), np.nan, np.float32)
     for i, face in enumerate(faces.images):
         big = cv2.resize(face, None, fx=ENLARGE, fy=ENLARGE, interpolation=cv2.INTER_CUBIC)

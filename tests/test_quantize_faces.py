@@ -31,6 +31,7 @@ from tests.quantize_support import (  # noqa: E402
     synthetic_faces,
     write_fer_csv,
 )
+from tests.tiny_model import write_tiny_model  # noqa: E402
 
 YUNET = SHARED / "models" / "face_detection_yunet_2026may.onnx"
 needs_shared = pytest.mark.skipif(
@@ -125,6 +126,22 @@ def test_votes_for_other_faces_with_the_same_row_count_are_refused(tmp_path: Pat
 
 
 # ---------------------------------------------------------------- alignment
+
+
+@pytest.mark.parametrize("wrong", ["an expression model", "the data set"])
+def test_a_yunet_file_that_is_not_yunet_is_one_line_that_says_where_to_get_yunet(wrong, tmp_path, capsys) -> None:
+    images, labels = synthetic_faces(2, seed=0)
+    csv = write_fer_csv(tmp_path / "d.csv", {"Training": (images, labels), "PublicTest": (images, labels)})
+    yunet = write_tiny_model(tmp_path / "models") if wrong == "an expression model" else csv
+    argv = ["distill", "--data", str(csv), "--align", "--yunet", str(yunet), "--student", "xs", "--epochs", "1"]
+    assert main([*argv, "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "s.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"error: YuNet model {yunet} is not a YuNet face detector ONNX; give --yunet the path of "
+        "face_detection_yunet_2023mar.onnx from the OpenCV Zoo (`edge models fetch` downloads it and prints its path)"
+    )
+    assert not any("Traceback" in line or "installer" in line for line in err)
+    assert yunet.is_file() and not (tmp_path / "s.pt").exists()
 
 
 @needs_shared
