@@ -296,3 +296,14 @@ def test_a_full_disk_during_onnx_export_says_so_and_writes_nothing(data, tmp_pat
             "free some space or choose another --out"
         )
         assert [p.name for p in disk.iterdir()] == ["filler"]
+
+
+def test_the_guide_lists_every_teacher_spec_key_and_the_confidence_step():
+    from quantize.teacher_spec import INPUT_KEYS, TOP_KEYS
+
+    guide = (REPO / "docs" / "quantize.md").read_text()
+    table = [line.split("|")[1].strip() for line in guide.splitlines() if line.startswith("| `")]
+    documented = {key.strip("` ") for cell in table for key in cell.split(",")}
+    assert {f"input.{key}" for key in INPUT_KEYS} | set(TOP_KEYS) <= documented
+    steps = guide.split("What happens, step by step:")[1].split("\n\n")[1]
+    assert "temperature is fitted on the hold-out faces" in steps and "`--no-calibrate`" in steps
