@@ -22,6 +22,8 @@ from quantize.teacher_input import Preprocessing, parse_channels, preprocessing_
 from quantize.training import to_memory_format
 
 TORCHSCRIPT_MARKERS = ("constants.pkl", "/code/")
+# ONNX input types a teacher may take, and the numpy type its images are cast to.
+ONNX_INPUT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
 @dataclass
@@ -34,7 +36,7 @@ class OpenedModel:
     arch: str | None
     backend: str  # "torch", "torchscript" or "onnx"
     device: str
-    max_batch: int | None = None  # ONNX models exported with a fixed batch of 1
+    max_batch: int | None = None  # ONNX models exported with a fixed batch size
 
 
 def _require_size(spec: Mapping[str, Any], where: str, path: Path) -> None:
@@ -100,9 +102,18 @@ def open_onnx(path: Path, spec: dict[str, Any], where: str, device: str) -> Open
         _require_size(spec, where, path)
     preprocessing = _preprocessing(section, int(channels) if isinstance(channels, int) else 3, where)
     name = inputs[0].name
+    if inputs[0].type not in ONNX_INPUT_TYPES:
+        raise QuantizeError(f"{where}: its input is {inputs[0].type}; the tool feeds float images (float, float16)")
+    input_type = ONNX_INPUT_TYPES[inputs[0].type]
+    fixed_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
 
     def forward(batch: np.ndarray) -> np.ndarray:
-        return np.asarray(session.run(None, {name: preprocessing.apply_numpy(batch)})[0], dtype=np.float32)
+        images = preprocessing.apply_numpy(batch).astype(input_type, copy=False)
+        faces = len(images)
+        if fixed_batch is not None and faces < fixed_batch:
+            # A graph exported with a fixed batch: fill the last, short batch with copies of its first face.
+            images = np.concatenate([images, np.repeat(images[:1], fixed_batch - faces, axis=0)])
+        return np.asarray(session.run(None, {name: images})[0][:faces], dtype=np.float32)
 
     return OpenedModel(
         preprocessing,
@@ -111,7 +122,7 @@ def open_onnx(path: Path, spec: dict[str, Any], where: str, device: str) -> Open
         arch=spec.get("arch"),
         backend="onnx",
         device=device,
-        max_batch=batch_dim if batch_dim == 1 else None,
+        max_batch=fixed_batch,
     )
 
 

@@ -35,7 +35,7 @@ class Teacher:
     backend: str  # "torch", "torchscript" or "onnx"
     device: str
     _forward: Callable[[np.ndarray], np.ndarray]
-    max_batch: int | None = None  # ONNX models exported with a fixed batch of 1
+    max_batch: int | None = None  # ONNX models exported with a fixed batch size
     # Landmark positions the teacher learnt its faces aligned to (a card's crop.align_template); None: the data
     # set's own framing.
     align_template: list[list[float]] | None = None

@@ -400,6 +400,32 @@ def test_onnx_with_fixed_batch_runs_face_by_face(tmp_path: Path) -> None:
     assert teacher.logits(_faces(3)).shape == (3, 7)
 
 
+def test_onnx_with_a_fixed_batch_above_one_or_a_float16_input_gives_the_models_logits(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    model = TinyNet(channels=1, classes=7).eval()
+    faces = _faces(11)  # one batch of 8 and a short one of 3
+    with torch.no_grad():
+        expected = model(torch.from_numpy(faces).float().unsqueeze(1) / 255.0).numpy()
+    path = tmp_path / "batch8.onnx"
+    _save_onnx(model, path, (8, 1, 48, 48), dynamic=False)
+    teacher = load_teacher(path, {"input": {"mean": 0.0, "std": 1.0}})
+    assert teacher.max_batch == 8
+    np.testing.assert_allclose(teacher.logits(faces), expected, atol=1e-4)
+    half = tmp_path / "half.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model.half(),
+            (torch.zeros(1, 1, 48, 48, dtype=torch.float16),),
+            str(half),
+            dynamo=False,
+            input_names=["input"],
+            dynamic_axes={"input": {0: "batch"}},
+        )
+    teacher = load_teacher(half, {"input": {"mean": 0.0, "std": 1.0}})
+    np.testing.assert_allclose(teacher.logits(faces), expected, atol=0.05)
+
+
 def test_onnx_spec_that_contradicts_the_model_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "m.onnx"
     _save_onnx(TinyNet(channels=1, classes=7), path, (1, 1, 48, 48))
