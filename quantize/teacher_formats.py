@@ -183,6 +183,8 @@ def open_torch(
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             out = model(x)
+        if isinstance(out, (tuple, list)):  # (logits, features) and the like: the first output, as for ONNX
+            out = out[0]
         return out.float().cpu().numpy()
 
     num_params = sum(p.numel() for p in model.parameters())

@@ -456,6 +456,20 @@ def test_torchscript_teacher_from_a_command_line_spec(tmp_path: Path) -> None:
     with torch.no_grad():
         np.testing.assert_allclose(teacher.logits(faces), model(x).numpy(), atol=1e-5)
 
+    class WithFeatures(nn.Module):  # returns (logits, features), as many training scripts' models do
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = model
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = self.net(x)
+            return logits, x.flatten(1)
+
+    torch.jit.script(WithFeatures()).save(str(path))
+    teacher = load_teacher(f"{path}:size=32,channels=1,mean=0.5,std=0.25,labels=fer2013")
+    with torch.no_grad():
+        np.testing.assert_allclose(teacher.logits(faces), model(x).numpy(), atol=1e-5)
+
 
 def test_checkpoint_teacher_spec_from_toml_and_command_line_overrides(tmp_path: Path, resnet18_state: dict) -> None:
     path = tmp_path / "teacher.pth"
