@@ -10,6 +10,7 @@ import argparse
 import errno
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import NoReturn
 
@@ -109,7 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message: Warning | str, *_args: object, **_kwargs: object) -> None:
+    """warnings.showwarning for a command line: the message, not the source file and line that raised it."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _one_line_warning
     try:
         try:
             args = build_parser().parse_args(argv)

@@ -19,7 +19,7 @@ import numpy as np
 
 from edge.contract import CANONICAL_LABELS, IMAGE_SUFFIXES
 from quantize.errors import QuantizeError
-from quantize.labels import map_label_name
+from quantize.labels import is_other_class, map_label_name
 from quantize.outputs import write_atomically
 
 SIZE = 48
@@ -133,11 +133,17 @@ def _load_folder(root: Path, split: str, skip_corrupt: bool) -> FaceSet:
     images: list[np.ndarray] = []
     labels: list[int] = []
     skipped = 0
+    left_out: list[str] = []
     for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if is_other_class(class_dir.name):  # FER+ and AffectNet exports hold contempt, unknown, not-a-face
+            left_out.append(class_dir.name)
+            continue
         try:
             label = map_label_name(class_dir.name)
         except QuantizeError as exc:
-            raise QuantizeError(f"class folder {class_dir}: {exc}") from None
+            raise QuantizeError(
+                f"class folder {class_dir}: {exc}; rename it, or move it out of {split_dir} to leave it out"
+            ) from None
         for file in sorted(class_dir.iterdir()):
             if file.name.startswith(".") or file.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
@@ -156,6 +162,8 @@ def _load_folder(root: Path, split: str, skip_corrupt: bool) -> FaceSet:
     faces = FaceSet(np.stack(images), np.asarray(labels, dtype=np.int64), str(root), split, skipped)
     if skipped:
         warnings.warn(f"{split_dir}: skipped {skipped} unreadable images", stacklevel=3)
+    if left_out:
+        warnings.warn(f"{split_dir}: left out {', '.join(left_out)}: not one of the seven expressions", stacklevel=3)
     return faces
 
 

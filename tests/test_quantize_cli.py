@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -222,6 +223,23 @@ def test_eval_reports_accuracy_confusion_and_writes_png(data, tmp_path, capsys):
     counts = np.array([[int(v) for v in line.split()[1:8]] for line in table])
     assert counts.sum() == 8, "4 angry + 4 neutral test faces"
     assert png.read_bytes()[:4] == b"\x89PNG" and sorted(p.name for p in png.parent.iterdir()) == ["cm.png"]
+
+
+def test_warnings_are_one_line_each(tmp_path):
+    """A class folder the tool leaves out (FER+ exports hold contempt) is said in one line, not with the
+    source line of the code that noticed it."""
+    for split in ("train", "test"):
+        for name in ("happy", "sad", "contempt"):
+            folder = tmp_path / "faces" / split / name
+            folder.mkdir(parents=True)
+            for i in range(2):
+                face = np.random.default_rng(i).integers(0, 256, (48, 48), dtype=np.uint8)
+                assert cv2.imwrite(str(folder / f"{i}.png"), face)
+    model = write_tiny_model(tmp_path)
+    done = _run("-m", "quantize", "eval", "--model", str(model), "--data", str(tmp_path / "faces"))
+    assert done.returncode == 0, done.stderr
+    assert "warning: " in done.stderr and "left out contempt" in done.stderr
+    assert "UserWarning" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -251,8 +251,16 @@ def test_six_class_training_testing_layout_with_suprise_folder(tmp_path: Path) -
 def test_unknown_class_folder_is_named(tmp_path: Path) -> None:
     _write_image(tmp_path / "train" / "happy" / "a", 48, seed=1)
     _write_image(tmp_path / "train" / "bored" / "a", 48, seed=2)
-    with pytest.raises(QuantizeError, match=r"class folder .*bored.*unknown expression label 'bored'"):
+    with pytest.raises(QuantizeError, match=r"class folder .*bored.*unknown expression label 'bored'.*move it out"):
         load_dataset(tmp_path, "train")
+
+
+def test_a_contempt_folder_as_in_ferplus_exports_is_left_out_with_a_warning(tmp_path: Path) -> None:
+    _write_image(tmp_path / "train" / "happy" / "a", 48, seed=1)
+    _write_image(tmp_path / "train" / "contempt" / "a", 48, seed=2)
+    with pytest.warns(UserWarning, match="left out contempt: not one of the seven expressions"):
+        faces = load_dataset(tmp_path, "train")
+    assert len(faces) == 1 and faces.class_counts()["happy"] == 1
 
 
 def test_corrupt_image_fails_naming_the_file_unless_skipped(tmp_path: Path) -> None:
