@@ -121,6 +121,8 @@ class Checkpoint:
                 return Progress()
         for name, part in self.parts.items():
             part.load_state_dict(state[name])
+        if "torch_rng" in state:  # checkpoints written before it was kept resume with other dropout masks
+            torch.set_rng_state(state["torch_rng"])
         progress = Progress(**{key: state[key] for key in PROGRESS_KEYS})
         best = f" (best val top-1 {progress.best_top1:.4f} at epoch {progress.best_epoch})" if validating else ""
         log(f"resuming {self.path} after epoch {progress.epoch}{best}")
@@ -133,6 +135,9 @@ class Checkpoint:
             {
                 "fingerprint": self.fingerprint,
                 "identity": self.identity,
+                # Dropout draws from torch's global generator: its state, so that a resumed run goes on as
+                # the uninterrupted one would.
+                "torch_rng": torch.get_rng_state(),
                 **{name: part.state_dict() for name, part in self.parts.items()},
                 **{key: getattr(progress, key) for key in PROGRESS_KEYS},
             },

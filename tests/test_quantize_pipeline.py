@@ -266,6 +266,25 @@ def test_a_rerun_with_the_teachers_labels_or_the_label_source_fixed_trains_afres
 
 
 @pytest.mark.slow
+def test_a_run_interrupted_and_resumed_trains_as_the_uninterrupted_one(synthetic, tmp_path):
+    cfg = DistillConfig(student="xs", epochs=3, batch_size=32)
+    whole = distill(synthetic.train, [], cfg, work_dir=tmp_path / "whole", progress=False, log=lambda _: None)
+
+    def interrupt_in_epoch_2(message: str) -> None:
+        if message.startswith("epoch 2"):  # logged before its checkpoint: epoch 1 is the last one saved
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        distill(synthetic.train, [], cfg, work_dir=tmp_path / "cut", progress=False, log=interrupt_in_epoch_2)
+    torch.manual_seed(12345)  # whatever the process did in between
+    resumed = distill(synthetic.train, [], cfg, work_dir=tmp_path / "cut", progress=False, log=lambda _: None)
+    without_time = lambda history: [{k: v for k, v in e.items() if k != "seconds"} for e in history]  # noqa: E731
+    assert without_time(resumed.history) == without_time(whole.history)
+    for a, b in zip(resumed.model.state_dict().values(), whole.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.slow
 def test_a_rerun_with_an_option_changed_keeps_the_other_runs_checkpoint_for_its_own_command(synthetic, tmp_path):
     """A mistyped rerun (here the epochs left at another value) must not throw away the finished run's training."""
     work = tmp_path / "work"
