@@ -52,7 +52,10 @@ def load_training_data(
 ) -> TrainingData:
     """The training split (and `eval_split`, if given) with targets and alignment as `opts` asks."""
     train = load_dataset(data, "train")
-    eval_faces = load_dataset(data, eval_split) if eval_split else None
+    try:
+        eval_faces = load_dataset(data, eval_split) if eval_split else None
+    except QuantizeError as exc:  # e.g. Training/Validation where FER2013 has PublicTest
+        raise QuantizeError(f"{exc} (--eval-split {eval_split}: the faces accuracy is measured on)") from None
     if eval_faces is not None and _same_faces(train, eval_faces):
         raise QuantizeError(
             f"{data}: the {eval_split!r} split is the training faces, so accuracy measured on it would say nothing; "

@@ -70,6 +70,7 @@ def _teacher(folder: Path) -> Path:
         "no threads",
         "crop margin too wide",
         "crop margin too tight",
+        "no test split",
     ],
 )
 def test_build_errors_are_one_line_and_write_nothing(case, data, tmp_path, capsys):
@@ -103,6 +104,9 @@ def test_build_errors_are_one_line_and_write_nothing(case, data, tmp_path, capsy
         extra = ["--crop-margin", "-0.5"]
     elif case == "unreadable out":
         (tmp_path / "models").write_text("a file where the output folder should be")
+    elif case == "no test split":  # split as many exports do, without FER2013's PublicTest
+        splits = {"Training": synthetic_faces(8, 0), "Validation": synthetic_faces(4, 1)}
+        args["data"] = str(write_fer_csv(tmp_path / "validation.csv", splits))
     before = _files(tmp_path)
     argv = ["build", "--epochs", "1", *extra, *(x for k, v in args.items() for x in (f"--{k}", v))]
     assert main(argv) == 2
@@ -118,6 +122,7 @@ def test_build_errors_are_one_line_and_write_nothing(case, data, tmp_path, capsy
         "no calibration faces": "--calibration-faces 0",
         "negative lr": "--lr -1.0 must be a positive number",
         "negative seed": "--seed -1 must be 0 or more",
+        "no test split": "(present: Training, Validation); use one of train, test, private or a Usage value (--eval",
         "negative threads": "--threads -1 must be at least 1",
         "no threads": "--threads 0 must be at least 1",
         "crop margin too wide": "--crop-margin 5 must lie between -0.5 and 2",
