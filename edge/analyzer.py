@@ -132,13 +132,15 @@ class FrameAnalyzer:
         return [(face, continued.get(i)) for i, face in enumerate(faces)]
 
 
-def is_usable_frame(image: object) -> bool:
-    """A frame worth analysing: a non-empty 8-bit grey or BGR array."""
-    return (
-        isinstance(image, np.ndarray)
-        and image.dtype == np.uint8
-        and image.ndim in (2, 3)
-        and (image.ndim == 2 or image.shape[2] in (1, 3, 4))
-        and image.shape[0] >= 8
-        and image.shape[1] >= 8
-    )
+MIN_FRAME_SIDE = 8  # pixels; smaller is no camera picture
+
+
+def unusable_frame(image: object) -> str | None:
+    """Why a frame is not worth analysing (not an 8-bit grey or BGR array, or a few pixels only); None if it is."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+        return "not an 8-bit image"
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+        return f"not a grey or colour image (shape {image.shape})"
+    if min(image.shape[:2]) < MIN_FRAME_SIDE:
+        return f"{image.shape[1]}x{image.shape[0]} pixels only"
+    return None

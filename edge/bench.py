@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from edge.analyzer import FrameAnalyzer, is_usable_frame
+from edge.analyzer import FrameAnalyzer, unusable_frame
 from edge.config import Config
 from edge.stats import StageTimer
 from edge.wiring import analyzer_cadence, build_detector, build_follower, load_model, open_frame_source
@@ -32,7 +32,7 @@ def run_bench(config: Config, frames: int) -> int:
             image = source.read()
             if image is None:
                 break
-            if not is_usable_frame(image):
+            if unusable_frame(image) is not None:
                 continue
             size = image.shape[:2]
             started = time.perf_counter()

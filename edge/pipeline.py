@@ -23,7 +23,7 @@ from typing import Any
 
 import cv2
 
-from edge.analyzer import EVERY_FRAME, Cadence, FrameAnalyzer, is_usable_frame
+from edge.analyzer import EVERY_FRAME, Cadence, FrameAnalyzer, unusable_frame
 from edge.boxes import normalized
 from edge.capture import Frame, FrameGrabber
 from edge.classifier import ExpressionModel
@@ -89,6 +89,7 @@ class Daemon:
         self._last_stats_at = time.monotonic()
         self._last_watchdog_at = 0.0
         self._last_clock = 0.0  # the frame clock of the last frame (_frame_clock)
+        self._last_bad: str | None = None  # why the last frame was unusable, while no usable one came since
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -178,8 +179,9 @@ class Daemon:
 
     def _process(self, frame: Frame, clock: float) -> None:
         started = time.perf_counter()
-        if not is_usable_frame(frame.image):
-            self._count_bad_frame(frame, "not an 8-bit image")
+        unusable = unusable_frame(frame.image)
+        if unusable is not None:
+            self._count_bad_frame(frame, unusable)
             return
         if self._idle(clock):
             self._frame_done(started)
@@ -216,6 +218,7 @@ class Daemon:
         self.timer.add("total", time.perf_counter() - started)
         self.timer.frame_done()
         self._last_frame_at = time.monotonic()
+        self._last_bad = None
         if self._stalled:
             logger.info("frames flow again")
             self._stalled = False
@@ -238,6 +241,7 @@ class Daemon:
 
     def _count_bad_frame(self, frame: Frame, why: str) -> None:
         self.bad_frames += 1
+        self._last_bad = why
         if self.bad_frames == 1 or self.bad_frames % 100 == 0:
             logger.warning("skipped unusable frame %d (%s); %d so far", frame.index, why, self.bad_frames)
 
@@ -284,9 +288,11 @@ class Daemon:
         if not healthy and not self._stalled:
             self._stalled = True
             logger.warning(
-                "no frame for %.0f s from %s%s",
+                "no %sframe for %.0f s from %s%s%s",
+                "" if self._last_bad is None else "usable ",
                 now - self._last_frame_at,
                 self.grabber.description,
+                "" if self._last_bad is None else f" (frames come, but unusable: {self._last_bad})",
                 # Only systemd acts on it: it restarts the service once the watchdog is not fed.
                 "; the systemd watchdog is no longer fed" if self.notifier.watchdog_interval_s else "",
             )

@@ -288,6 +288,29 @@ def test_ready_watchdog_stall_recovery_and_clean_stop(broker, subscriber, stream
         notify.close()
 
 
+@pytest.mark.slow
+def test_a_camera_that_sends_only_unusable_frames_is_a_stall_that_says_so(broker, workdir):
+    ok, tiny = cv2.imencode(".jpg", cv2.imread(str(PHOTO))[:4, :4]) if PHOTO.exists() else (False, None)
+    if not ok:
+        pytest.skip(f"needs the shared photos ({PHOTO} is absent)")
+    camera = MjpegStream(tiny.tobytes())  # 4x4 pixels: too small to look for a face in
+    state_dir = workdir / "state"
+    state_dir.mkdir()
+    notify = NotifySocket(workdir / "notify.sock")
+    log = workdir / "daemon.log"
+    daemon = start_like_systemd(write_config(workdir, broker, camera.url), state_dir, notify.path, log)
+    try:
+        notify.wait_until("the stall line", lambda: "no usable frame for" in log.read_text(), 60)
+        line = next(line for line in log.read_text().splitlines() if "no usable frame for" in line)
+        assert "frames come, but unusable: 4x4 pixels only" in line and "watchdog is no longer fed" in line
+        assert daemon.poll() is None, log_tail(log)
+    finally:
+        daemon.kill()
+        daemon.wait()
+        camera.close()
+        notify.close()
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
