@@ -38,7 +38,7 @@ class VoteFile:
 
     votes: np.ndarray  # float32 (N, 10), NaN rows where FER+ has none
     usages: list[str | None]  # each row's usage column (None without one)
-    rows: list[int | None]  # each row's data row number, from its row or image-name column (None without one)
+    rows: list[int | None]  # each row's data row number, from its row column (None without one)
     lines: list[int]  # each row's line in the file, for messages
 
 
@@ -68,8 +68,9 @@ def read_vote_file(path: Path) -> VoteFile:
     columns = [header.index(c) for c in VOTE_COLUMNS]
     lowered = [h.lower() for h in header]
     usage_col = lowered.index("usage") if "usage" in lowered else None
-    # Microsoft's own file names each face's image, fer0000123.png for data row 123, where ours has its number.
-    row_col = next((lowered.index(n) for n in ("row", "image name") if n in lowered), None)
+    # Only our own layout numbers its rows. Microsoft's names images (fer0000123.png), and its numbering runs one
+    # behind the data rows after its first unnamed face, so a name says nothing about the row.
+    row_col = lowered.index("row") if "row" in lowered else None
     width = max(columns + [c for c in (usage_col, row_col) if c is not None]) + 1
     votes: list[list[float]] = []
     usages: list[str | None] = []

@@ -54,8 +54,8 @@ def with_vote_targets(faces: FaceSet, votes_file: Path, weight: float) -> tuple[
 
 
 def _check_rows_match(file: VoteFile, faces: FaceSet, votes_file: Path) -> None:
-    """Refuse a vote file whose rows say they are for other faces than the CSV's: a row number (row or image
-    name column) that is not its position, or a usage that is not the CSV's Usage of that row. The same
+    """Refuse a vote file whose rows say they are for other faces than the CSV's: a row number (our `row`
+    column) that is not its position, or a usage that is not the CSV's Usage of that row. The same
     row count alone does not tell the vote file of another CSV, or of this one in another order, apart."""
     assert faces.rows is not None
     ours = np.zeros(len(file.votes), dtype=bool)

@@ -113,16 +113,13 @@ def test_votes_for_other_faces_with_the_same_row_count_are_refused(tmp_path: Pat
     shifted = _votes_file(tmp_path / "shifted.csv.gz", [f"{u},{i + 1},{counts}" for i, u in enumerate(usages)])
     with pytest.raises(QuantizeError, match=r"line 2 is for data row 1, but it lines up with data row 0 of"):
         with_vote_targets(train, shifted, 0.5)
-    # Microsoft's own layout (Usage, Image name; no name where FER+ dropped the face), saved with a BOM.
+    # Microsoft's own layout (Usage, Image name), saved with a BOM: no name where FER+ dropped the face, and the
+    # names after it one behind the data rows, as in its fer2013new.csv. Only its Usage column says anything.
     official = tmp_path / "fer2013new.csv"
-    names = [f"fer{i:07d}.png" if i != 4 else "" for i in range(10)]
+    names = [f"fer{i - (i > 4):07d}.png" if i != 4 else "" for i in range(10)]
     rows = [f"{u},{name},{counts}" for u, name in zip(usages, names)]
     official.write_text("\n".join([VOTE_HEADER.replace("usage,row", "Usage,Image name"), *rows]), encoding="utf-8-sig")
     assert with_vote_targets(train, official, 0.5)[1]["faces_with_votes"] == 7
-    rows[5] = rows[5].replace("fer0000005", "fer0000006")
-    official.write_text("\n".join([VOTE_HEADER.replace("usage,row", "Usage,Image name"), *rows]), encoding="utf-8-sig")
-    with pytest.raises(QuantizeError, match=r"line 7 is for data row 6, but it lines up with data row 5 of"):
-        with_vote_targets(train, official, 0.5)
 
 
 # ---------------------------------------------------------------- alignment
