@@ -256,7 +256,7 @@ def discovery_messages(
 def node_configs_filter(topics: Topics, discovery_prefix: str = "homeassistant") -> str:
     """The MQTT filter of every discovery config this device may ever have published, under any component and
     key: what the device has to clear of what it no longer offers (another model's labels, an entity
-    switched off, discovery turned off)."""
+    switched off)."""
     return f"{discovery_prefix}/+/{node_id(topics)}/+/config"
 
 

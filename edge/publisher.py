@@ -74,8 +74,8 @@ class Publisher:
         self._discovery = _discovery_payloads(settings, labels, model, home_assistant) if settings.discovery else []
         self._ha_status_topic = home_assistant.status_topic if settings.discovery else ""
         # Retained configs under this device's node id that it does not offer now are cleared when the broker
-        # hands them over (see _clear_config).
-        self._own_configs = node_configs_filter(self.topics, settings.discovery_prefix)
+        # hands them over (see _clear_config). Not with discovery off: `edge demo` runs so, with the device's id.
+        self._own_configs = node_configs_filter(self.topics, settings.discovery_prefix) if settings.discovery else ""
         self._offered = {topic for topic, _ in self._discovery}
         self._cleared: set[str] = set()
         self._client = make_client(settings, settings.daemon_client_id)
@@ -377,7 +377,8 @@ class Publisher:
         info = client.publish(self.topics.status, ONLINE, qos=1, retain=True)
         self._birth = (info.mid, generation)
         self._publish_discovery()
-        client.subscribe(self._own_configs, qos=1)
+        if self._own_configs:
+            client.subscribe(self._own_configs, qos=1)
         if self._ha_status_topic:
             client.subscribe(self._ha_status_topic, qos=1)
 
@@ -443,14 +444,14 @@ class Publisher:
         )
 
     def _on_message(self, client: mqtt.Client, _userdata, message: mqtt.MQTTMessage) -> None:
-        if mqtt.topic_matches_sub(self._own_configs, message.topic):
+        if self._own_configs and mqtt.topic_matches_sub(self._own_configs, message.topic):
             self._clear_config(client, message)
         else:
             self._on_ha_status(message)
 
     def _clear_config(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
         """A retained config of this device that it does not offer now (an entity of an earlier run: another
-        model's labels, a diagnostic or the triggers switched off, discovery turned off) is cleared, which
+        model's labels, a diagnostic or the triggers switched off) is cleared, which
         removes the entity from Home Assistant. Only retained ones: the rest are this run's own configs
         passing by."""
         if not message.retain or not message.payload or message.topic in self._offered:
