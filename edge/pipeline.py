@@ -83,7 +83,8 @@ class Daemon:
         self.bad_frames = 0
         self._frame_seen = False
         self._doing: str | None = None  # what systemd was last told ("processing", "waiting for"); None: not ready
-        self._last_frame_at = time.monotonic()
+        self._last_frame_at = time.monotonic()  # the stall clock: also moved on while the camera is waited for
+        self._frame_seen_at = self._last_frame_at  # when the last usable frame was analysed
         self._stalled = False
         self._last_state_at = 0.0
         self._last_stats_at = time.monotonic()
@@ -217,7 +218,7 @@ class Daemon:
     def _frame_done(self, started: float) -> None:
         self.timer.add("total", time.perf_counter() - started)
         self.timer.frame_done()
-        self._last_frame_at = time.monotonic()
+        self._last_frame_at = self._frame_seen_at = time.monotonic()
         self._last_bad = None
         if self._stalled:
             logger.info("frames flow again")
@@ -283,8 +284,11 @@ class Daemon:
             self._last_frame_at = now  # no frame is due until the camera is back
             self._announce("waiting for")  # absent at start: up, and waiting
         healthy = now - self._last_frame_at < self.config.service.stall_timeout_s
-        if self.tracker.tracking and (waiting or not healthy):
-            self._all_faces_leave()  # the camera is gone or stalled
+        # The camera stalled, or has been gone as long as a face may go unseen before it leaves (a glitch that
+        # reconnects sooner keeps the faces, as frames without them would).
+        gone = waiting and now - self._frame_seen_at >= self.config.tracking.leave_after_s
+        if self.tracker.tracking and (gone or not healthy):
+            self._all_faces_leave()
         if not healthy and not self._stalled:
             self._stalled = True
             logger.warning(

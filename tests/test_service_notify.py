@@ -160,7 +160,7 @@ def workdir() -> Iterator[Path]:
         yield Path(folder)
 
 
-def write_config(folder: Path, broker, source: str) -> Path:
+def write_config(folder: Path, broker, source: str, tracking: str = "") -> Path:
     model = write_tiny_model(folder / "model")
     detector = f'yunet_model = "{YUNET}"' if YUNET.exists() else 'kind = "haar"'
     path = folder / "config.toml"
@@ -182,6 +182,8 @@ discovery = false
 interval_s = 3600.0
 [service]
 stall_timeout_s = {STALL_TIMEOUT_S}
+[tracking]
+{tracking}
 """)
     return path
 
@@ -304,6 +306,33 @@ def test_a_camera_that_sends_only_unusable_frames_is_a_stall_that_says_so(broker
         line = next(line for line in log.read_text().splitlines() if "no usable frame for" in line)
         assert "frames come, but unusable: 4x4 pixels only" in line and "watchdog is no longer fed" in line
         assert daemon.poll() is None, log_tail(log)
+    finally:
+        daemon.kill()
+        daemon.wait()
+        camera.close()
+        notify.close()
+
+
+@pytest.mark.slow
+def test_a_camera_glitch_shorter_than_leave_after_s_keeps_the_faces(broker, subscriber, jpeg, workdir):
+    port = free_port()
+    camera = MjpegStream(jpeg, port=port)
+    state_dir = workdir / "state"
+    state_dir.mkdir()
+    notify = NotifySocket(workdir / "notify.sock")
+    log = workdir / "daemon.log"
+    events = subscriber(broker, f"edge-mood/{DEVICE}/events")
+    config = write_config(workdir, broker, camera.url, tracking="leave_after_s = 15.0")
+    daemon = start_like_systemd(config, state_dir, notify.path, log)
+    try:
+        events.wait_until(lambda got: any(m.json()["type"] == "face_enter" for m in got), 60)
+        camera.close()  # the stream drops and comes back on the same address
+        notify.wait_until("the loss", lambda: "lost " in log.read_text(), 20)
+        camera = MjpegStream(jpeg, port=port)
+        notify.wait_until("the reconnect", lambda: "reconnected to" in log.read_text(), 20)
+        time.sleep(2.0)  # frames with the faces again
+        kinds = [m.json()["type"] for m in events.received()]
+        assert "face_leave" not in kinds, f"faces left over a glitch, to come back as new tracks: {kinds}"
     finally:
         daemon.kill()
         daemon.wait()
