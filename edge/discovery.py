@@ -253,6 +253,26 @@ def discovery_messages(
     return messages
 
 
+def retired_topics(
+    topics: Topics,
+    *,
+    discovery_prefix: str = "homeassistant",
+    labels: Sequence[str] = (),
+    options: HomeAssistantOptions = HomeAssistantOptions(),
+) -> list[str]:
+    """Discovery topics of entities this device offers but is configured not to publish. Clearing them
+    (an empty retained message) on connect removes what a user switched off from Home Assistant, also where
+    the broker does not let the device read its configs back (an ACL that only lets it write them), which
+    the sweep of node_configs_filter needs."""
+    node = node_id(topics)
+    topics_off = [
+        f"{discovery_prefix}/sensor/{node}/{key}/config" for key in DIAGNOSTICS if key not in options.diagnostics
+    ]
+    if not options.device_triggers:
+        topics_off += [f"{discovery_prefix}/device_automation/{node}/{key}/config" for key in _triggers(topics, labels)]
+    return topics_off
+
+
 def node_configs_filter(topics: Topics, discovery_prefix: str = "homeassistant") -> str:
     """The MQTT filter of every discovery config this device may ever have published, under any component and
     key: what the device has to clear of what it no longer offers (another model's labels, an entity

@@ -36,7 +36,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from edge.discovery import HomeAssistantOptions, discovery_messages, node_configs_filter, node_id
+from edge.discovery import HomeAssistantOptions, discovery_messages, node_configs_filter, node_id, retired_topics
 from edge.errors import UserError
 from edge.mqtt_client import SESSION_TAKEN_OVER, MqttSettings, TakeOverWatch, make_client, speaks_tls
 from edge.spool import Spool
@@ -76,7 +76,7 @@ class Publisher:
         # Retained configs under this device's node id that it does not offer now are cleared when the broker
         # hands them over (see _clear_config). Not with discovery off: `edge demo` runs so, with the device's id.
         self._own_configs = node_configs_filter(self.topics, settings.discovery_prefix) if settings.discovery else ""
-        self._offered = {topic for topic, _ in self._discovery}
+        self._offered = {topic for topic, payload in self._discovery if payload}
         self._cleared: set[str] = set()
         self._client = make_client(settings, settings.daemon_client_id)
         self._client.will_set(self.topics.status, OFFLINE, qos=1, retain=True)
@@ -488,8 +488,9 @@ class Publisher:
 def _discovery_payloads(
     settings: MqttSettings, labels: Sequence[str], model: str | None, options: HomeAssistantOptions
 ) -> list[tuple[str, bytes]]:
-    """The retained discovery configs, by topic."""
-    configs = discovery_messages(
-        settings.topics, discovery_prefix=settings.discovery_prefix, labels=labels, model=model, options=options
-    )
-    return [(topic, json.dumps(config).encode()) for topic, config in configs]
+    """The retained discovery messages: every config, then an empty payload (which removes the entity from
+    Home Assistant) for each entity the user switched off."""
+    prefix = settings.discovery_prefix
+    configs = discovery_messages(settings.topics, discovery_prefix=prefix, labels=labels, model=model, options=options)
+    retired = retired_topics(settings.topics, discovery_prefix=prefix, labels=labels, options=options)
+    return [(topic, json.dumps(config).encode()) for topic, config in configs] + [(topic, b"") for topic in retired]

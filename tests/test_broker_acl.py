@@ -18,9 +18,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.discovery import discovery_messages, node_id
+from edge.discovery import HomeAssistantOptions, discovery_messages, node_id
 from edge.mqtt_client import BrokerError
-from edge.publisher import TAKEOVER_DROPS, MqttSettings
+from edge.publisher import TAKEOVER_DROPS, MqttSettings, Publisher
+from edge.spool import Spool
 from edge.tail import run_tail
 from edge.topics import Topics
 from tests.mqtt_support import sample_event, wait_until
@@ -60,6 +61,45 @@ def acl_broker(broker_factory, tmp_path: Path, devices: tuple[str, ...]):
     os.kill(broker.process.pid, signal.SIGHUP)
     time.sleep(0.5)  # mosquitto reloads between two network loops
     return broker
+
+
+def test_with_an_older_write_only_acl_an_entity_switched_off_is_still_removed(broker_factory, subscriber, tmp_path):
+    """An ACL block from an older add-device.sh lets the device write its configs but not read them back, so
+    the daemon cannot see what the broker holds: what it knows it switched off it clears anyway."""
+    if not shutil.which("mosquitto_passwd"):
+        pytest.skip("mosquitto_passwd not found (apt install mosquitto)")
+    broker = acl_broker(broker_factory, tmp_path, devices=("cam1",))
+    acl = tmp_path / "edge-mood.acl"
+    acl.write_text(acl.read_text().replace("topic readwrite homeassistant/", "topic write homeassistant/"))
+    os.kill(broker.process.pid, signal.SIGHUP)
+    time.sleep(0.5)  # mosquitto reloads between two network loops
+    settings = MqttSettings(
+        host=broker.host, port=broker.port, protocol=broker.protocol, device_id="cam1", username="cam1",
+        password=LOGINS["cam1"], reconnect_min_s=0.05, reconnect_max_s=0.5,
+    )  # fmt: skip
+    ha = ("homeassistant", LOGINS["homeassistant"])
+    memory = Topics("edge-mood", "cam1")
+    memory_topic = f"homeassistant/sensor/{node_id(memory)}/rss_mb/config"
+
+    def run(options: HomeAssistantOptions) -> None:
+        publisher = Publisher(settings, Spool(tmp_path / "spool.sqlite3"), labels=LABELS, home_assistant=options)
+        publisher.start()
+        try:
+            wait_until(lambda: publisher.connected, "the device connected")
+            time.sleep(0.5)  # not a timing assertion: room for its configs
+        finally:
+            publisher.stop(timeout=2)
+            publisher.spool.close()
+
+    def held() -> set[str]:
+        late = subscriber(broker, "homeassistant/#", username=ha[0], password=ha[1])
+        time.sleep(0.5)  # not a timing assertion: the retained ones arrive at once
+        return {m.topic for m in late.received() if m.payload and m.retain}
+
+    run(HomeAssistantOptions())
+    assert memory_topic in held()
+    run(HomeAssistantOptions(diagnostics=("fps",)))
+    assert memory_topic not in held()
 
 
 def test_use_username_as_clientid_follows_a_listener_in_the_shipped_config():
@@ -125,7 +165,7 @@ def test_with_the_shipped_acl_a_device_writes_only_its_own_topics_and_no_one_els
     # Everything the device publishes gets through: events, status, and the discovery configs.
     sub.wait_for(1, topic="edge-mood/cam1/events")
     sub.wait_until(lambda ms: [m.text for m in ms] == ["online"], topic="edge-mood/cam1/status")
-    configs = {topic for topic, _ in device._discovery}  # what the publisher sends
+    configs = {topic for topic, payload in device._discovery if payload}  # what the publisher sends, retired ones aside
     assert {topic for topic, _ in discovery_messages(device.topics, labels=LABELS)} <= configs
     sub.wait_until(lambda ms: {m.topic for m in ms if m.payload} == configs, topic="homeassistant/#")
     device.publish_state({"schema": 1, "device": "cam1", "faces": []})

@@ -17,7 +17,7 @@ import pytest
 
 import edge
 from edge.config import ConfigError, load_config
-from edge.discovery import DIAGNOSTICS, HomeAssistantOptions, discovery_messages, ha_slug, node_id
+from edge.discovery import DIAGNOSTICS, HomeAssistantOptions, discovery_messages, ha_slug, node_id, retired_topics
 from edge.payloads import event_payload, state_payload, stats_payload
 from edge.publisher import MqttSettings, Publisher
 from edge.spool import Spool
@@ -197,6 +197,12 @@ def test_options_shape_the_device_and_its_entities():
     assert configs["mood"]["default_entity_id"] == "sensor.hall_camera_mood"  # from the name users see
     assert all("expire_after" not in c for c in configs.values())
     assert set(configs) == {"mood", "mood_confidence", "faces", "presence", "face_event", "fps"}
+    retired = retired_topics(topics, labels=LABELS, options=options)
+    node = node_id(topics)
+    assert f"homeassistant/sensor/{node}/rss_mb/config" in retired
+    assert f"homeassistant/device_automation/{node}/expression_happy/config" in retired
+    assert f"homeassistant/sensor/{node}/fps/config" not in retired
+    assert retired_topics(topics, labels=LABELS) == []  # nothing is switched off by default
     with pytest.raises(ValueError, match="cpu_load"):
         HomeAssistantOptions(diagnostics=("cpu_load",))
 
