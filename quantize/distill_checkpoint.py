@@ -99,6 +99,7 @@ class Checkpoint:
         """The progress of this run's checkpoint, with `parts` restored to its state; a fresh start without one."""
         if self.path is None or self.previous is None:
             return Progress()
+        _finish_swap(self.path, self.previous)
         state = _load(self.path)
         if state is None or state.get("fingerprint") != self.fingerprint:
             kept = _load(self.previous)
@@ -109,10 +110,15 @@ class Checkpoint:
                 state = kept
             elif state is not None:
                 changed = differences(state.get("identity"), self.identity)
+                dropped = (
+                    f"; the one kept there before, of a third run (epoch {kept['epoch']}), is deleted"
+                    if kept is not None
+                    else ""
+                )
                 os.replace(self.path, self.previous)
                 log(
                     f"{self.path} is of another run ({'; '.join(changed[:4])}): kept as {self.previous.name}, "
-                    f"where that run's own command resumes it; starting afresh"
+                    f"where that run's own command resumes it{dropped}; starting afresh"
                 )
                 return Progress()
             else:
@@ -123,6 +129,8 @@ class Checkpoint:
             part.load_state_dict(state[name])
         if "torch_rng" in state:  # checkpoints written before it was kept resume with other dropout masks
             torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") and torch.cuda.is_available() and len(state["cuda_rng"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         progress = Progress(**{key: state[key] for key in PROGRESS_KEYS})
         best = f" (best val top-1 {progress.best_top1:.4f} at epoch {progress.best_epoch})" if validating else ""
         log(f"resuming {self.path} after epoch {progress.epoch}{best}")
@@ -138,6 +146,7 @@ class Checkpoint:
                 # Dropout draws from torch's global generator: its state, so that a resumed run goes on as
                 # the uninterrupted one would.
                 "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 **{name: part.state_dict() for name, part in self.parts.items()},
                 **{key: getattr(progress, key) for key in PROGRESS_KEYS},
             },
@@ -145,15 +154,26 @@ class Checkpoint:
         )
 
 
+def _spare(path: Path) -> Path:
+    return path.with_name(path.name + ".swap")
+
+
 def _swap(path: Path, previous: Path) -> None:
-    """Exchange the two checkpoints (either may be missing); each rename is atomic, so a crash in between
-    leaves both files under one of their names or the other."""
-    spare = path.with_name(path.name + ".swap")
+    """Exchange the two checkpoints (`path` may be missing) through a spare name; each rename is atomic, and
+    _finish_swap puts a file a crash left under the spare name where it belongs."""
     if path.exists():
-        os.replace(path, spare)
+        os.replace(path, _spare(path))
     os.replace(previous, path)
-    if spare.exists():
-        os.replace(spare, previous)
+    _finish_swap(path, previous)
+
+
+def _finish_swap(path: Path, previous: Path) -> None:
+    """The spare of an exchange goes where a checkpoint is missing: `previous` normally, `path` after a crash
+    between the first two renames."""
+    spare = _spare(path)
+    missing = next((name for name in (previous, path) if not name.exists()), None)
+    if spare.exists() and missing is not None:
+        os.replace(spare, missing)
 
 
 def _load(path: Path) -> dict[str, Any] | None:

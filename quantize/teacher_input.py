@@ -113,9 +113,10 @@ def _per_channel(values: Any, channels: int, what: str) -> list[float]:
 def parse_channels(value: Any) -> int:
     """A spec's input channels: 1 (grey) or 3 (colour), as a number or its text."""
     try:
-        channels = int(str(value).strip())
+        number = float(str(value).strip())  # 3, "3" and 3.0 (a TOML or JSON float) alike
     except ValueError:
-        channels = 0
+        number = 0.0
+    channels = int(number) if number.is_integer() else 0
     if channels not in (1, 3):
         raise QuantizeError(f"input channels {value!r} unknown; use 1 (grey) or 3 (colour)")
     return channels

@@ -539,6 +539,8 @@ def test_spec_values_the_tool_cannot_use_name_the_teacher_and_what_to_give(
         QuantizeError, match=r"^teacher rn.pt \(spec rn.json\): std has 2 .* 3-channel input; give 1 or 3$"
     ):
         load_teacher(f"{checkpoint}:size=48,std=0.5/0.5")
+    (tmp_path / "rn.json").write_text(json.dumps({"input": {"size": 48.0, "channels": 3.0}}))  # floats, as JSON has
+    assert load_teacher(checkpoint).preprocessing.channels == 3
 
 
 def test_pickled_model_needs_trust_and_probabilities_become_log_scores(tmp_path: Path) -> None:
