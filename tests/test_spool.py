@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -316,3 +317,35 @@ def test_a_clock_step_leaves_the_times_of_an_earlier_runs_events_alone(tmp_path,
         assert [json.loads(p)["run"] for _, p in spool.pending(10)] == ["this"]
     finally:
         spool.close()
+
+
+LIVE_EVENTS = """
+import sys
+from edge.spool import Spool
+spool = Spool(sys.argv[1])
+for i in range(int(sys.argv[2])):  # as live: each event appended, published and acknowledged on its own
+    seq = spool.append({"type": "face_enter", "i": i})
+    spool.ack_many([seq])
+spool.close()
+"""
+
+
+def _syncs(tmp_path, events: int) -> int:
+    """fsync and fdatasync calls of a process that spools `events` events one by one, counted by strace."""
+    report = tmp_path / f"strace-{events}.txt"
+    spool = tmp_path / f"spool-{events}.sqlite3"
+    command = ["strace", "-f", "-c", "-e", "trace=fsync,fdatasync", "-o", str(report)]
+    done = subprocess.run([*command, sys.executable, "-c", LIVE_EVENTS, str(spool), str(events)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"strace cannot trace here: {done.stderr.decode(errors='replace').strip()[-200:]}")
+    rows = [line.split() for line in report.read_text().splitlines()]
+    return sum(int(row[3]) for row in rows if row and row[-1] in ("fsync", "fdatasync"))
+
+
+def test_a_live_event_costs_the_sd_card_one_fsync(tmp_path):
+    """The append is synced (a power cut must not roll it back); its ack need not be: one rolled back only
+    sends the event again. Two syncs per event would double the writes that wear a Pi's SD card."""
+    if not shutil.which("strace"):
+        pytest.skip("strace not found (apt install strace)")
+    per_event = (_syncs(tmp_path, 60) - _syncs(tmp_path, 0)) / 60
+    assert 0.9 <= per_event <= 1.2, f"{per_event:.2f} fsyncs per event"
