@@ -384,6 +384,8 @@ class Publisher:
 
     def _on_connect_fail(self, _client: mqtt.Client, _userdata) -> None:
         self._takeover.unreachable()
+        if "lost" in self._outage_causes:
+            return  # a broker restarting or a network gone: the "lost connection" line said so already
         exc = sys.exc_info()[1]  # paho calls this from inside its `except OSError`
         why = (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__) if exc else "no answer"
         self._log_outage(
@@ -482,7 +484,6 @@ class Publisher:
         if cause not in self._outage_causes:
             logger.log(level, "%s", line)
             self._outage_causes.add(cause)
-            self._announce_backlog = True
 
 
 def _discovery_payloads(

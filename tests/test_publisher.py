@@ -121,6 +121,23 @@ def test_seq_continues_after_the_publisher_and_spool_are_reopened(broker, subscr
     assert seqs(sub.wait_for(6)) == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_broker_restart_is_two_lines_lost_and_back(broker_factory, make_publisher, caplog):
+    """A flapping broker or Wi-Fi must not fill the journal: the loss and the return, one line each."""
+    broker = broker_factory()
+    publisher = make_publisher(broker)
+    wait_until(lambda: publisher.connected, "the first connection")
+    caplog.set_level(logging.DEBUG, logger="edge")
+    broker.stop()
+    retries = lambda: sum("Connection failed, retrying" in r.getMessage() for r in caplog.records)  # noqa: E731
+    wait_until(lambda: retries() >= 2, "two failed reconnection attempts")
+    publisher.spool.append(sample_event(0))  # an event spooled meanwhile
+    broker.start()
+    wait_until(lambda: publisher.connected and publisher.spool.depth == 0, "the broker back, the event sent")
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO and r.name == "edge.publisher"]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("lost connection") and "again after" in lines[1] and "1 events spooled" in lines[1]
+
+
 def test_unreachable_broker_at_start_does_not_raise_and_spools(broker_factory, subscriber, make_publisher, caplog):
     broker = broker_factory(persistent=True)
     sub = subscriber(broker, EVENTS, persistent=True)
