@@ -44,6 +44,9 @@ SPOOL_FORMAT = 1  # PRAGMA user_version of files this code writes
 STORE_CHUNK = 200  # held events written per transaction
 CLOCK_STEP_S = 60.0  # a change of the wall clock against the monotonic one this large is a step, not drift
 WAL_SIZE_LIMIT = 4 * 1024 * 1024  # bytes
+# An emptied spool holding more free pages than this (4 KiB each) gives the space back (VACUUM): after a long
+# outage the file would keep its largest size for good, and every start reads it whole (quick_check).
+VACUUM_FREE_PAGES = 256
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -435,6 +438,18 @@ class Spool:
         self._unwritten_acks.clear()
         self._depth -= removed
         self._recovered()
+        if self._depth == 0:
+            self._shrink()
+
+    def _shrink(self) -> None:
+        """Give back the space of a backlog once it is sent. With nothing left to copy, VACUUM writes a few
+        pages only."""
+        try:
+            if self._db.execute("PRAGMA freelist_count").fetchone()[0] > VACUUM_FREE_PAGES:
+                self._db.execute("VACUUM")
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:  # no room for VACUUM's copy: the space is given back another time
+            logger.debug("spool %s not shrunk: %s", self.path, exc)
 
     def _write(self, work: Callable[..., Any], *args: Any) -> Any:
         """Run `work` in one write transaction. In-memory counters change only after it committed."""

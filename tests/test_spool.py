@@ -349,3 +349,16 @@ def test_a_live_event_costs_the_sd_card_one_fsync(tmp_path):
         pytest.skip("strace not found (apt install strace)")
     per_event = (_syncs(tmp_path, 60) - _syncs(tmp_path, 0)) / 60
     assert 0.9 <= per_event <= 1.2, f"{per_event:.2f} fsyncs per event"
+
+
+def test_a_spool_emptied_after_a_long_outage_gives_its_space_back(tmp_path):
+    path = tmp_path / "spool.sqlite3"
+    with Spool(path) as spool:
+        seqs = [spool.append({"type": "face_enter", "padding": "x" * 2000}) for _ in range(3000)]
+        grown = path.stat().st_size + path.with_name(path.name + "-wal").stat().st_size
+        spool.ack_many(seqs)  # the broker is back and has taken them all
+        spool.append({"type": "face_enter"})  # and life goes on
+    assert grown > 6_000_000
+    assert path.stat().st_size < 200_000, f"{path.stat().st_size} bytes kept of {grown}"
+    with Spool(path) as spool:
+        assert spool.depth == 1 and spool.append({"type": "face_leave"}) == seqs[-1] + 2
