@@ -26,6 +26,7 @@ import errno
 import itertools
 import json
 import logging
+import shutil
 import sqlite3
 import threading
 import time
@@ -47,6 +48,7 @@ WAL_SIZE_LIMIT = 4 * 1024 * 1024  # bytes
 # An emptied spool holding more free pages than this (4 KiB each) gives the space back (VACUUM): after a long
 # outage the file would keep its largest size for good, and every start reads it whole (quick_check).
 VACUUM_FREE_PAGES = 256
+KEEP_BROKEN = 3  # moved-aside corrupt spools kept for `sqlite3 .recover`
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -255,7 +257,15 @@ class Spool:
                 aside,
                 aside / self.path.name,
             )
+            self._forget_old_broken_spools()
             return self._connect()  # corrupt again, afresh: _Corrupt's own line says the disk may be failing
+
+    def _forget_old_broken_spools(self) -> None:
+        """Keep the newest KEEP_BROKEN moved-aside spools: a card that corrupts the spool at every power cut
+        would otherwise fill up with them, one up to a full spool's size each."""
+        for old in sorted(self.path.parent.glob("broken-spool-*"))[:-KEEP_BROKEN]:
+            shutil.rmtree(old, ignore_errors=True)
+            logger.warning("deleted %s: only the newest %d moved-aside spools are kept", old, KEEP_BROKEN)
 
     def _files(self) -> list[Path]:
         """The spool file and the WAL and shared-memory files SQLite keeps beside it (not the seq mark)."""

@@ -196,6 +196,21 @@ def test_a_corrupt_file_is_moved_aside_and_a_new_spool_goes_on_after_the_old_seq
     assert (tmp_path / "spool.seq").exists(), "the seq mark stays beside the new spool"
 
 
+def test_only_the_newest_three_corrupt_spools_are_kept(tmp_path, caplog):
+    """A card that corrupts the spool at every power cut must not fill up with moved-aside spools."""
+    path = tmp_path / "spool.sqlite3"
+    for day in range(1, 5):  # earlier ones, oldest first by their names' times
+        (tmp_path / f"broken-spool-2026110{day}T000000Z").mkdir()
+    path.write_bytes(b"this is not a database" * 500)
+    with caplog.at_level(logging.WARNING, logger="edge.spool"), Spool(path):
+        pass
+    kept = sorted(p.name for p in tmp_path.glob("broken-spool-*"))
+    assert len(kept) == 3 and kept[:2] == ["broken-spool-20261103T000000Z", "broken-spool-20261104T000000Z"]
+    assert (tmp_path / kept[2] / "spool.sqlite3").exists(), "the newest, just moved aside, is kept"
+    deleted = [r.getMessage() for r in caplog.records if r.getMessage().startswith("deleted")]
+    assert len(deleted) == 2 and "20261101" in deleted[0]
+
+
 def test_a_corrupt_file_that_cannot_be_moved_names_the_path_and_the_fix(tmp_path):
     if os.geteuid() == 0:
         pytest.skip("root may rename in a read-only folder")
