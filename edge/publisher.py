@@ -25,9 +25,11 @@ client taking over our client id (session take-over) and a broker port that spea
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import queue
+import socket
 import sys
 import threading
 import time
@@ -384,12 +386,14 @@ class Publisher:
 
     def _on_connect_fail(self, _client: mqtt.Client, _userdata) -> None:
         self._takeover.unreachable()
-        if "lost" in self._outage_causes:
-            return  # a broker restarting or a network gone: the "lost connection" line said so already
         exc = sys.exc_info()[1]  # paho calls this from inside its `except OSError`
+        if "lost" in self._outage_causes and _broker_gone(exc):
+            return  # a broker restarting or a network gone: the "lost connection" line said so already
         why = (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__) if exc else "no answer"
         self._log_outage(
-            f"broker {self.settings.broker} unreachable ({why}); spooling events and retrying", cause="unreachable"
+            f"broker {self.settings.broker} unreachable ({why}); spooling events and retrying",
+            # Per kind of failure: a broker back with a certificate we refuse is news after "refused" at boot.
+            cause=f"unreachable {type(exc).__name__}",
         )
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata, _flags, reason: mqtt.ReasonCode, _props) -> None:
@@ -484,6 +488,13 @@ class Publisher:
         if cause not in self._outage_causes:
             logger.log(level, "%s", line)
             self._outage_causes.add(cause)
+
+
+def _broker_gone(exc: BaseException | None) -> bool:
+    """Whether a failed connection attempt only says the broker or the network is not there (yet)."""
+    if isinstance(exc, (ConnectionRefusedError, TimeoutError, socket.gaierror)):
+        return True
+    return isinstance(exc, OSError) and exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN)
 
 
 def _discovery_payloads(

@@ -60,6 +60,23 @@ def test_a_broker_that_comes_up_refusing_after_an_outage_gets_its_own_line(broke
     assert not publisher.connected
 
 
+def test_a_broker_back_after_a_loss_with_a_certificate_we_refuse_gets_its_own_line(
+    broker_factory, pki, make_publisher, caplog
+):
+    """After "lost connection", a broker merely not back yet says nothing more; one that is back but fails
+    the TLS check (a renewed certificate for another name) must say why, or the outage looks endless."""
+    broker = tls_broker(broker_factory, pki)
+    publisher = make_publisher(broker, tls_ca=pki / "ca.crt", tls_cert=pki / "client.crt", tls_key=pki / "client.key")
+    wait_until(lambda: publisher.connected, "connected over TLS")
+    caplog.set_level(logging.DEBUG, logger="edge")
+    broker.stop()
+    broker.extra_config = tuple(line.replace("server.", "wrong-name.") for line in broker.extra_config)
+    broker.start()
+    lines = lambda: [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]  # noqa: E731
+    wait_until(lambda: any("mismatch" in line for line in lines()), "the certificate's line")
+    assert not publisher.connected and any(line.startswith("lost connection") for line in lines())
+
+
 def tls_broker(broker_factory, pki: Path, server: str = "server"):
     return broker_factory(
         extra_config=(
