@@ -257,15 +257,19 @@ class Spool:
                 aside,
                 aside / self.path.name,
             )
-            self._forget_old_broken_spools()
+            self._forget_old_broken_spools(aside)
             return self._connect()  # corrupt again, afresh: _Corrupt's own line says the disk may be failing
 
-    def _forget_old_broken_spools(self) -> None:
-        """Keep the newest KEEP_BROKEN moved-aside spools: a card that corrupts the spool at every power cut
-        would otherwise fill up with them, one up to a full spool's size each."""
-        for old in sorted(self.path.parent.glob("broken-spool-*"))[:-KEEP_BROKEN]:
+    def _forget_old_broken_spools(self, kept: Path) -> None:
+        """Keep `kept` (just moved aside) and the newest others up to KEEP_BROKEN moved-aside spools: a card
+        that corrupts the spool at every power cut would otherwise fill up with them, one up to a full spool's
+        size each. Newest by name, the time of moving aside: `kept` counts as newest even where a Pi's clock,
+        not yet set at boot, named it earlier."""
+        others = sorted(p for p in self.path.parent.glob("broken-spool-*") if p.is_dir() and p != kept)
+        for old in others[: max(0, len(others) - (KEEP_BROKEN - 1))]:
             shutil.rmtree(old, ignore_errors=True)
-            logger.warning("deleted %s: only the newest %d moved-aside spools are kept", old, KEEP_BROKEN)
+            if not old.exists():
+                logger.warning("deleted %s: only the newest %d moved-aside spools are kept", old, KEEP_BROKEN)
 
     def _files(self) -> list[Path]:
         """The spool file and the WAL and shared-memory files SQLite keeps beside it (not the seq mark)."""

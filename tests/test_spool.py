@@ -201,14 +201,30 @@ def test_only_the_newest_three_corrupt_spools_are_kept(tmp_path, caplog):
     path = tmp_path / "spool.sqlite3"
     for day in range(1, 5):  # earlier ones, oldest first by their names' times
         (tmp_path / f"broken-spool-2026110{day}T000000Z").mkdir()
+    (tmp_path / "broken-spool-20991231T000000Z").write_text("a file of the user's, not a moved-aside spool")
     path.write_bytes(b"this is not a database" * 500)
     with caplog.at_level(logging.WARNING, logger="edge.spool"), Spool(path):
         pass
-    kept = sorted(p.name for p in tmp_path.glob("broken-spool-*"))
+    kept = sorted(p.name for p in tmp_path.glob("broken-spool-*") if p.is_dir())
     assert len(kept) == 3 and kept[:2] == ["broken-spool-20261103T000000Z", "broken-spool-20261104T000000Z"]
     assert (tmp_path / kept[2] / "spool.sqlite3").exists(), "the newest, just moved aside, is kept"
     deleted = [r.getMessage() for r in caplog.records if r.getMessage().startswith("deleted")]
     assert len(deleted) == 2 and "20261101" in deleted[0]
+    assert (tmp_path / "broken-spool-20991231T000000Z").is_file()
+
+
+def test_a_corrupt_spool_moved_aside_before_the_clock_is_set_is_kept(tmp_path, monkeypatch):
+    """At boot a Pi without a real-time clock may name the folder it moves a spool into earlier than the
+    folders of spools moved aside before: the one just moved aside is kept all the same."""
+    path = tmp_path / "spool.sqlite3"
+    for day in range(1, 4):
+        (tmp_path / f"broken-spool-2026110{day}T000000Z").mkdir()
+    path.write_bytes(b"this is not a database" * 500)
+    monkeypatch.setattr(spool_module.time, "gmtime", lambda *_: time.struct_time((2026, 1, 1, 0, 0, 0, 3, 1, 0)))
+    with Spool(path):
+        pass
+    assert (tmp_path / "broken-spool-20260101T000000Z" / "spool.sqlite3").exists()
+    assert len([p for p in tmp_path.glob("broken-spool-*")]) == 3
 
 
 def test_a_corrupt_file_that_cannot_be_moved_names_the_path_and_the_fix(tmp_path):
