@@ -461,7 +461,9 @@ class Spool:
         try:
             if self._db.execute("PRAGMA freelist_count").fetchone()[0] > VACUUM_FREE_PAGES:
                 self._db.execute("VACUUM")
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                # PASSIVE: a reader (edge check) holding a snapshot must not make appends wait for it; the
+                # automatic checkpoints finish the job.
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error as exc:  # no room for VACUUM's copy: the space is given back another time
             logger.debug("spool %s not shrunk: %s", self.path, exc)
 

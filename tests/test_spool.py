@@ -393,3 +393,20 @@ def test_a_spool_emptied_after_a_long_outage_gives_its_space_back(tmp_path):
     assert path.stat().st_size < 200_000, f"{path.stat().st_size} bytes kept of {grown}"
     with Spool(path) as spool:
         assert spool.depth == 1 and spool.append({"type": "face_leave"}) == seqs[-1] + 2
+
+
+def test_giving_space_back_does_not_wait_for_a_reader(tmp_path):
+    """`edge check` may read the spool while the daemon empties it; appends must not wait for that reader
+    (the busy timeout is 10 s, far beyond a frame)."""
+    path = tmp_path / "spool.sqlite3"
+    with Spool(path) as spool:
+        seqs = [spool.append({"type": "face_enter", "padding": "x" * 2000}) for _ in range(3000)]
+        reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM events").fetchone()  # holds its snapshot
+        started = time.monotonic()
+        spool.ack_many(seqs)
+        waited = time.monotonic() - started
+        reader.rollback()
+        reader.close()
+    assert waited < 5.0, f"the acks waited {waited:.1f} s for a reader"
