@@ -91,6 +91,7 @@ class Daemon:
         self._last_watchdog_at = 0.0
         self._last_clock = 0.0  # the frame clock of the last frame (_frame_clock)
         self._last_bad: str | None = None  # why the last frame was unusable, while no usable one came since
+        self._last_bad_at = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -242,7 +243,7 @@ class Daemon:
 
     def _count_bad_frame(self, frame: Frame, why: str) -> None:
         self.bad_frames += 1
-        self._last_bad = why
+        self._last_bad, self._last_bad_at = why, time.monotonic()
         if self.bad_frames == 1 or self.bad_frames % 100 == 0:
             logger.warning("skipped unusable frame %d (%s); %d so far", frame.index, why, self.bad_frames)
 
@@ -291,12 +292,14 @@ class Daemon:
             self._all_faces_leave()
         if not healthy and not self._stalled:
             self._stalled = True
+            # Unusable frames that came before the camera was lost and reopened do not come now.
+            bad = self._last_bad if now - self._last_bad_at < self.config.service.stall_timeout_s else None
             logger.warning(
                 "no %sframe for %.0f s from %s%s%s",
-                "" if self._last_bad is None else "usable ",
+                "" if bad is None else "usable ",
                 now - self._last_frame_at,
                 self.grabber.description,
-                "" if self._last_bad is None else f" (frames come, but unusable: {self._last_bad})",
+                "" if bad is None else f" (frames come, but unusable: {bad})",
                 # Only systemd acts on it: it restarts the service once the watchdog is not fed.
                 "; the systemd watchdog is no longer fed" if self.notifier.watchdog_interval_s else "",
             )
