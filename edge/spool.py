@@ -445,7 +445,7 @@ class Spool:
             try:
                 removed = self._write(self._delete, sorted(self._unwritten_acks))
             finally:
-                self._db.execute("PRAGMA synchronous=FULL")
+                self._appends_synced()
         except sqlite3.Error as exc:
             self._failed(exc)
             return
@@ -454,6 +454,14 @@ class Spool:
         self._recovered()
         if self._depth == 0:
             self._shrink()
+
+    def _appends_synced(self) -> None:
+        """Back to FULL for the appends, also after a failed ack whose rollback failed too (the pragma cannot
+        change inside a transaction); without raising, so that the ack's own error is the one reported."""
+        with contextlib.suppress(sqlite3.Error):
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            self._db.execute("PRAGMA synchronous=FULL")
 
     def _shrink(self) -> None:
         """Give back the space of a backlog once it is sent. With nothing left to copy, VACUUM writes a few
