@@ -87,13 +87,25 @@ def _spool_report(config: Config) -> str:
     try:
         if path.exists():
             depth, last_seq = peek(path)
-            return f"{path} ({depth} events waiting, last seq {last_seq})"
+            return f"{path} ({depth} events waiting, last seq {last_seq}){_moved_aside(path)}"
         folder = next(p for p in path.parents if p.exists())
     except PermissionError:
         raise UserError(f"{path} cannot be looked at (permission denied); run edge check with sudo") from None
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise UserError(f"{path} cannot be made: {folder} is not a folder this user may write in; fix spool.dir")
     return f"{path} (none yet: the daemon makes it at start)"
+
+
+def _moved_aside(spool: Path) -> str:
+    """Corrupt spools the daemon moved aside (it keeps the newest three): more than a rare one points at
+    power cuts in the middle of a write or a failing SD card."""
+    aside = sorted(p.name for p in spool.parent.glob("broken-spool-*") if p.is_dir())
+    if not aside:
+        return ""
+    return (
+        f"; {len(aside)} corrupt spool(s) moved aside, newest {aside[-1]} (power cuts mid-write or a failing "
+        f"SD card; `sqlite3 FILE .recover` may retrieve their events)"
+    )
 
 
 def probe_broker(settings: MqttSettings) -> str:

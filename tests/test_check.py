@@ -45,8 +45,11 @@ def test_the_spool_is_read_without_writing_a_byte_beside_it(broker, tmp_path, ca
     before = {p.name: p.read_bytes() for p in (tmp_path / "cam1").iterdir()}
     status, report = check(broker, tmp_path, capsys)
     assert status == 0, report
-    assert "(2 events waiting, last seq 3)" in report["spool"]
+    assert "(2 events waiting, last seq 3)" in report["spool"] and "corrupt" not in report["spool"]
     assert {p.name: p.read_bytes() for p in (tmp_path / "cam1").iterdir()} == before
+    (tmp_path / "cam1" / "broken-spool-20261127T101500Z").mkdir()  # what the daemon moved aside at a start
+    status, report = check(broker, tmp_path, capsys)
+    assert status == 0 and "1 corrupt spool(s) moved aside, newest broken-spool-20261127T101500Z" in report["spool"]
 
 
 def test_a_spool_in_use_is_read_with_the_events_its_daemon_has_not_checkpointed(broker, tmp_path, capsys):
