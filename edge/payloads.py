@@ -87,8 +87,9 @@ def state_payload(*, device: str, ts: float, faces: Sequence[Mapping[str, Any]],
 
     Each face needs "track_id", "expression", "confidence" and "bbox" ({x,y,w,h} or (x,y,w,h), 0..1).
     The mood is the settled expression with the largest summed confidence over the faces (ties: more
-    faces, then name). mood_confidence is that sum divided by the number of settled faces, so it is high
-    only when most faces agree and are sure (one face: its own confidence). Both None with no settled face.
+    faces, then the name later in alphabetical order). mood_confidence is that sum divided by the number of
+    settled faces, so it is high only when most faces agree and are sure (one face: its own confidence).
+    Both None with no settled face.
     """
     listed: list[dict[str, Any]] = []
     for face in faces:

@@ -139,17 +139,19 @@ class Tracker:
         return events
 
     def _match(self, detections: list[Detection]) -> dict[int, Track]:
+        """Each detection to the track whose box it overlaps enough: tracks seen more recently first, then the
+        larger overlap. A track unseen for a while keeps the box it was last seen in; where two people cross,
+        that stale box may overlap the other person best, who must keep their own track."""
         pairs = [
-            (iou(track.box, det.box), det_index, track)
+            (track.missed, -overlap, det_index, track)
             for det_index, det in enumerate(detections)
             for track in self._tracks
+            if (overlap := iou(track.box, det.box)) >= self.settings.iou_threshold
         ]
-        pairs.sort(key=lambda p: p[0], reverse=True)
+        pairs.sort(key=lambda p: (p[0], p[1], p[2]))
         matched: dict[int, Track] = {}
         used: set[int] = set()
-        for overlap, det_index, track in pairs:
-            if overlap < self.settings.iou_threshold:
-                break
+        for _, _, det_index, track in pairs:
             if det_index in matched or id(track) in used:
                 continue
             matched[det_index] = track

@@ -65,6 +65,20 @@ def test_two_faces_keep_their_ids_while_moving():
     assert [t.track_id for t in tracker.visible] == sorted(settled)
 
 
+def test_a_face_seen_a_frame_ago_keeps_its_track_over_one_unseen_for_a_while():
+    """Two people cross: B stood where A now walks and was not seen for a few frames (hidden behind A), so B's
+    box is where it was last seen. A must keep A's track, not take over B's and leave as if gone."""
+    tracker = Tracker(LABELS, TrackerSettings(leave_after_s=2.0, leave_after_frames=5))
+    b_box = (100.0, 50.0, 40.0, 40.0)
+    frames = [[Detection((40.0, 50.0, 40.0, 40.0), scores("happy")), Detection(b_box, scores("sad"))]] * 5
+    frames += [[Detection((40.0 + 12 * i, 50.0, 40.0, 40.0), scores("happy"))] for i in range(1, 7)]  # B hidden
+    events = run(tracker, frames)
+    a_track = next(e.track_id for e in events if e.type == "expression" and e.expression == "happy")
+    assert not [e for e in events if e.type == "face_leave"], [(e.type, e.track_id) for e in events]
+    boxes = {face.track_id: face.bbox for face in tracker.visible}
+    assert boxes[a_track][0] == 40.0 + 12 * 6, "A's last detection went to another track"
+
+
 def test_visible_shows_each_face_as_the_state_message_needs_it():
     tracker = Tracker(LABELS, TrackerSettings(enter_frames=2, settle_frames=3))
     box = (0.1, 0.2, 0.3, 0.4)
