@@ -120,6 +120,22 @@ def test_video_gives_the_scripted_events_in_order(tmp_path, broker, subscriber):
 
 
 @pytest.mark.slow
+def test_the_state_follows_a_settled_face_going_blank_between_events(tmp_path, broker, subscriber):
+    """A happy face goes expressionless (every score about equal, none confident): no event is due, but the
+    state Home Assistant reads must not keep the last event's confidence until the face leaves."""
+    folder = tmp_path / "frames"
+    write_images(folder, [Segment(5, None), Segment(15, BRIGHT), Segment(30, 1.5), Segment(10, None)])
+    config = write_config(tmp_path, broker, folder, source={"realtime": True, "fps": 10.0})
+    sub = subscriber(broker, "edge-mood/room1/state", "edge-mood/room1/events")
+    result = edge("run", "--once", "--config", str(config))
+    assert result.returncode == 0, result.stderr[-2000:]
+    sub.wait_until(lambda got: any(m.json().get("type") == "face_leave" for m in got), 10)
+    faces = [f for m in sub.received("edge-mood/room1/state") for f in m.json()["faces"]]
+    happy = [f["confidence"] for f in faces if f["expression"] == "happy"]
+    assert happy and max(happy) > 0.6 and min(happy) < 0.3, f"the state's confidences: {happy}"
+
+
+@pytest.mark.slow
 def test_results_do_not_depend_on_speed(tmp_path, broker, subscriber):
     """A folder is read frame by frame without drops: two runs give identical events."""
     folder = tmp_path / "frames"
