@@ -86,6 +86,30 @@ def _port(x: int) -> bool:
     return 0 < x < 65536
 
 
+# Upper bounds where a value goes on to C code (OpenCV, onnxruntime, MQTT's 16-bit keepalive) that fails on
+# a larger one with a traceback, or with a message that blames a healthy file.
+MAX_PIXELS = 16384  # a side in pixels
+MAX_THREADS = 256
+
+
+def _pixels(x: int) -> bool:
+    return 0 < x <= MAX_PIXELS
+
+
+def _threads(x: int) -> bool:
+    return 0 <= x <= MAX_THREADS
+
+
+def _subscribe_topic(s: str) -> bool:
+    # An MQTT filter: + and # stand for whole levels only, # last.
+    levels = s.split("/")
+    return (
+        "\0" not in s
+        and all(level in ("+", "#") or not set("+#") & set(level) for level in levels)
+        and "#" not in levels[:-1]
+    )
+
+
 def _host(s: str) -> bool:
     # What the socket layer would refuse at connect time (an empty name, an empty or over-long label as in
     # "broker..lan"), and which would otherwise only show as a traceback in the network thread.
@@ -119,9 +143,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "picamera",
             "picamera, a camera index or /dev/videoN, a video file, rtsp:// or http:// URL, an image folder or glob",
         ),
-        "width": Key(int, 640, "a positive number of pixels", _positive),
-        "height": Key(int, 480, "a positive number of pixels", _positive),
-        "fps": Key(float, 15.0, "a positive number", _positive),
+        "width": Key(int, 640, f"a number of pixels from 1 to {MAX_PIXELS}", _pixels),
+        "height": Key(int, 480, f"a number of pixels from 1 to {MAX_PIXELS}", _pixels),
+        "fps": Key(float, 15.0, "a number from 0.01 to 1000", lambda x: 0.01 <= x <= 1000),
         "realtime": Key(bool, False, "true or false"),
         "reconnect_max_s": Key(float, 30.0, "a positive number of seconds", _positive),
     },
@@ -132,18 +156,18 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "yunet_sha256": Key(
             str, YUNET_SHA256, "64 hex digits", lambda s: len(s) == 64 and all(c in "0123456789abcdef" for c in s)
         ),
-        "detect_width": Key(int, 320, "a positive number of pixels", _positive),
+        "detect_width": Key(int, 320, f"a number of pixels from 1 to {MAX_PIXELS}", _pixels),
         "score_threshold": Key(float, 0.7, "a number in (0, 1]", _fraction),
-        "min_face_px": Key(int, 24, "a positive number of pixels", _positive),
+        "min_face_px": Key(int, 24, f"a number of pixels from 1 to {MAX_PIXELS}", _pixels),
         "detect_every": Key(int, 5, "a positive number of frames", _positive),
         "adaptive_width": Key(bool, False, "true or false"),
         "idle_fps": Key(float, 3.0, "a number of frames per second >= 0 (0: every frame)", _non_negative),
-        "threads": Key(int, 1, "a number >= 0 (0: OpenCV's default, one per core)", _non_negative),
+        "threads": Key(int, 1, f"a number from 0 to {MAX_THREADS} (0: OpenCV's default, one per core)", _threads),
     },
     "model": {
         "path": Key(str, "", "a path to an expression .onnx with its .json card, or empty for the shipped model"),
         "precision": Key(str, "auto", choices=("auto", "int8", "fp32")),
-        "threads": Key(int, 1, "a positive number", _positive),
+        "threads": Key(int, 1, f"a number from 1 to {MAX_THREADS}", lambda x: 0 < x <= MAX_THREADS),
         "spin_wait": Key(bool, False, "true or false"),
         "classify_every": Key(int, 2, "a positive number of frames", _positive),
     },
@@ -175,7 +199,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "tls_cert": Key(str, "", "a path to a client certificate file"),
         "tls_key": Key(str, "", "a path to the client key file"),
         "tls_insecure": Key(bool, False, "true or false"),
-        "keepalive": Key(int, 30, "5 seconds or more", lambda s: s >= 5),
+        "keepalive": Key(int, 30, "5 to 65535 seconds", lambda s: 5 <= s <= 65535),
         "qos": Key(int, 1, "0, 1 or 2", lambda q: q in (0, 1, 2)),
         "discovery": Key(bool, True, "true or false"),
         "discovery_prefix": Key(str, "homeassistant", TOPIC_PREFIX, _topic_prefix),
@@ -186,7 +210,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "expire_after_s": Key(int, 180, "0 (never) or more than 60 seconds", _expiry),
         "diagnostics": Key(list, tuple(DIAGNOSTICS), choices=tuple(DIAGNOSTICS)),
         "device_triggers": Key(bool, True, "true or false"),
-        "status_topic": Key(str, HA_STATUS_TOPIC, "Home Assistant's birth message topic (empty: do not listen)"),
+        "status_topic": Key(
+            str,
+            HA_STATUS_TOPIC,
+            "Home Assistant's birth message topic, + and # only as whole levels (empty: do not listen)",
+            _subscribe_topic,
+        ),
         "support_url": Key(
             str,
             "",

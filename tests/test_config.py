@@ -116,5 +116,22 @@ def test_host_names_and_addresses_are_accepted(host):
 
 
 def test_a_keepalive_the_client_cannot_use_is_refused_by_the_config_check():
-    with pytest.raises(ConfigError, match="mqtt.keepalive = 2 is not allowed; expected 5 seconds or more"):
+    with pytest.raises(ConfigError, match="mqtt.keepalive = 2 is not allowed; expected 5 to 65535 seconds"):
         load_config(None, {"mqtt.keepalive": "2"}, environ={})
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("mqtt.keepalive", "70000"),  # MQTT's field is 16 bits: paho's network thread died on it, silently
+        ("model.threads", "999999999"),  # onnxruntime: bad_alloc, blamed on the model file
+        ("detector.threads", "99999999999"),  # OpenCV: a traceback
+        ("detector.detect_width", "99999999999"),  # blamed on the YuNet file
+        ("detector.min_face_px", "99999999999"),  # every frame skipped
+        ("source.fps", "1e-300"),  # the grabber's clock overflowed
+        ("homeassistant.status_topic", "ha/#/x"),  # refused by the broker at every connect
+    ],
+)
+def test_values_the_parts_below_cannot_take_are_refused_at_start(key, value):
+    with pytest.raises(ConfigError, match=rf"{key} = .* is not allowed; expected"):
+        load_config(None, {key: value}, environ={})
