@@ -298,6 +298,10 @@ class Config:
                     f"mqtt.password_file = {str(path)!r} cannot be read ({exc.strerror}); "
                     f"point it at a readable file holding only the password"
                 ) from None
+            except UnicodeDecodeError:
+                raise ConfigError(
+                    f"mqtt.password_file = {str(path)!r} is not UTF-8 text; write the password into it as UTF-8"
+                ) from None
         return self._environ.get(PASSWORD_ENV) or None
 
 
@@ -381,8 +385,17 @@ def _coerce_list(section: str, key: str, spec: Key, value: Any) -> tuple[str, ..
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        text = path.read_bytes().decode("utf-8")
+        if text.startswith("\ufeff"):  # Windows editors put one in front; TOML allows none
+            raise ConfigError(f"config file {path} starts with a byte order mark; save it as UTF-8 without BOM")
+        return tomllib.loads(text)
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder; give the path of the TOML file in it") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+            "save it as UTF-8"
+        ) from None
     except FileNotFoundError:
         raise ConfigError(
             f"config file {path} not found; copy edge/config.example.toml there or pass --config"

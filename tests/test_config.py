@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import get_type_hints
 
@@ -69,6 +70,26 @@ def test_bad_values_name_the_key_and_what_is_allowed(tmp_path, text, expected):
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (
+            '[mqtt]\nhost = "caf\xe9"\n'.encode("latin-1"),
+            "is not UTF-8 text (byte 0xe9 at offset 18); save it as UTF-8",
+        ),
+        ("[mqtt]\nhost = 'x'\n".encode("utf-16"), "is not UTF-8 text (byte 0xff at offset 0)"),  # Notepad's "Unicode"
+        ("\ufeff[mqtt]\nhost = 'x'\n".encode("utf-8"), "starts with a byte order mark; save it as UTF-8 without BOM"),
+    ],
+)
+def test_a_config_file_in_another_encoding_is_one_line(tmp_path, content, expected):
+    path = tmp_path / "config.toml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_config(path, environ={})
+    with pytest.raises(ConfigError, match="is a folder; give the path of the TOML file"):
+        load_config(tmp_path, environ={})
+
+
 def test_bad_environment_value_is_rejected():
     with pytest.raises(ConfigError, match="mqtt.port = 'abc'"):
         load_config(None, environ={"EDGE_MOOD_MQTT_PORT": "abc"})
@@ -84,6 +105,9 @@ def test_password_comes_from_file_or_environment_never_both(tmp_path):
     missing = load_config(None, {"mqtt.password_file": str(tmp_path / "nope")}, environ={})
     with pytest.raises(ConfigError, match="cannot be read"):
         missing.mqtt_password()
+    secret.write_bytes("p\xe9ss\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="is not UTF-8 text; write the password into it as UTF-8"):
+        load_config(None, {"mqtt.password_file": str(secret)}, environ={}).mqtt_password()
 
 
 def test_state_dir_follows_systemd(tmp_path):
