@@ -413,7 +413,7 @@ def load_config(
 ) -> Config:
     """Defaults <- TOML file <- environment <- overrides ({"section.key": value})."""
     values = {section: {key: spec.default for key, spec in keys.items()} for section, keys in SCHEMA.items()}
-    layers: list[tuple[str, str, Any]] = []
+    layers: list[tuple[str, str, Any, str]] = []  # section, key, value, where it was set (for the environment)
     if path is not None:
         data = _read_toml(path)
         for section, table in data.items():
@@ -423,16 +423,20 @@ def load_config(
                 )
             if not isinstance(table, dict):
                 raise ConfigError(f"config [{section}] in {path} must be a table of keys")
-            layers += [(section, key, value) for key, value in table.items()]
+            layers += [(section, key, value, "") for key, value in table.items()]
     env = os.environ if environ is None else environ
     for name, value in env.items():
         if name.startswith(ENV_PREFIX) and name not in NOT_SETTINGS:
-            layers.append(_env_key(name[len(ENV_PREFIX) :], value))
+            layers.append((*_env_key(name[len(ENV_PREFIX) :], value), f"the environment variable {name}"))
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
-        layers.append((section, key, value))
-    for section, key, value in layers:
-        _set(values, section, key, value)
+        layers.append((section, key, value, ""))
+    for section, key, value, origin in layers:
+        try:
+            _set(values, section, key, value)
+        except ConfigError as exc:
+            # A value nobody finds in the file: say where it comes from (a shell, a systemd drop-in).
+            raise ConfigError(f"{exc} (set by {origin})" if origin else str(exc)) from None
     if values["mqtt"]["password_file"] and env.get(PASSWORD_ENV):
         raise ConfigError(f"both mqtt.password_file and ${PASSWORD_ENV} are set; keep one of them")
     return Config(values, path, env)

@@ -90,9 +90,11 @@ def test_a_config_file_in_another_encoding_is_one_line(tmp_path, content, expect
         load_config(tmp_path, environ={})
 
 
-def test_bad_environment_value_is_rejected():
-    with pytest.raises(ConfigError, match="mqtt.port = 'abc'"):
+def test_bad_environment_value_is_rejected_naming_the_variable():
+    with pytest.raises(ConfigError, match="mqtt.port = 'abc' .*set by the environment variable EDGE_MOOD_MQTT_PORT"):
         load_config(None, environ={"EDGE_MOOD_MQTT_PORT": "abc"})
+    with pytest.raises(ConfigError, match="section .debug. is unknown.*set by .* variable EDGE_MOOD_DEBUG"):
+        load_config(None, environ={"EDGE_MOOD_DEBUG": "1"})
 
 
 def test_password_comes_from_file_or_environment_never_both(tmp_path):
