@@ -109,7 +109,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if getattr(args, "device_id", None) is not None:
         overrides["mqtt.device_id"] = args.device_id
     if getattr(args, "broker", None):
-        host, _, port = args.broker.rpartition(":") if args.broker.count(":") == 1 else (args.broker, "", "")
+        host, port = split_broker(args.broker)
         overrides["mqtt.host"] = host
         if port:
             overrides["mqtt.port"] = port
@@ -119,6 +119,18 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if path is None:
         path = next((p for p in DEFAULT_CONFIG_PATHS if p.exists()), None)
     return load_config(path, overrides)
+
+
+def split_broker(text: str) -> tuple[str, str]:
+    """--broker HOST[:PORT] -> (host, port or ""): broker.lan:1883, 10.0.0.2, ::1 (an IPv6 address alone) or
+    [::1]:1883 (with a port)."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        return host, rest.removeprefix(":")
+    if text.count(":") == 1:
+        host, _, port = text.partition(":")
+        return host, port
+    return text, ""
 
 
 def setup_logging(level: str) -> None:

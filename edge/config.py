@@ -115,6 +115,9 @@ def _host(s: str) -> bool:
     # "broker..lan"), and which would otherwise only show as a traceback in the network thread.
     if not s or any(c.isspace() for c in s):
         return False
+    # A URL, host:port or [address]: the port has a key of its own (more than one colon: an IPv6 address).
+    if "/" in s or "[" in s or s.count(":") == 1:
+        return False
     try:
         s.encode("idna")
     except UnicodeError:
@@ -182,7 +185,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "leave_after_frames": Key(int, 5, "a positive number of frames", _positive),
     },
     "mqtt": {
-        "host": Key(str, "localhost", "a host name or address", _host),
+        "host": Key(str, "localhost", "a host name or address, without scheme or port (the port: mqtt.port)", _host),
         "port": Key(int, 1883, "a port number 1-65535", _port),
         "protocol": Key(str, "5", choices=("5", "3.1.1")),
         "prefix": Key(str, "edge-mood", TOPIC_PREFIX, _topic_prefix),

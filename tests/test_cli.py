@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.cli import build_parser, config_from_args
+from edge.cli import build_parser, config_from_args, split_broker
 from edge.errors import ConfigError
 
 
@@ -55,3 +55,12 @@ def test_the_config_file_named_by_the_environment_is_read_beside_the_scripts_var
     monkeypatch.setenv("EDGE_MOOD_MQQT_HOST", "typo")
     with pytest.raises(ConfigError, match="section 'mqqt' is unknown"):
         config_from_args(build_parser().parse_args(["tail"]))
+
+
+@pytest.mark.parametrize(
+    "broker, host, port",
+    [("broker.lan", "broker.lan", ""), ("broker.lan:8883", "broker.lan", "8883"), ("::1", "::1", ""),
+     ("[::1]:1884", "::1", "1884"), ("[fd00::2]", "fd00::2", "")],
+)  # fmt: skip
+def test_broker_option_takes_a_host_and_an_optional_port(broker, host, port):
+    assert split_broker(broker) == (host, port)

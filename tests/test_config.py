@@ -130,7 +130,10 @@ def test_cli_missing_config_file(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("host", ["", "broker..lan", ".lan", "a" * 64 + ".lan", "broker lan"])
+@pytest.mark.parametrize(
+    "host",
+    ["", "broker..lan", ".lan", "a" * 64 + ".lan", "broker lan", "mqtt://broker.lan", "broker.lan:1883", "[::1]"],
+)
 def test_a_broker_host_the_network_layer_would_refuse_is_refused_with_the_key_named(host):
     with pytest.raises(ConfigError, match=r"mqtt.host = .* expected a host name or address"):
         load_config(None, {"mqtt.host": host}, environ={})
