@@ -12,11 +12,17 @@ from pathlib import Path
 from edge.config import Config
 from edge.errors import UserError
 from edge.locations import SERVICE_STATE_DIR, system_install, user_state_dir
-from edge.mqtt_client import MqttSettings, connect_or_raise, make_client, refused_error
+from edge.mqtt_client import (
+    ANSWER_TIMEOUT_S,
+    MqttSettings,
+    connect_or_raise,
+    make_client,
+    no_answer_error,
+    refused_error,
+)
 from edge.spool import peek
 from edge.wiring import build_detector, load_model, open_frame_source, spool_path
 
-BROKER_TIMEOUT_S = 5.0
 SOURCE_TIMEOUT_S = 10.0
 
 
@@ -123,11 +129,8 @@ def probe_broker(settings: MqttSettings) -> str:
     connect_or_raise(client, settings)
     client.loop_start()
     try:
-        if not connected.wait(BROKER_TIMEOUT_S):
-            raise UserError(
-                f"broker {settings.broker} did not answer within {BROKER_TIMEOUT_S:.0f} s; "
-                f"check mqtt.host, mqtt.port and mqtt.tls"
-            )
+        if not connected.wait(ANSWER_TIMEOUT_S):
+            raise no_answer_error(settings)
         reason = outcome["reason"]
         if reason.is_failure:
             raise refused_error(settings, reason)

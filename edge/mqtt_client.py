@@ -240,16 +240,37 @@ class BrokerError(UserError):
     """The broker cannot be reached or refuses us (for the one-shot tools; the daemon retries instead)."""
 
 
+ANSWER_TIMEOUT_S = 5.0  # how long `edge tail` and `edge check` wait for the broker's answer to CONNECT
+
+
 def connect_or_raise(client: mqtt.Client, settings: MqttSettings) -> None:
     """Blocking connect for `edge tail` and `edge check`: an unreachable broker is one clear line."""
     try:
         client.connect(settings.host, settings.port, settings.keepalive)
+    except ssl.SSLCertVerificationError as exc:
+        raise BrokerError(
+            f"broker {settings.broker}'s certificate is not trusted ({exc.verify_message}); mqtt.tls_ca must name "
+            f"the CA that signed it, made out to the name in mqtt.host"
+        ) from None
     except OSError as exc:
         why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise BrokerError(
             f"broker {settings.broker} unreachable ({why}); check mqtt.host / mqtt.port "
             f"(or --broker) and that the broker is running"
         ) from None
+
+
+def no_answer_error(settings: MqttSettings) -> BrokerError:
+    """A broker port that took the connection but never answered CONNECT: most often TLS on one side only."""
+    if not settings.uses_tls and speaks_tls(settings.host, settings.port):
+        return BrokerError(
+            f"broker {settings.broker} speaks TLS on port {settings.port} but mqtt.tls is off; set mqtt.tls = true "
+            f"(and mqtt.tls_ca if needed) or use the broker's plain port (1883)"
+        )
+    return BrokerError(
+        f"broker {settings.broker} did not answer within {ANSWER_TIMEOUT_S:.0f} s; "
+        f"check mqtt.host, mqtt.port and mqtt.tls"
+    )
 
 
 def refused_error(settings: MqttSettings, reason: object) -> BrokerError:

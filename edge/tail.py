@@ -6,6 +6,7 @@ import json
 import signal
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -15,11 +16,13 @@ from typing import Any, TextIO
 import paho.mqtt.client as mqtt
 
 from edge.mqtt_client import (
+    ANSWER_TIMEOUT_S,
     BrokerError,
     MqttSettings,
     TakeOverWatch,
     connect_or_raise,
     make_client,
+    no_answer_error,
     refused_error,
 )
 from edge.topics import OFFLINE, parse, subscription
@@ -58,10 +61,17 @@ def run_tail(
         failed.append(error)
         done.set()
 
+    answered = threading.Event()
+    lost = threading.Event()  # the connection dropped and paho is reconnecting: said once, and its return
+
     def on_connect(client: mqtt.Client, _userdata, _flags, reason: mqtt.ReasonCode, _props) -> None:
+        answered.set()
         if reason.is_failure:
             fail(refused_error(settings, reason))
             return
+        if lost.is_set():
+            lost.clear()
+            print(f"edge tail: connected to broker {settings.broker} again", file=sys.stderr, flush=True)
         takeover.connected()
         client.subscribe([(f, 1) for f in filters])
 
@@ -73,10 +83,17 @@ def run_tail(
         # Where the broker makes the login the client id (use_username_as_clientid), the tail on the daemon's
         # login takes the daemon's session, the daemon takes it back, and so on. Without a login no broker
         # can give the tail's own random id to anyone else.
-        if reason.value == 0 or not settings.username:  # our own disconnect, or no login to share
+        if reason.value == 0 or done.is_set():  # our own disconnect
             return
-        if takeover.taken_over(reason):
+        if settings.username and takeover.taken_over(reason):  # without a login nobody can share our id
             fail(_taken_over_error(settings))
+        elif not lost.is_set():
+            lost.set()
+            print(
+                f"edge tail: lost connection to broker {settings.broker} ({reason}); reconnecting",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def on_message(_client: mqtt.Client, _userdata, msg: mqtt.MQTTMessage) -> None:
         nonlocal printed
@@ -95,6 +112,10 @@ def run_tail(
         connect_or_raise(client, settings)
         client.loop_start()
         try:
+            deadline = time.monotonic() + ANSWER_TIMEOUT_S
+            while not (answered.wait(0.2) or done.is_set()):  # Ctrl-C meanwhile sets done
+                if time.monotonic() > deadline:
+                    fail(no_answer_error(settings))
             while not done.wait(0.2):
                 if stop is not None and stop.is_set():
                     break

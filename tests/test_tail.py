@@ -17,6 +17,8 @@ from edge.payloads import event_payload, state_payload
 from edge.publisher import MqttSettings, Publisher
 from edge.spool import Spool
 from edge.tail import run_tail
+from tests.mqtt_support import wait_until
+from tests.test_mqtt_security import tls_broker
 
 
 def settings(broker, device: str = "cam1", **changes) -> MqttSettings:
@@ -153,6 +155,36 @@ def test_broker_down_is_one_clear_error(broker):
     message = str(caught.value)
     assert f"broker {broker.host}:{broker.port} unreachable" in message and "\n" not in message
     assert caught.value.exit_status == 2
+
+
+def test_a_broker_that_speaks_tls_while_tls_is_off_is_one_clear_error(broker_factory, pki):
+    """Such a port takes the connection and never answers MQTT: the tail must not wait in silence."""
+    broker = tls_broker(broker_factory, pki)
+    with pytest.raises(BrokerError, match=r"speaks TLS on port \d+ but mqtt.tls is off; set mqtt.tls = true"):
+        run_tail(settings(broker), count=1)
+
+
+def test_a_certificate_it_cannot_trust_names_mqtt_tls_ca(broker_factory, pki):
+    broker = tls_broker(broker_factory, pki)
+    with pytest.raises(BrokerError, match=r"certificate is not trusted .*mqtt.tls_ca must name the CA that signed"):
+        run_tail(settings(broker, tls=True), count=1)
+
+
+def test_losing_the_broker_and_its_return_are_said_on_stderr(broker, capfd):
+    done, subscribed = threading.Event(), threading.Event()
+    tail = TailThread(broker, count=None, stop=done, subscribed=subscribed)
+    err: list[str] = []
+    said = lambda text: err.append(capfd.readouterr().err) or text in "".join(err)  # noqa: E731
+    try:
+        assert subscribed.wait(10), "the tail did not subscribe"
+        broker.stop()
+        wait_until(lambda: said("edge tail: lost connection to broker"), "the loss")
+        broker.start()
+        wait_until(lambda: said("edge tail: connected to broker"), "the return")
+    finally:
+        done.set()
+        tail.thread.join(10)
+    assert tail.result == [0]
 
 
 TAIL_PROCESS = """
