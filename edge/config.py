@@ -68,6 +68,7 @@ class Key:
     allowed: str = ""  # human text used in error messages
     check: Callable[[Any], bool] | None = None
     choices: tuple[str, ...] = ()  # for a list: what its items may be
+    is_path: bool = False  # a file or folder: relative in the config file means relative to the file's folder
 
 
 def _positive(x: float) -> bool:
@@ -154,7 +155,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "detector": {
         "kind": Key(str, "auto", choices=("auto", "yunet", "haar")),
-        "yunet_model": Key(str, "", "a path to face_detection_yunet*.onnx, or empty to search the model folder"),
+        "yunet_model": Key(
+            str, "", "a path to face_detection_yunet*.onnx, or empty to search the model folder", is_path=True
+        ),
         "yunet_url": Key(str, YUNET_URL, "an http(s) URL, or empty never to download YuNet"),
         "yunet_sha256": Key(
             str, YUNET_SHA256, "64 hex digits", lambda s: len(s) == 64 and all(c in "0123456789abcdef" for c in s)
@@ -168,7 +171,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "threads": Key(int, 1, f"a number from 0 to {MAX_THREADS} (0: OpenCV's default, one per core)", _threads),
     },
     "model": {
-        "path": Key(str, "", "a path to an expression .onnx with its .json card, or empty for the shipped model"),
+        "path": Key(
+            str, "", "a path to an expression .onnx with its .json card, or empty for the shipped model", is_path=True
+        ),
         "precision": Key(str, "auto", choices=("auto", "int8", "fp32")),
         "threads": Key(int, 1, f"a number from 1 to {MAX_THREADS}", lambda x: 0 < x <= MAX_THREADS),
         "spin_wait": Key(bool, False, "true or false"),
@@ -196,11 +201,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
             lambda s: all(c.isalnum() or c in "-_" for c in s),
         ),
         "username": Key(str, ""),
-        "password_file": Key(str, "", "a path to a file holding only the password"),
+        "password_file": Key(str, "", "a path to a file holding only the password", is_path=True),
         "tls": Key(bool, False, "true or false"),
-        "tls_ca": Key(str, "", "a path to a CA certificate file"),
-        "tls_cert": Key(str, "", "a path to a client certificate file"),
-        "tls_key": Key(str, "", "a path to the client key file"),
+        "tls_ca": Key(str, "", "a path to a CA certificate file", is_path=True),
+        "tls_cert": Key(str, "", "a path to a client certificate file", is_path=True),
+        "tls_key": Key(str, "", "a path to the client key file", is_path=True),
         "tls_insecure": Key(bool, False, "true or false"),
         "keepalive": Key(int, 30, "5 to 65535 seconds", lambda s: 5 <= s <= 65535),
         "qos": Key(int, 1, "0, 1 or 2", lambda q: q in (0, 1, 2)),
@@ -227,7 +232,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         ),
     },
     "spool": {
-        "dir": Key(str, "", "a writable folder (empty: $STATE_DIRECTORY or ~/.local/state/edge-mood)"),
+        "dir": Key(str, "", "a writable folder (empty: $STATE_DIRECTORY or ~/.local/state/edge-mood)", is_path=True),
         "max_events": Key(int, 100_000, "a positive number", _positive),
         "max_age_days": Key(float, 7.0, "a positive number of days", _positive),
         "memory_events": Key(int, 10_000, "a positive number", _positive),
@@ -426,7 +431,7 @@ def load_config(
                 )
             if not isinstance(table, dict):
                 raise ConfigError(f"config [{section}] in {path} must be a table of keys")
-            layers += [(section, key, value, "") for key, value in table.items()]
+            layers += [(section, key, _beside(path, section, key, value), "") for key, value in table.items()]
     env = os.environ if environ is None else environ
     for name, value in env.items():
         if name.startswith(ENV_PREFIX) and name not in NOT_SETTINGS:
@@ -443,6 +448,17 @@ def load_config(
     if values["mqtt"]["password_file"] and env.get(PASSWORD_ENV):
         raise ConfigError(f"both mqtt.password_file and ${PASSWORD_ENV} are set; keep one of them")
     return Config(values, path, env)
+
+
+def _beside(config_file: Path, section: str, key: str, value: Any) -> Any:
+    """A relative path in a config file, made relative to the file's folder: the service runs in /, and the
+    same file must mean the same files to `edge check` run anywhere."""
+    spec = SCHEMA.get(section, {}).get(key)
+    if spec is None or not spec.is_path or not isinstance(value, str) or not value:
+        return value
+    if Path(value).expanduser().is_absolute():
+        return value
+    return str(config_file.absolute().parent / value)
 
 
 def _set(values: dict[str, dict[str, Any]], section: str, key: str, value: Any) -> None:

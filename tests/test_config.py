@@ -112,6 +112,22 @@ def test_password_comes_from_file_or_environment_never_both(tmp_path):
         load_config(None, {"mqtt.password_file": str(secret)}, environ={}).mqtt_password()
 
 
+def test_relative_paths_in_a_config_file_are_relative_to_its_folder(tmp_path, monkeypatch):
+    """The service runs in /: a password file named beside the config must be found there, as `edge check`
+    run in the config's folder finds it."""
+    folder = tmp_path / "cfg"
+    folder.mkdir()
+    (folder / "pw").write_text("s3cret\n")
+    path = folder / "config.toml"
+    path.write_text('[mqtt]\npassword_file = "pw"\n[spool]\ndir = "state"\n[model]\npath = "/abs/m.onnx"\n')
+    monkeypatch.chdir("/")
+    config = load_config(path, environ={})
+    assert config.mqtt_password() == "s3cret"
+    assert config.state_dir == folder / "state" and config.model.path == "/abs/m.onnx"
+    # On the command line a relative path is relative to where the command runs, as anywhere else.
+    assert load_config(path, {"mqtt.password_file": "pw"}, environ={}).mqtt.password_file == "pw"
+
+
 def test_state_dir_follows_systemd(tmp_path):
     config = load_config(None, environ={"STATE_DIRECTORY": f"{tmp_path}/a:{tmp_path}/b"})
     assert config.state_dir == tmp_path / "a"
