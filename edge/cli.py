@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="per-stage latency and fps on a source (no MQTT)")
     _add_config_arguments(bench, SOURCE_FLAGS)
-    bench.add_argument("--frames", type=int, default=200, help="frames to measure (default 200)")
+    bench.add_argument("--frames", type=_count, default=200, help="frames to measure (default 200)")
 
     models = commands.add_parser("models", help="model files the daemon uses")
     model_commands = models.add_subparsers(dest="models_command", required=True)
@@ -119,6 +119,17 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if path is None:
         path = next((p for p in DEFAULT_CONFIG_PATHS if p.exists()), None)
     return load_config(path, overrides)
+
+
+def _count(text: str) -> int:
+    """A positive whole number for argparse, which turns the ValueError into its one-line usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
 
 
 def split_broker(text: str) -> tuple[str, str]:

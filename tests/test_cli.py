@@ -64,3 +64,11 @@ def test_the_config_file_named_by_the_environment_is_read_beside_the_scripts_var
 )  # fmt: skip
 def test_broker_option_takes_a_host_and_an_optional_port(broker, host, port):
     assert split_broker(broker) == (host, port)
+
+
+@pytest.mark.parametrize("frames", ["-5", "0", "x"])
+def test_bench_frames_must_be_a_positive_number(frames, capsys):
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["bench", "--frames", frames])
+    assert exited.value.code == 2
+    assert f"argument --frames: '{frames}' is not a positive whole number" in capsys.readouterr().err
