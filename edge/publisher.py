@@ -30,6 +30,7 @@ import json
 import logging
 import queue
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -390,8 +391,14 @@ class Publisher:
         if "lost" in self._outage_causes and _broker_gone(exc):
             return  # a broker restarting or a network gone: the "lost connection" line said so already
         why = (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__) if exc else "no answer"
+        line = f"broker {self.settings.broker} unreachable ({why}); spooling events and retrying"
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            line = (
+                f"broker {self.settings.broker}'s certificate is not trusted ({exc.verify_message}); mqtt.tls_ca "
+                f"must name the CA that signed it, made out to the name in mqtt.host; spooling events and retrying"
+            )
         self._log_outage(
-            f"broker {self.settings.broker} unreachable ({why}); spooling events and retrying",
+            line,
             # Per kind of failure: a broker back with a certificate we refuse is news after "refused" at boot.
             cause=f"unreachable {type(exc).__name__}",
         )
