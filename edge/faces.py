@@ -82,10 +82,12 @@ class YuNetDetector:
             self._net = cv2.FaceDetectorYN.create(
                 str(model_path), "", (detect_width, detect_width), score_threshold, YUNET_NMS_THRESHOLD, YUNET_TOP_K
             )
+            # OpenCV loads any ONNX model and fails only when it runs one that is not YuNet: run it once now.
+            self._net.detect(np.zeros((detect_width, detect_width, 3), np.uint8))
         except cv2.error:
             raise ModelError(
-                f"YuNet model {model_path} is not a valid ONNX model (corrupt or truncated "
-                f"download); delete it and re-run the installer, which fetches it again"
+                f"YuNet model {model_path} is not a YuNet face detector ONNX (corrupt or truncated download, or "
+                f"another model); delete it and re-run the installer, which fetches it again"
             ) from None
         self._input_size = (detect_width, detect_width)
         self.model_path = model_path

@@ -53,14 +53,23 @@ def build_detector(config: Config, model: ExpressionModel) -> Detector:
     search_dirs = list(dict.fromkeys([model.path.parent, *model_dirs(), data_dir()]))
     if yunet is None and config.detector.kind != "haar" and find_yunet(search_dirs) is None:
         yunet = first_use_yunet(config)
-    return make_detector(
-        kind=config.detector.kind,
-        yunet_path=yunet,
-        search_dirs=search_dirs,
-        detect_width=config.detector.detect_width,
-        score_threshold=config.detector.score_threshold,
-        min_face_px=config.detector.min_face_px,
-    )
+    try:
+        return make_detector(
+            kind=config.detector.kind,
+            yunet_path=yunet,
+            search_dirs=search_dirs,
+            detect_width=config.detector.detect_width,
+            score_threshold=config.detector.score_threshold,
+            min_face_px=config.detector.min_face_px,
+        )
+    except ModelError as exc:
+        if not config.detector.yunet_model:
+            raise
+        # A file the user named: re-running the installer (the fix for one it fetched) changes nothing.
+        raise ModelError(
+            f"detector.yunet_model = {config.detector.yunet_model!r}: {str(exc).split(';')[0]}; point it at "
+            f"face_detection_yunet_2023mar.onnx (`edge models fetch` prints where it puts one) or leave it empty"
+        ) from None
 
 
 def first_use_yunet(config: Config) -> Path | None:

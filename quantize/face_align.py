@@ -37,19 +37,16 @@ CACHE_VERSION = "1"
 
 
 def _yunet_detector(yunet: Path, side: int) -> YuNetDetector:
-    """YuNet at `side` pixels, tried once on a blank image: OpenCV loads any ONNX file and fails only when it
-    runs one that is not YuNet."""
+    """YuNet at `side` pixels; a file that is not YuNet is one line naming --yunet."""
     try:
-        detector = YuNetDetector(yunet, detect_width=side, score_threshold=SCORE_THRESHOLD, min_face_px=8)
-        detector.detect(np.zeros((side, side), np.uint8))
-    except (ModelError, cv2.error):
+        return YuNetDetector(yunet, detect_width=side, score_threshold=SCORE_THRESHOLD, min_face_px=8)
+    except ModelError:
         # The daemon's own message says to re-run its installer; this file is the user's own choice.
         raise QuantizeError(
             f"YuNet model {yunet} is not a YuNet face detector ONNX; give --yunet the path of "
             "face_detection_yunet_2023mar.onnx from the OpenCV Zoo (`edge models fetch` downloads it and prints "
             "its path)"
         ) from None
-    return detector
 
 
 def detect_landmarks(

@@ -11,10 +11,15 @@ import cv2
 import numpy as np
 import pytest
 
+from edge.classifier import ExpressionModel
+from edge.config import load_config
 from edge.contract import ModelCard, parse_card
 from edge.crop import box_transform, crop_face, eye_angle, similarity_transform
 from edge.errors import ConfigError, ModelError
 from edge.faces import Face, make_detector
+from edge.locations import default_model
+from edge.wiring import build_detector
+from tests.tiny_model import write_tiny_model
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 PHOTO = SHARED / "data" / "photos" / "12_angry_men.jpg"
@@ -119,7 +124,21 @@ def test_corrupt_yunet_file_is_refused_in_one_line(tmp_path: Path) -> None:
     broken.write_bytes(b"\x08\x07garbage" * 100)
     with pytest.raises(ModelError) as caught:
         make_detector("auto", search_dirs=[tmp_path])
-    assert "not a valid ONNX model" in str(caught.value) and "\n" not in str(caught.value)
+    assert "not a YuNet face detector ONNX" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_another_onnx_model_named_as_yunet_is_refused_at_start_naming_the_key(tmp_path: Path) -> None:
+    """OpenCV loads any ONNX file; an expression model given as YuNet failed only at the first frame, and the
+    fix for a file the user named is the key, not the installer."""
+    other = write_tiny_model(tmp_path / "models")
+    with pytest.raises(ModelError, match="is not a YuNet face detector ONNX"):
+        make_detector("yunet", yunet_path=other)
+    config = load_config(None, {"detector.kind": "yunet", "detector.yunet_model": str(other)}, environ={})
+    with pytest.raises(ModelError) as caught:
+        build_detector(config, ExpressionModel.load(default_model(), precision="int8", threads=1))
+    message = str(caught.value)
+    assert message.startswith(f"detector.yunet_model = '{other}'") and "installer" not in message
+    assert "face_detection_yunet_2023mar.onnx" in message and "\n" not in message
 
 
 def test_unknown_detector_kind_is_a_config_error() -> None:
