@@ -14,6 +14,8 @@ import numpy as np
 
 from edge.boxes import Box
 
+STALE_DISCOUNT = 0.75  # weight of a track's overlap per frame it has gone unseen, when matching
+
 
 @dataclass(frozen=True)
 class TrackerSettings:
@@ -139,19 +141,20 @@ class Tracker:
         return events
 
     def _match(self, detections: list[Detection]) -> dict[int, Track]:
-        """Each detection to the track whose box it overlaps enough: tracks seen more recently first, then the
-        larger overlap. A track unseen for a while keeps the box it was last seen in; where two people cross,
-        that stale box may overlap the other person best, who must keep their own track."""
+        """Each detection to the track whose box it overlaps enough, the largest overlap first, an overlap
+        counting less the longer its track has gone unseen: such a track keeps the box it was last seen in,
+        and where two people cross, that stale box may overlap the other person best, who must keep their own
+        track; a face missed for a frame next to another still gets its own track back."""
         pairs = [
-            (track.missed, -overlap, det_index, track)
+            (-overlap * STALE_DISCOUNT**track.missed, det_index, track)
             for det_index, det in enumerate(detections)
             for track in self._tracks
             if (overlap := iou(track.box, det.box)) >= self.settings.iou_threshold
         ]
-        pairs.sort(key=lambda p: (p[0], p[1], p[2]))
+        pairs.sort(key=lambda p: (p[0], p[1]))
         matched: dict[int, Track] = {}
         used: set[int] = set()
-        for _, _, det_index, track in pairs:
+        for _, det_index, track in pairs:
             if det_index in matched or id(track) in used:
                 continue
             matched[det_index] = track

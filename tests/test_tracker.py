@@ -79,6 +79,19 @@ def test_a_face_seen_a_frame_ago_keeps_its_track_over_one_unseen_for_a_while():
     assert boxes[a_track][0] == 40.0 + 12 * 6, "A's last detection went to another track"
 
 
+def test_two_overlapping_faces_missed_in_turn_keep_their_own_tracks():
+    """A and B overlap; the detector misses B for a frame, then A while B is back where it was: B's face goes
+    back to B's track (the better overlap), not to A's, seen more recently."""
+    tracker = Tracker(LABELS, TrackerSettings())
+    a, b = (30.0, 30.0, 20.0, 20.0), (38.0, 30.0, 20.0, 20.0)
+    both = [Detection(a, scores("happy")), Detection(b, scores("sad"))]
+    run(tracker, [both, both])
+    tracker.update([Detection(a, scores("happy"))], 0.2)
+    tracker.update([Detection(b, scores("sad"))], 0.3)
+    boxes = {face.track_id: face.bbox for face in tracker.visible}
+    assert boxes == {1: a, 2: b}, boxes
+
+
 def test_visible_shows_each_face_as_the_state_message_needs_it():
     tracker = Tracker(LABELS, TrackerSettings(enter_frames=2, settle_frames=3))
     box = (0.1, 0.2, 0.3, 0.4)
