@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 YUNET_GLOB = "face_detection_yunet*.onnx"
 HAAR_FILE = "haarcascade_frontalface_default.xml"
 YUNET_NMS_THRESHOLD = 0.3
+PROBE_SIDE = 32  # pixels of the image YuNet is tried on at load
 YUNET_TOP_K = 500
 HAAR_SCALE_FACTOR = 1.1
 HAAR_MIN_NEIGHBORS = 5
@@ -79,11 +80,13 @@ class YuNetDetector:
         self, model_path: Path, detect_width: int = 320, score_threshold: float = 0.7, min_face_px: int = 24
     ) -> None:
         try:
+            # OpenCV loads any ONNX model and fails only when it runs one that is not YuNet: run it once now, on
+            # a tiny image (at detect_width a large square would cost seconds and gigabytes).
             self._net = cv2.FaceDetectorYN.create(
-                str(model_path), "", (detect_width, detect_width), score_threshold, YUNET_NMS_THRESHOLD, YUNET_TOP_K
+                str(model_path), "", (PROBE_SIDE, PROBE_SIDE), score_threshold, YUNET_NMS_THRESHOLD, YUNET_TOP_K
             )
-            # OpenCV loads any ONNX model and fails only when it runs one that is not YuNet: run it once now.
-            self._net.detect(np.zeros((detect_width, detect_width, 3), np.uint8))
+            self._net.detect(np.zeros((PROBE_SIDE, PROBE_SIDE, 3), np.uint8))
+            self._net.setInputSize((detect_width, detect_width))
         except cv2.error:
             raise ModelError(
                 f"YuNet model {model_path} is not a YuNet face detector ONNX (corrupt or truncated download, or "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -139,6 +141,21 @@ def test_another_onnx_model_named_as_yunet_is_refused_at_start_naming_the_key(tm
     message = str(caught.value)
     assert message.startswith(f"detector.yunet_model = '{other}'") and "installer" not in message
     assert "face_detection_yunet_2023mar.onnx" in message and "\n" not in message
+
+
+PEAK_MEMORY = """
+import resource, sys
+from edge.faces import YuNetDetector
+YuNetDetector(sys.argv[1], detect_width=4096, score_threshold=0.7, min_face_px=24)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+@pytest.mark.skipif(not YUNET.exists(), reason="needs ../shared (the YuNet model)")
+def test_loading_yunet_for_a_wide_detect_width_costs_no_detection_at_that_width() -> None:
+    """Trying YuNet once at load is on a tiny image: a 4096-pixel square took 1.2 GB and seconds on every start."""
+    done = subprocess.run([sys.executable, "-c", PEAK_MEMORY, str(YUNET)], capture_output=True, text=True, check=True)
+    assert int(done.stdout) < 400, f"{done.stdout.strip()} MB at load"
 
 
 def test_unknown_detector_kind_is_a_config_error() -> None:
