@@ -42,8 +42,9 @@ logger = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT_S = 10.0  # at the end of a finite source, wait this long for the broker to take the spool
 STATE_REFRESH_S = 60.0  # republish the retained state at least this often while nothing changes
-# A face's confidence in the state moves in steps of this between events (a settled face going blank), sent
-# at most every STATE_CHANGE_S: Home Assistant's confidence and mood should not stay at the last event's.
+# Between events the state is sent again once a face's confidence has moved this far from the one sent (a
+# settled face going blank), at most every STATE_CHANGE_S of the frame clock: Home Assistant's confidence and
+# mood should not stay at the last event's.
 CONFIDENCE_STEP = 0.1
 STATE_CHANGE_S = 1.0
 
@@ -91,7 +92,8 @@ class Daemon:
         self._frame_seen_at = self._last_frame_at  # when the last usable frame was analysed
         self._stalled = False
         self._last_state_at = 0.0
-        self._published_key: tuple = ()  # _state_key() of the last state published
+        self._published: dict[int, tuple[str | None, float | None]] = {}  # track id: (expression, confidence) sent
+        self._published_clock = 0.0  # the frame clock when the state was last sent
         self._last_stats_at = time.monotonic()
         self._last_watchdog_at = 0.0
         self._last_clock = 0.0  # the frame clock of the last frame (_frame_clock)
@@ -208,8 +210,8 @@ class Daemon:
         published = time.perf_counter()
         self._emit(events, frame.index)
         self.faces_now = len(scored)
-        since = time.monotonic() - self._last_state_at
-        if events or since > STATE_REFRESH_S or (since > STATE_CHANGE_S and self._state_moved()):
+        stale = time.monotonic() - self._last_state_at > STATE_REFRESH_S
+        if events or stale or (clock - self._published_clock > STATE_CHANGE_S and self._state_moved()):
             self._publish_state()
         self.timer.add("publish", time.perf_counter() - published)
         self._frame_done(started)
@@ -275,17 +277,20 @@ class Daemon:
         self.publisher.wake()
 
     def _state_moved(self) -> bool:
-        """Whether a face's expression or confidence (in CONFIDENCE_STEP steps) differs from the last state."""
-        return self._state_key() != self._published_key
-
-    def _state_key(self) -> tuple:
-        return tuple(
-            (f.track_id, f.expression, None if f.confidence is None else round(f.confidence / CONFIDENCE_STEP))
-            for f in self.tracker.visible
+        """Whether a face came, went, settled or moved its confidence by CONFIDENCE_STEP since the state sent."""
+        now = self._faces_now()
+        if {k: e for k, (e, _) in now.items()} != {k: e for k, (e, _) in self._published.items()}:
+            return True
+        return any(
+            c is not None and (p := self._published[k][1]) is not None and abs(c - p) >= CONFIDENCE_STEP
+            for k, (_, c) in now.items()
         )
 
+    def _faces_now(self) -> dict[int, tuple[str | None, float | None]]:
+        return {f.track_id: (f.expression, f.confidence) for f in self.tracker.visible}
+
     def _publish_state(self) -> None:
-        self._published_key = self._state_key()
+        self._published, self._published_clock = self._faces_now(), self._last_clock
         faces = [asdict(face) for face in self.tracker.visible]
         self.publisher.publish_state(
             state_payload(device=self.device, ts=time.time(), faces=faces, model=self.model.model_id)
