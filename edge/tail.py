@@ -17,6 +17,7 @@ import paho.mqtt.client as mqtt
 
 from edge.mqtt_client import (
     ANSWER_TIMEOUT_S,
+    SHORT_CONNECTION_S,
     BrokerError,
     MqttSettings,
     TakeOverWatch,
@@ -63,6 +64,7 @@ def run_tail(
 
     answered = threading.Event()
     lost = threading.Event()  # the connection dropped and paho is reconnecting: said once, and its return
+    up_since: list[float] = []  # when the current connection came up (empty while down)
 
     def on_connect(client: mqtt.Client, _userdata, _flags, reason: mqtt.ReasonCode, _props) -> None:
         answered.set()
@@ -72,6 +74,7 @@ def run_tail(
         if lost.is_set():
             lost.clear()
             print(f"edge tail: connected to broker {settings.broker} again", file=sys.stderr, flush=True)
+        up_since[:] = [time.monotonic()]
         takeover.connected()
         client.subscribe([(f, 1) for f in filters])
 
@@ -83,11 +86,15 @@ def run_tail(
         # Where the broker makes the login the client id (use_username_as_clientid), the tail on the daemon's
         # login takes the daemon's session, the daemon takes it back, and so on. Without a login no broker
         # can give the tail's own random id to anyone else.
+        lasted = time.monotonic() - up_since[0] if up_since else None
+        up_since.clear()
         if reason.value == 0 or done.is_set():  # our own disconnect
             return
         if settings.username and takeover.taken_over(reason):  # without a login nobody can share our id
             fail(_taken_over_error(settings))
-        elif not lost.is_set():
+        # Not for a connection that never came up (the answer to CONNECT tells why), nor, with a login, for
+        # one closed within seconds, which may be the start of a take-over with its own line.
+        elif lasted is not None and (not settings.username or lasted >= SHORT_CONNECTION_S) and not lost.is_set():
             lost.set()
             print(
                 f"edge tail: lost connection to broker {settings.broker} ({reason}); reconnecting",

@@ -157,11 +157,12 @@ def test_broker_down_is_one_clear_error(broker):
     assert caught.value.exit_status == 2
 
 
-def test_a_broker_that_speaks_tls_while_tls_is_off_is_one_clear_error(broker_factory, pki):
+def test_a_broker_that_speaks_tls_while_tls_is_off_is_one_clear_error(broker_factory, pki, capfd):
     """Such a port takes the connection and never answers MQTT: the tail must not wait in silence."""
     broker = tls_broker(broker_factory, pki)
     with pytest.raises(BrokerError, match=r"speaks TLS on port \d+ but mqtt.tls is off; set mqtt.tls = true"):
         run_tail(settings(broker), count=1)
+    assert "lost connection" not in capfd.readouterr().err, "a connection that never came up was not lost"
 
 
 def test_a_certificate_it_cannot_trust_names_mqtt_tls_ca(broker_factory, pki):
