@@ -101,14 +101,9 @@ def _threads(x: int) -> bool:
     return 0 <= x <= MAX_THREADS
 
 
-def _subscribe_topic(s: str) -> bool:
-    # An MQTT filter: + and # stand for whole levels only, # last.
-    levels = s.split("/")
-    return (
-        "\0" not in s
-        and all(level in ("+", "#") or not set("+#") & set(level) for level in levels)
-        and "#" not in levels[:-1]
-    )
+def _status_topic(s: str) -> bool:
+    # One topic, as Home Assistant publishes its birth message to: a filter's wildcard would never equal it.
+    return not set("+#\0") & set(s)
 
 
 def _host(s: str) -> bool:
@@ -162,7 +157,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "yunet_sha256": Key(
             str, YUNET_SHA256, "64 hex digits", lambda s: len(s) == 64 and all(c in "0123456789abcdef" for c in s)
         ),
-        "detect_width": Key(int, 320, f"a number of pixels from 1 to {MAX_PIXELS}", _pixels),
+        "detect_width": Key(int, 320, f"a number of pixels from 32 to {MAX_PIXELS}", lambda x: 32 <= x <= MAX_PIXELS),
         "score_threshold": Key(float, 0.7, "a number in (0, 1]", _fraction),
         "min_face_px": Key(int, 24, f"a number of pixels from 1 to {MAX_PIXELS}", _pixels),
         "detect_every": Key(int, 5, "a positive number of frames", _positive),
@@ -221,8 +216,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "status_topic": Key(
             str,
             HA_STATUS_TOPIC,
-            "Home Assistant's birth message topic, + and # only as whole levels (empty: do not listen)",
-            _subscribe_topic,
+            "Home Assistant's birth message topic, without + or # (empty: do not listen)",
+            _status_topic,
         ),
         "support_url": Key(
             str,
@@ -456,7 +451,10 @@ def _beside(config_file: Path, section: str, key: str, value: Any) -> Any:
     spec = SCHEMA.get(section, {}).get(key)
     if spec is None or not spec.is_path or not isinstance(value, str) or not value:
         return value
-    if Path(value).expanduser().is_absolute():
+    try:
+        if Path(value).expanduser().is_absolute():
+            return value
+    except RuntimeError:  # ~someone who does not exist: the key's own check names the file
         return value
     return str(config_file.absolute().parent / value)
 

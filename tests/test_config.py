@@ -175,6 +175,8 @@ def test_a_keepalive_the_client_cannot_use_is_refused_by_the_config_check():
         ("detector.min_face_px", "99999999999"),  # every frame skipped
         ("source.fps", "1e-300"),  # the grabber's clock overflowed
         ("homeassistant.status_topic", "ha/#/x"),  # refused by the broker at every connect
+        ("homeassistant.status_topic", "+/status"),  # never equal to the topic Home Assistant publishes to
+        ("detector.detect_width", "8"),  # the detector refuses under 32
     ],
 )
 def test_values_the_parts_below_cannot_take_are_refused_at_start(key, value):
