@@ -268,7 +268,7 @@ def no_answer_error(settings: MqttSettings) -> BrokerError:
             f"(and mqtt.tls_ca if needed) or use the broker's plain port (1883)"
         )
     return BrokerError(
-        f"broker {settings.broker} did not answer within {ANSWER_TIMEOUT_S:.0f} s; "
+        f"broker {settings.broker} took the connection but did not answer the MQTT handshake; "
         f"check mqtt.host, mqtt.port and mqtt.tls"
     )
 
