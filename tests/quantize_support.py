@@ -9,17 +9,12 @@ augmentation (+-15% zoom, +-10 degrees), so a student can learn them in a few ep
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import json
-import os
-import subprocess
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from torch import nn
 
@@ -136,35 +131,3 @@ class Columns(nn.Module):
 
 def _spec(model_path: Path, spec: dict) -> None:
     model_path.with_suffix(".json").write_text(json.dumps(spec))
-
-
-@contextlib.contextmanager
-def tiny_disk(path: Path) -> Iterator[Path]:
-    """`path` as a tmpfs of 256 KiB, to be filled with fill(): writes there then fail with ENOSPC, as on a full
-    disk (tests/test_disk_full.py). Mounting needs root (CI runs as root); elsewhere the test skips."""
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs for the full-disk tests needs root (CI runs as root)")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "quantize-test", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); a container needs CAP_SYS_ADMIN")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "--lazy", str(path)], check=True)
-
-
-def fill(folder: Path, leave: int = 0) -> None:
-    """Take every free byte of the file system under `folder` but `leave`: a write larger than that then
-    fails part way, as a checkpoint does on a disk that fills while it is saved."""
-    filler = folder / "filler"
-    with open(filler, "ab", buffering=0) as out:
-        for size in (65536, 4096, 1):
-            with contextlib.suppress(OSError):
-                while out.write(b"\0" * size):
-                    pass
-    os.truncate(filler, filler.stat().st_size - leave)

@@ -10,57 +10,42 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from edge.errors import EXIT_EVENTS_UNSENT
 from edge.spool import TRANSIENT_EXIT_STATUS, Spool, SpoolError
+from tests.disk_support import FILLER, fill, free
+from tests.disk_support import tiny_disk as mounted
 from tests.scenes import SHARED, Segment, write_images
 from tests.test_daemon_e2e import BRIGHT, write_config
 from tests.test_systemd_unit import UNIT, parse_unit
 
 
 class Disk:
-    """A tmpfs of `size` mounted at `path`; `fill()` takes every free byte, `free()` gives them back."""
+    """A tmpfs mounted at `path`; `fill()` takes every free byte, `free()` gives them back."""
 
     def __init__(self, path: Path):
         self.path = path
-        self.filler = path / "filler"
+        self.filler = path / FILLER
 
     def fill(self) -> None:
-        with open(self.filler, "ab", buffering=0) as out:
-            for size in (65536, 4096, 1):  # down to the last byte
-                try:
-                    while out.write(b"\0" * size):
-                        pass
-                except OSError as exc:
-                    assert exc.errno == errno.ENOSPC, exc
+        fill(self.path)
 
     def free(self) -> None:
-        self.filler.unlink(missing_ok=True)
+        free(self.path)
 
 
 @pytest.fixture
-def tiny_disk(tmp_path) -> Disk:
-    path = tmp_path / "tiny-disk"
-    path.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs for the full-disk tests needs root (CI runs as root)")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=512k,mode=0755", "edge-mood-test", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); a container needs CAP_SYS_ADMIN")
-    yield Disk(path)
-    subprocess.run(["umount", "--lazy", str(path)], check=True)
+def tiny_disk(tmp_path) -> Iterator[Disk]:
+    with mounted(tmp_path / "tiny-disk", size="512k") as path:
+        yield Disk(path)
 
 
 def event(i: int) -> dict:

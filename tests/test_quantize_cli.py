@@ -18,7 +18,8 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
 from quantize.cli import main  # noqa: E402
-from tests.quantize_support import fill, synthetic_faces, tiny_disk, write_fer_csv  # noqa: E402
+from tests.disk_support import fill, tiny_disk  # noqa: E402
+from tests.quantize_support import synthetic_faces, write_fer_csv  # noqa: E402
 from tests.tiny_model import write_tiny_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
