@@ -243,15 +243,30 @@ class BrokerError(UserError):
 ANSWER_TIMEOUT_S = 5.0  # how long `edge tail` and `edge check` wait for the broker's answer to CONNECT
 
 
+def untrusted_certificate(settings: MqttSettings, exc: ssl.SSLCertVerificationError) -> str:
+    """The line for a broker certificate the TLS check refuses (the daemon's and the tools')."""
+    return (
+        f"broker {settings.broker}'s certificate is not trusted ({exc.verify_message}); mqtt.tls_ca must name "
+        f"the CA that signed it, made out to the name in mqtt.host"
+    )
+
+
+def tls_port_hint(settings: MqttSettings) -> str | None:
+    """The line for plain MQTT sent to a port that speaks TLS, where that is so; None otherwise."""
+    if settings.uses_tls or not speaks_tls(settings.host, settings.port):
+        return None
+    return (
+        f"broker {settings.broker} speaks TLS on port {settings.port} but mqtt.tls is off; set mqtt.tls = true "
+        f"(and mqtt.tls_ca if needed) or use the broker's plain port (1883)"
+    )
+
+
 def connect_or_raise(client: mqtt.Client, settings: MqttSettings) -> None:
     """Blocking connect for `edge tail` and `edge check`: an unreachable broker is one clear line."""
     try:
         client.connect(settings.host, settings.port, settings.keepalive)
     except ssl.SSLCertVerificationError as exc:
-        raise BrokerError(
-            f"broker {settings.broker}'s certificate is not trusted ({exc.verify_message}); mqtt.tls_ca must name "
-            f"the CA that signed it, made out to the name in mqtt.host"
-        ) from None
+        raise BrokerError(untrusted_certificate(settings, exc)) from None
     except OSError as exc:
         why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise BrokerError(
@@ -262,11 +277,9 @@ def connect_or_raise(client: mqtt.Client, settings: MqttSettings) -> None:
 
 def no_answer_error(settings: MqttSettings) -> BrokerError:
     """A broker port that took the connection but never answered CONNECT: most often TLS on one side only."""
-    if not settings.uses_tls and speaks_tls(settings.host, settings.port):
-        return BrokerError(
-            f"broker {settings.broker} speaks TLS on port {settings.port} but mqtt.tls is off; set mqtt.tls = true "
-            f"(and mqtt.tls_ca if needed) or use the broker's plain port (1883)"
-        )
+    tls_hint = tls_port_hint(settings)
+    if tls_hint is not None:
+        return BrokerError(tls_hint)
     return BrokerError(
         f"broker {settings.broker} took the connection but did not answer the MQTT handshake; "
         f"check mqtt.host, mqtt.port and mqtt.tls"

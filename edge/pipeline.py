@@ -97,8 +97,8 @@ class Daemon:
         self._last_stats_at = time.monotonic()
         self._last_watchdog_at = 0.0
         self._last_clock = 0.0  # the frame clock of the last frame (_frame_clock)
-        self._last_bad: str | None = None  # why the last frame was unusable, while no usable one came since
-        self._last_bad_at = 0.0
+        self._last_bad: str | None = None  # why the last unusable frame was unusable
+        self._last_bad_at = 0.0  # when it came: a stall mentions it only if it came within the stall timeout
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -228,7 +228,6 @@ class Daemon:
         self.timer.add("total", time.perf_counter() - started)
         self.timer.frame_done()
         self._last_frame_at = self._frame_seen_at = time.monotonic()
-        self._last_bad = None
         if self._stalled:
             logger.info("frames flow again")
             self._stalled = False
@@ -278,20 +277,21 @@ class Daemon:
 
     def _state_moved(self) -> bool:
         """Whether a face came, went, settled or moved its confidence by CONFIDENCE_STEP since the state sent."""
-        now = self._faces_now()
-        if {k: e for k, (e, _) in now.items()} != {k: e for k, (e, _) in self._published.items()}:
+        now = {f.track_id: (f.expression, f.confidence) for f in self.tracker.visible}
+        if now.keys() != self._published.keys():
             return True
         return any(
-            c is not None and (p := self._published[k][1]) is not None and abs(c - p) >= CONFIDENCE_STEP
-            for k, (_, c) in now.items()
+            expression != self._published[k][0]
+            or (confidence is not None and (sent := self._published[k][1]) is not None)
+            and abs(confidence - sent) >= CONFIDENCE_STEP
+            for k, (expression, confidence) in now.items()
         )
 
-    def _faces_now(self) -> dict[int, tuple[str | None, float | None]]:
-        return {f.track_id: (f.expression, f.confidence) for f in self.tracker.visible}
-
     def _publish_state(self) -> None:
-        self._published, self._published_clock = self._faces_now(), self._last_clock
-        faces = [asdict(face) for face in self.tracker.visible]
+        visible = self.tracker.visible
+        self._published = {f.track_id: (f.expression, f.confidence) for f in visible}
+        self._published_clock = self._last_clock
+        faces = [asdict(face) for face in visible]
         self.publisher.publish_state(
             state_payload(device=self.device, ts=time.time(), faces=faces, model=self.model.model_id)
         )

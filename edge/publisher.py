@@ -41,7 +41,14 @@ import paho.mqtt.client as mqtt
 
 from edge.discovery import HomeAssistantOptions, discovery_messages, node_configs_filter, node_id, retired_topics
 from edge.errors import UserError
-from edge.mqtt_client import SESSION_TAKEN_OVER, MqttSettings, TakeOverWatch, make_client, speaks_tls
+from edge.mqtt_client import (
+    SESSION_TAKEN_OVER,
+    MqttSettings,
+    TakeOverWatch,
+    make_client,
+    tls_port_hint,
+    untrusted_certificate,
+)
 from edge.spool import Spool
 from edge.topics import OFFLINE, ONLINE, Topics
 
@@ -391,12 +398,10 @@ class Publisher:
         if "lost" in self._outage_causes and _broker_gone(exc):
             return  # a broker restarting or a network gone: the "lost connection" line said so already
         why = (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__) if exc else "no answer"
-        line = f"broker {self.settings.broker} unreachable ({why}); spooling events and retrying"
         if isinstance(exc, ssl.SSLCertVerificationError):
-            line = (
-                f"broker {self.settings.broker}'s certificate is not trusted ({exc.verify_message}); mqtt.tls_ca "
-                f"must name the CA that signed it, made out to the name in mqtt.host; spooling events and retrying"
-            )
+            line = f"{untrusted_certificate(self.settings, exc)}; spooling events and retrying"
+        else:
+            line = f"broker {self.settings.broker} unreachable ({why}); spooling events and retrying"
         self._log_outage(
             line,
             # Per kind of failure: a broker back with a certificate we refuse is news after "refused" at boot.
@@ -446,11 +451,9 @@ class Publisher:
     def _handshake_failure(self) -> str:
         """The line for a broker that closed the connection before answering CONNECT."""
         settings = self.settings
-        if not settings.uses_tls and speaks_tls(settings.host, settings.port):
-            return (
-                f"broker {settings.broker} speaks TLS on port {settings.port} but mqtt.tls is off; set "
-                f"mqtt.tls = true (and mqtt.tls_ca if needed) or use the broker's plain port (1883); retrying"
-            )
+        tls_hint = tls_port_hint(settings)
+        if tls_hint is not None:
+            return f"{tls_hint}; retrying"
         return (
             f"broker {settings.broker} closed the connection before answering the MQTT handshake; check "
             f"mqtt.port, mqtt.protocol and mqtt.tls against the broker's listener; retrying"
@@ -464,9 +467,8 @@ class Publisher:
 
     def _clear_config(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
         """A retained config of this device that it does not offer now (an entity of an earlier run: another
-        model's labels, a diagnostic or the triggers switched off) is cleared, which
-        removes the entity from Home Assistant. Only retained ones: the rest are this run's own configs
-        passing by."""
+        model's labels, a diagnostic or the triggers switched off) is cleared, which removes the entity from
+        Home Assistant. Only retained ones: the rest are this run's own configs passing by."""
         if not message.retain or not message.payload or message.topic in self._offered:
             return
         client.publish(message.topic, b"", qos=1, retain=True)
