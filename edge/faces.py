@@ -73,6 +73,16 @@ def _downscale(image: np.ndarray, detect_width: int) -> tuple[np.ndarray, float]
     return cv2.resize(image, (detect_width, height), interpolation=cv2.INTER_AREA), scale
 
 
+class YuNetFileError(ModelError):
+    """A YuNet file that is missing or that OpenCV cannot run as YuNet. `cause` says what is wrong without a
+    fix, which depends on who chose the file: the installer fetched it, or a user named it (in the config, on
+    the quantize command line)."""
+
+    def __init__(self, cause: str, fix: str) -> None:
+        self.cause = cause
+        super().__init__(f"{cause}; {fix}")
+
+
 class YuNetDetector:
     name = "yunet"
 
@@ -88,9 +98,10 @@ class YuNetDetector:
             self._net.detect(np.zeros((PROBE_SIDE, PROBE_SIDE, 3), np.uint8))
             self._net.setInputSize((detect_width, detect_width))
         except cv2.error:
-            raise ModelError(
+            raise YuNetFileError(
                 f"YuNet model {model_path} is not a YuNet face detector ONNX (corrupt or truncated download, or "
-                f"another model); delete it and re-run the installer, which fetches it again"
+                f"another model)",
+                "delete it and re-run the installer, which fetches it again",
             ) from None
         self._input_size = (detect_width, detect_width)
         self.model_path = model_path
@@ -190,9 +201,9 @@ def make_detector(
         if yunet_path is not None:
             path = Path(yunet_path).expanduser()
             if not path.is_file():
-                raise ModelError(
-                    f"YuNet model {path} not found; fix the path or re-run the installer, "
-                    f"which fetches face_detection_yunet_2023mar.onnx"
+                raise YuNetFileError(
+                    f"YuNet model {path} not found",
+                    "fix the path or re-run the installer, which fetches face_detection_yunet_2023mar.onnx",
                 )
         else:
             path = find_yunet(search_dirs)

@@ -20,7 +20,7 @@ from edge.classifier import ExpressionModel
 from edge.config import Config
 from edge.discovery import HomeAssistantOptions
 from edge.errors import ModelError
-from edge.faces import Detector, find_yunet, make_detector
+from edge.faces import Detector, YuNetFileError, find_yunet, make_detector
 from edge.follow import RegionFollower
 from edge.locations import data_dir, default_model, model_dirs
 from edge.mqtt_client import MqttSettings
@@ -62,12 +62,12 @@ def build_detector(config: Config, model: ExpressionModel) -> Detector:
             score_threshold=config.detector.score_threshold,
             min_face_px=config.detector.min_face_px,
         )
-    except ModelError as exc:
+    except YuNetFileError as exc:
         if not config.detector.yunet_model:
             raise
         # A file the user named: re-running the installer (the fix for one it fetched) changes nothing.
         raise ModelError(
-            f"detector.yunet_model = {config.detector.yunet_model!r}: {str(exc).split(';')[0]}; point it at "
+            f"detector.yunet_model = {config.detector.yunet_model!r}: {exc.cause}; point it at "
             f"face_detection_yunet_2023mar.onnx (`edge models fetch` prints where it puts one) or leave it empty"
         ) from None
 
