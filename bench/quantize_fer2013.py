@@ -23,13 +23,14 @@ import numpy as np
 import torch
 
 from edge.contract import file_sha256
-from quantize.build import BuildOptions, QuantizeOptions, build, default_cache_dir
+from quantize.build import BuildOptions, QuantizeOptions, build
 from quantize.datasets import load_dataset
 from quantize.distill_config import DistillConfig
 from quantize.student import views_label
 from quantize.teacher_spec import parse_teacher_arg
 from quantize.teacher_targets import teacher_logits
 from quantize.teachers import load_teacher
+from quantize.training_data import default_cache_dir
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FER = SHARED / "data" / "fer2013" / "fer2013.csv.gz"

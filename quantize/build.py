@@ -16,7 +16,6 @@ them; and once more with the evaluation's figures and the build's records.
 
 from __future__ import annotations
 
-import os
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,15 +48,17 @@ from quantize.student_file import student_meta
 from quantize.student_input import student_inputs
 from quantize.teacher_targets import teacher_logits
 from quantize.teachers import Teacher, load_teacher
-from quantize.training_data import FaceOptions, load_training_data, teacher_views, training_teacher_views
+from quantize.training_data import (
+    FaceOptions,
+    default_cache_dir,
+    load_training_data,
+    teacher_views,
+    training_teacher_views,
+)
 
 Log = Callable[[str], None]
 # Uint8 grey faces (N, h, w) -> the model's input batch, for calibration.
 Prepare = Callable[[np.ndarray], np.ndarray]
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edge-mood" / "teachers"
 
 
 @dataclass

@@ -19,25 +19,12 @@ def add_device_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
 
 
-def add_distill_options(p: argparse.ArgumentParser) -> None:
+def add_face_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Where the targets come from and how faces are framed and lit: the same options for a student and a teacher,
+    so that a teacher can learn the very faces its student will."""
     from edge.contract import ILLUMINATIONS
-    from quantize.distill_config import AUTOCAST_PRECISIONS, CLASS_BALANCE, DistillConfig
-    from quantize.student import STUDENTS
-    from quantize.student_augment import AUGMENT_LEVELS
-    from quantize.training import OPTIMIZERS
     from quantize.training_data import FaceOptions
 
-    d = DistillConfig()
-    p.add_argument("--data", type=Path, required=True, help="FER2013 CSV (.csv/.csv.gz) or image folder")
-    p.add_argument(
-        "--teacher",
-        action="append",
-        default=[],
-        metavar="PATH[:key=value,...]",
-        help="teacher model (.pt state_dict, TorchScript or .onnx) with its spec beside it or options "
-        "such as :size=96,mean=imagenet; repeat for an ensemble; without one the student learns from the "
-        "labels (or --votes) alone",
-    )
     f = FaceOptions()
     g = p.add_argument_group("labels and faces (training and the daemon alike)")
     g.add_argument(
@@ -57,16 +44,37 @@ def add_distill_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--align",
         action="store_true",
-        help="align faces by their five YuNet landmarks onto the training faces' median; the card tells the "
-        "daemon to align its crops the same way",
+        help="align faces by their five YuNet landmarks onto the training faces' median; the card (a teacher's "
+        "spec) records where, so the daemon (distillation) aligns faces the same way",
     )
     g.add_argument("--yunet", type=Path, default=None, help="YuNet ONNX for --align (default: the daemon's)")
     g.add_argument(
         "--illumination",
-        default=d.illumination,
+        default="none",
         choices=ILLUMINATIONS,
-        help="grey-level normalisation of every face, in training and in the daemon (default %(default)s)",
+        help="grey-level normalisation of every face, in training and wherever the model runs (default %(default)s)",
     )
+    return g
+
+
+def add_distill_options(p: argparse.ArgumentParser) -> None:
+    from quantize.distill_config import AUTOCAST_PRECISIONS, CLASS_BALANCE, DistillConfig
+    from quantize.student import STUDENTS
+    from quantize.student_augment import AUGMENT_LEVELS
+    from quantize.training import OPTIMIZERS
+
+    d = DistillConfig()
+    p.add_argument("--data", type=Path, required=True, help="FER2013 CSV (.csv/.csv.gz) or image folder")
+    p.add_argument(
+        "--teacher",
+        action="append",
+        default=[],
+        metavar="PATH[:key=value,...]",
+        help="teacher model (.pt state_dict, TorchScript or .onnx) with its spec beside it or options "
+        "such as :size=96,mean=imagenet; repeat for an ensemble; without one the student learns from the "
+        "labels (or --votes) alone",
+    )
+    g = add_face_options(p)
     g.add_argument(
         "--augment",
         default=d.augment,
@@ -271,6 +279,15 @@ def add_train_teacher_options(parser: argparse.ArgumentParser) -> None:
         "--val-fraction", type=float, default=None, help="hold out this fraction of train for validation instead"
     )
     parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        metavar="WEIGHTS",
+        help="start from these trained weights (a state_dict of the same --arch and --head, e.g. a teacher of "
+        "../shared/teachers) instead of from scratch: fine-tuning",
+    )
+    add_face_options(parser)
     parser.add_argument("--device", default=d.device, help="auto, cpu or cuda (default %(default)s)")
     parser.add_argument(
         "--precision",

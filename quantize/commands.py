@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from quantize.errors import QuantizeError
@@ -126,6 +127,12 @@ def _train_config(args: argparse.Namespace) -> Any:
         val_split=args.val_split,
         val_fraction=args.val_fraction,
         seed=args.seed,
+        init=_optional_path(args.init),
+        votes=_optional_path(args.votes),
+        votes_weight=args.votes_weight,
+        align=args.align,
+        yunet=_optional_path(args.yunet),
+        illumination=args.illumination,
         device=args.device,
         precision=args.precision,
         threads=args.threads,
@@ -134,6 +141,10 @@ def _train_config(args: argparse.Namespace) -> Any:
         stop_after_epochs=args.stop_after_epochs,
         time_budget_min=args.time_budget_min,
     )
+
+
+def _optional_path(path: Path | None) -> str | None:
+    return str(path) if path is not None else None
 
 
 # ---------------------------------------------------------------- the subcommands, in the order data goes
@@ -151,12 +162,11 @@ def run_train_teacher(args: argparse.Namespace) -> int:
 
 
 def run_distill(args: argparse.Namespace) -> int:
-    from quantize.build import default_cache_dir
     from quantize.card import dataset_record
     from quantize.distill import distill
     from quantize.outputs import check_output
     from quantize.student_file import save_student
-    from quantize.training_data import load_training_data, training_teacher_views
+    from quantize.training_data import default_cache_dir, load_training_data, training_teacher_views
 
     cfg = _distill_config(args)
     cfg.check()
@@ -216,11 +226,11 @@ def run_int8(args: argparse.Namespace) -> int:
     import shutil
 
     from edge.contract import card_path_for, load_card, save_card
-    from quantize.build import default_cache_dir, int8_step
+    from quantize.build import int8_step
     from quantize.datasets import load_dataset
     from quantize.evaluate import load_daemon_model
     from quantize.outputs import StagedOutputs
-    from quantize.training_data import framed_for_card
+    from quantize.training_data import default_cache_dir, framed_for_card
 
     opts = _quantize_options(args)
     card_path = card_path_for(args.model)
@@ -251,11 +261,10 @@ def run_int8(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from edge.contract import card_path_for, load_card
-    from quantize.build import default_cache_dir
     from quantize.datasets import load_dataset
     from quantize.evaluate import confusion_table, evaluate_onnx, existing_model, save_confusion_png
     from quantize.outputs import StagedOutputs
-    from quantize.training_data import framed_for_card
+    from quantize.training_data import default_cache_dir, framed_for_card
 
     card = load_card(card_path_for(existing_model(args.model))).raw  # a missing model is named before its card
     faces = framed_for_card(load_dataset(args.data, args.split), card, args.yunet, default_cache_dir(), log)

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from edge.contract import ILLUMINATIONS
 from quantize.archs import ARCH_NAMES
 from quantize.errors import QuantizeError
 from quantize.teacher_input import Preprocessing
@@ -37,6 +38,15 @@ class TrainConfig:
     val_split: str = "test"
     val_fraction: float | None = None  # carve validation out of train instead of using the test split
     seed: int = 0
+    # Start from these trained weights (a torchvision-layout state_dict of the same network): fine-tuning.
+    init: str | None = None
+    # Faces and labels as `quantize build` gives them to a student (quantize.training_data), so that a teacher can
+    # learn the same aligned, lit faces and vote targets as the student it will teach.
+    votes: str | None = None
+    votes_weight: float = 1.0
+    align: bool = False
+    yunet: str | None = None
+    illumination: str = "none"
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast on CPU and on GPUs that have it, else fp16; or fp32
     threads: int | None = None
@@ -67,6 +77,8 @@ class TrainConfig:
             raise QuantizeError(f"--weight-decay {cfg.weight_decay} must be 0 or more")
         if cfg.seed < 0:
             raise QuantizeError(f"--seed {cfg.seed} must be 0 or more")
+        if cfg.illumination not in ILLUMINATIONS:
+            raise QuantizeError(f"--illumination {cfg.illumination!r} unknown; use one of {', '.join(ILLUMINATIONS)}")
         cfg.device = choose_device(cfg.device)
         if cfg.precision == "auto":
             on_gpu = cfg.device.startswith("cuda")
@@ -76,7 +88,13 @@ class TrainConfig:
         return cfg
 
     def preprocessing(self) -> Preprocessing:
-        return Preprocessing(size=(self.size, self.size), channels=self.channels, mean=self.mean, std=self.std)
+        return Preprocessing(
+            size=(self.size, self.size),
+            channels=self.channels,
+            mean=self.mean,
+            std=self.std,
+            illumination=self.illumination,
+        )
 
 
 def make_autocast(cfg: TrainConfig, for_eval: bool = False) -> Any:

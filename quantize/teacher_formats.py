@@ -149,7 +149,7 @@ def open_torch(
             raise QuantizeError(f"{where}: cannot load TorchScript ({str(exc).splitlines()[0][:160]})") from None
         backend, channels = "torchscript", None
     else:
-        obj = _torch_load(path, where, trust_pickle)
+        obj = read_checkpoint(path, where, trust_pickle)
         backend = "torch"
         if isinstance(obj, nn.Module):  # a pickled whole model (trust_pickle): any architecture works
             model, channels = obj, None
@@ -191,7 +191,8 @@ def open_torch(
     return OpenedModel(preprocessing, forward, num_params=num_params, arch=arch, backend=backend, device=device)
 
 
-def _torch_load(path: Path, where: str, trust_pickle: bool) -> Any:
+def read_checkpoint(path: Path, where: str, trust_pickle: bool = False) -> Any:
+    """What torch.load gives for a checkpoint file; a QuantizeError saying why it cannot be read."""
     try:
         return torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as exc:

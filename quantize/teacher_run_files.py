@@ -43,6 +43,10 @@ RESUME_KEYS = (
     "seed",
     "limit",
     "val_fraction",
+    "votes",
+    "votes_weight",
+    "align",
+    "illumination",
 )
 
 
@@ -102,22 +106,28 @@ class RunFiles:
         cfg: TrainConfig,
         train: FaceSet,
         val: FaceSet,
+        faces: dict[str, Any],
         val_name: str,
         best_acc: float,
         best_epoch: int,
         epochs_done: int,
         wall_s: float,
     ) -> None:
-        """The teacher spec load_teacher reads, with the run's accuracy and settings for people."""
+        """The teacher spec load_teacher reads, with the run's accuracy and settings for people; `faces` is
+        quantize.training_data's record of the label source and the alignment."""
         pre = cfg.preprocessing()
-        spec = {
+        spec: dict[str, Any] = {
             "arch": cfg.arch,
             "layout": "torchvision",
             "labels": list(CANONICAL_LABELS),
             "head": cfg.head,
             "classifier": f"{head_attr(cfg.arch)} = {cfg.head}",
             "input": {**pre.to_dict(), "from": "48x48 grey face replicated to the input channels, bilinear resize"},
+            **({"crop": {"align_template": faces["align_template"]}} if faces["align_template"] else {}),
             "trained_on": f"{Path(train.source).name} {train.split} ({len(train)} faces)",
+            "labels_source": faces["labels_source"],
+            **({"alignment": faces["alignment"]} if faces["alignment"] else {}),
+            **({"init": Path(cfg.init).name} if cfg.init else {}),
             "validation": f"{Path(val.source).name} {val.split} ({len(val)} faces), flip-TTA",
             "val_top1_fliptta": round(best_acc, 4),
             "epoch": best_epoch,

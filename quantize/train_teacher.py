@@ -1,5 +1,9 @@
-"""`quantize train-teacher`: train a torchvision-layout ResNet/DenseNet from scratch on a face-expression data set.
+"""`quantize train-teacher`: train a torchvision-layout ResNet/DenseNet on a face-expression data set, from scratch
+or (`--init`) from trained weights.
 
+The faces and targets can be those `quantize build` gives a student (quantize.training_data): aligned by their
+landmarks, grey levels normalised, FER+ votes mixed into the labels; the spec records the alignment template and
+the normalisation, so that distillation shows the teacher its faces framed and lit as it learnt them.
 The run keeps its weights, spec, log and resume state beside `--out` (quantize.teacher_run_files); running the
 same command again resumes it. Validation is the data set's test split (PublicTest for FER2013) scored with
 flip-TTA, unless --val-fraction holds out part of the training split instead.
@@ -17,14 +21,16 @@ from torch import nn
 from tqdm import tqdm
 
 from edge.contract import CANONICAL_LABELS
-from quantize.archs import build_arch
+from quantize.archs import build_arch, load_weights, unwrap_checkpoint
 from quantize.datasets import FaceSet, load_dataset, stratified_split
 from quantize.errors import QuantizeError
 from quantize.teacher_augment import Augmentation
 from quantize.teacher_config import TrainConfig, make_autocast
+from quantize.teacher_formats import read_checkpoint
 from quantize.teacher_input import Preprocessing
 from quantize.teacher_run_files import RunFiles
 from quantize.training import make_optimizer, optimizer_step, set_threads, to_memory_format, warmup_cosine
+from quantize.training_data import FaceOptions, default_cache_dir, load_training_data
 
 
 @dataclass
@@ -82,11 +88,14 @@ def train_config(config: TrainConfig, resume: bool = True) -> TrainResult:
     out.parent.mkdir(parents=True, exist_ok=True)
     files = RunFiles.beside(out)
     device = torch.device(cfg.device)
-    train_set, val_set = _load_data(cfg)
+    torch.manual_seed(cfg.seed)
+    model = build_arch(cfg.arch, len(CANONICAL_LABELS), cfg.head, in_channels=cfg.channels)
+    if cfg.init:
+        _start_from(model, cfg)  # before the data, whose landmarks may take minutes to find
+    model = model.to(device)
+    train_set, val_set, faces_record = _load_data(cfg)
     pre = cfg.preprocessing()
 
-    torch.manual_seed(cfg.seed)
-    model = build_arch(cfg.arch, len(CANONICAL_LABELS), cfg.head, in_channels=cfg.channels).to(device)
     model = to_memory_format(model, torch.channels_last)
     optimizer = make_optimizer(model, cfg.optimizer, lr, weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
@@ -106,7 +115,7 @@ def train_config(config: TrainConfig, resume: bool = True) -> TrainResult:
     files.restart_log(epochs_kept=start_epoch)
 
     images = torch.from_numpy(train_set.images).to(device)
-    labels = torch.from_numpy(train_set.labels).to(device)
+    targets = torch.from_numpy(train_set.target_distributions()).to(device)
     steps = len(train_set) // cfg.batch_size
     if steps == 0:
         raise QuantizeError(
@@ -118,7 +127,7 @@ def train_config(config: TrainConfig, resume: bool = True) -> TrainResult:
         print(f"{files.resume.name} already finished all {cfg.epochs} epochs; pass --no-resume to train again")
     for epoch in range(start_epoch, cfg.epochs):
         started = time.monotonic()
-        loss, train_acc = _train_epoch(model, images, labels, optimizer, scaler, cfg, epoch, lr)
+        loss, train_acc = _train_epoch(model, images, targets, optimizer, scaler, cfg, epoch, lr)
         val_acc = validation_top1(model, val_set, pre, device, autocast=make_autocast(cfg, for_eval=True))
         seconds = time.monotonic() - started
         entry = {
@@ -154,7 +163,9 @@ def train_config(config: TrainConfig, resume: bool = True) -> TrainResult:
                 "wall_s": wall,
             },
         )
-        files.write_spec(cfg, train_set, val_set, _val_name(cfg, val_set), best_acc, best_epoch, done, wall)
+        files.write_spec(
+            cfg, train_set, val_set, faces_record, _val_name(cfg, val_set), best_acc, best_epoch, done, wall
+        )
         if done < cfg.epochs and _should_stop(cfg, done - start_epoch, time.monotonic() - run_started, seconds):
             print(f"stopping after epoch {done}/{cfg.epochs} as asked; rerun the same command to resume", flush=True)
             break
@@ -171,7 +182,7 @@ def _lr_at(cfg: TrainConfig, peak: float, step: int, steps_per_epoch: int) -> fl
 def _train_epoch(
     model: nn.Module,
     images: torch.Tensor,
-    labels: torch.Tensor,
+    targets: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     cfg: TrainConfig,
@@ -179,13 +190,14 @@ def _train_epoch(
     lr: float,
 ) -> tuple[float, float]:
     """One pass over the faces in an order fixed by seed and epoch, so that a resumed run repeats it exactly;
-    returns (mean loss, training top-1)."""
-    steps = len(labels) // cfg.batch_size
-    pre, augment, autocast = cfg.preprocessing(), Augmentation(), make_autocast(cfg)
+    returns (mean loss, training top-1 against each face's most likely target)."""
+    steps = len(targets) // cfg.batch_size
+    pre, autocast = cfg.preprocessing(), make_autocast(cfg)
+    # Soft targets (votes) and hard ones (one-hot rows) alike.
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     model.train()
     gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-    order = torch.randperm(len(labels), generator=gen).to(images.device)
+    order = torch.randperm(len(targets), generator=gen).to(images.device)
     loss_sum = torch.zeros((), device=images.device)
     correct = torch.zeros((), device=images.device, dtype=torch.long)
     # Progress bar on a terminal only; a redirected log gets the one line per epoch.
@@ -202,14 +214,28 @@ def _train_epoch(
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(cfg, lr, epoch * steps + step, steps)
         idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-        x = pre.normalise(augment(images[idx], (cfg.size, cfg.size), gen)).contiguous(memory_format=torch.channels_last)
-        loss, logits = train_step(model, x, labels[idx], optimizer, scaler, criterion, autocast)
+        x = augmented_batch(images[idx], pre, gen).contiguous(memory_format=torch.channels_last)
+        loss, logits = train_step(model, x, targets[idx], optimizer, scaler, criterion, autocast)
         loss_sum += loss
-        correct += (logits.argmax(1) == labels[idx]).sum()
+        correct += (logits.argmax(1) == targets[idx].argmax(1)).sum()
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.3f}")
     bar.close()
     return loss_sum.item() / steps, correct.item() / (steps * cfg.batch_size)
+
+
+def augmented_batch(faces_u8: torch.Tensor, pre: Preprocessing, gen: torch.Generator) -> torch.Tensor:
+    """The network's input for a batch of uint8 faces (B, h, w), varied by the teachers' augmentation.
+
+    Without grey-level normalisation the warp resizes to the input size in the same step. With it, the faces are
+    varied at their own size and normalised before the resize, as distillation and the daemon normalise a face
+    (quantize.teacher_input): what a change of light leaves after normalisation is what the network learns.
+    """
+    augment = Augmentation()
+    if pre.illumination == "none":
+        return pre.normalise(augment(faces_u8, pre.size, gen))
+    varied = augment(faces_u8, (faces_u8.shape[1], faces_u8.shape[2]), gen)
+    return pre.apply((varied[:, 0] * 255.0).round().to(torch.uint8), faces_u8.device)
 
 
 def train_step(
@@ -261,23 +287,52 @@ def _should_stop(cfg: TrainConfig, epochs_this_run: int, elapsed_s: float, last_
     return cfg.time_budget_min is not None and elapsed_s + last_epoch_s > cfg.time_budget_min * 60.0
 
 
-def _load_data(cfg: TrainConfig) -> tuple[FaceSet, FaceSet]:
+def _load_data(cfg: TrainConfig) -> tuple[FaceSet, FaceSet, dict[str, Any]]:
+    """(training faces, validation faces, the spec's record of labels and alignment), framed and with targets as
+    the face options ask: what `quantize build` would give a student (quantize.training_data)."""
     data = Path(cfg.data).expanduser()
-    train = load_dataset(data, "train", skip_corrupt=cfg.skip_corrupt)
-    if cfg.val_fraction:
-        train, val = stratified_split(train, cfg.val_fraction, cfg.seed)
-    else:
-        try:
-            val = load_dataset(data, cfg.val_split, skip_corrupt=cfg.skip_corrupt)
+    if not cfg.val_fraction:
+        try:  # said first, in train-teacher's words, before landmarks are looked for
+            load_dataset(data, cfg.val_split, skip_corrupt=cfg.skip_corrupt)
         except QuantizeError as exc:
             raise QuantizeError(
                 f"{exc} (for validation; or pass --val-fraction 0.1 to hold out part of train)"
             ) from None
+    options = FaceOptions(
+        votes=Path(cfg.votes).expanduser() if cfg.votes else None,
+        votes_weight=cfg.votes_weight,
+        align=cfg.align,
+        yunet=Path(cfg.yunet).expanduser() if cfg.yunet else None,
+    )
+    split = None if cfg.val_fraction else cfg.val_split
+    loaded = load_training_data(data, split, options, default_cache_dir(), print, skip_corrupt=cfg.skip_corrupt)
+    train, val = loaded.train, loaded.eval
+    if cfg.val_fraction:
+        train, val = stratified_split(train, cfg.val_fraction, cfg.seed)
+    assert val is not None, "a validation split was loaded or carved out"
     if cfg.limit and cfg.limit < len(train):
-        full, split = len(train), train.split
+        full, split_name = len(train), train.split
         train, _ = stratified_split(train, 1.0 - cfg.limit / len(train), cfg.seed)
-        train.split = f"{split} (stratified {len(train)} of {full})"
-    return train, val
+        train.split = f"{split_name} (stratified {len(train)} of {full})"
+    return train, val, loaded.faces_record()
+
+
+def _start_from(model: nn.Module, cfg: TrainConfig) -> None:
+    """Load --init's weights into the freshly built network; one line naming the file and what does not fit."""
+    assert cfg.init is not None
+    path = Path(cfg.init).expanduser()
+    where = f"--init {path}"
+    if not path.is_file():
+        raise QuantizeError(f"{where} not found; give the weights (.pt state_dict) of a trained {cfg.arch}")
+    checkpoint = read_checkpoint(path, where)  # its errors name the file already
+    try:
+        load_weights(model, unwrap_checkpoint(checkpoint), cfg.arch)
+    except QuantizeError as exc:
+        raise QuantizeError(
+            f"{where}: {exc} (--arch {cfg.arch}, --head {cfg.head}, --channels {cfg.channels} must be the "
+            "network the weights were trained as)"
+        ) from None
+    print(f"starting from {path.name}")
 
 
 def _val_name(cfg: TrainConfig, val: FaceSet) -> str:

@@ -4,6 +4,7 @@ the daemon aligns a camera's faces (quantize.face_align)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,11 @@ from quantize.label_sources import own_labels_record, with_vote_targets
 
 if TYPE_CHECKING:
     from quantize.teachers import Teacher
+
+
+def default_cache_dir() -> Path:
+    """Where landmarks and teachers' answers are cached between runs."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edge-mood" / "teachers"
 
 
 @dataclass
@@ -48,12 +54,18 @@ class TrainingData:
 
 
 def load_training_data(
-    data: Path, eval_split: str | None, opts: FaceOptions, cache_dir: Path | None, log: Callable[[str], None]
+    data: Path,
+    eval_split: str | None,
+    opts: FaceOptions,
+    cache_dir: Path | None,
+    log: Callable[[str], None],
+    *,
+    skip_corrupt: bool = False,
 ) -> TrainingData:
     """The training split (and `eval_split`, if given) with targets and alignment as `opts` asks."""
-    train = load_dataset(data, "train")
+    train = load_dataset(data, "train", skip_corrupt=skip_corrupt)
     try:
-        eval_faces = load_dataset(data, eval_split) if eval_split else None
+        eval_faces = load_dataset(data, eval_split, skip_corrupt=skip_corrupt) if eval_split else None
     except QuantizeError as exc:  # e.g. Training/Validation where FER2013 has PublicTest
         raise QuantizeError(f"{exc} (--eval-split {eval_split}: the faces accuracy is measured on)") from None
     if eval_faces is not None and _same_faces(train, eval_faces):

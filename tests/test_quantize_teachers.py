@@ -661,3 +661,65 @@ def test_train_teacher_writes_a_loadable_teacher_and_resumes(tmp_path: Path, mon
     )
     with pytest.raises(QuantizeError, match=r"started with other settings \(size 32 -> 48\)"):
         run_train_teacher(changed)
+
+
+YUNET = SHARED / "models" / "face_detection_yunet_2026may.onnx"
+
+
+@pytest.mark.skipif(
+    not (SHARED_TEACHER.exists() and FER_CSV.exists() and YUNET.exists()),
+    reason=f"shared teacher, FER2013 CSV or YuNet absent ({SHARED_TEACHER}, {FER_CSV}, {YUNET})",
+)
+@pytest.mark.slow
+def test_a_teacher_fine_tuned_on_the_students_faces_teaches_them_as_it_learnt_them(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    from quantize.training_data import teacher_views
+    from tests.quantize_support import VOTE_HEADER, real_fer_rows, write_fer_csv
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    rows = real_fer_rows(train=64, test=140)
+    data = write_fer_csv(tmp_path / "fer.csv", rows)
+    votes = tmp_path / "votes.csv"
+    usages = [usage for usage, (_, labels) in rows.items() for _ in labels]  # the CSV's order
+    votes.write_text("\n".join([VOTE_HEADER, *(f"{u},{i},0,10,0,0,0,0,0,0,0,0" for i, u in enumerate(usages))]) + "\n")
+    out = tmp_path / "teachers" / "tuned.pt"
+    parser = argparse.ArgumentParser()
+    add_train_teacher_options(parser)
+    options = ["--data", str(data), "--out", str(out), "--epochs", "1", "--batch-size", "16", "--lr", "1e-6"]
+    options += ["--init", str(SHARED_TEACHER), "--votes", str(votes), "--votes-weight", "0.5"]
+    options += ["--align", "--yunet", str(YUNET), "--illumination", "equalize", "--device", "cpu", "--threads", "2"]
+    assert run_train_teacher(parser.parse_args(options)) == 0
+    printed = capsys.readouterr().out
+
+    spec = json.loads(out.with_suffix(".json").read_text())
+    # Started from the trained teacher: far above the 1-in-7 of fresh weights after four tiny steps.
+    assert spec["val_top1_fliptta"] >= 0.45, printed
+    assert "starting from resnet18_fer2013_96.pt" in printed and spec["init"] == SHARED_TEACHER.name
+    assert spec["input"]["illumination"] == "equalize" and len(spec["crop"]["align_template"]) == 5
+    assert spec["labels_source"]["kind"] == "votes" and spec["labels_source"]["faces_with_votes"] == len(rows["Training"][1])
+    assert spec["labels_source"]["weight"] == 0.5 and spec["alignment"]["detector"] == YUNET.name
+
+    # Distillation reads the spec and shows the teacher the faces framed and lit as it learnt them: it scores the
+    # validation faces exactly as training did.
+    teacher = load_teacher(out)
+    assert teacher.align_template == spec["crop"]["align_template"]
+    assert teacher.preprocessing.illumination == "equalize"
+    faces = load_dataset(data, "test")
+    view = teacher_views(faces, [teacher], YUNET, tmp_path / "cache", lambda _: None)[0]
+    accuracy = float((teacher.logits(view.images, flip_tta=True).argmax(1) == view.labels).mean())
+    assert accuracy == pytest.approx(spec["val_top1_fliptta"], abs=1e-3)
+
+
+def test_init_weights_of_another_network_are_refused_before_any_training(tmp_path: Path, resnet18_state) -> None:
+    data = _tiny_fer_csv(tmp_path / "fer.csv")
+    weights = tmp_path / "r18.pt"
+    torch.save(resnet18_state, weights)
+    out = tmp_path / "r34.pt"
+    with pytest.raises(
+        QuantizeError, match=r"^--init .*r18\.pt: .*does not match resnet34: missing layer1\.2\..*--arch"
+    ):
+        train_teacher("resnet34", data, out, epochs=1, device="cpu", init=str(weights))
+    with pytest.raises(QuantizeError, match=r"^--init .*gone\.pt not found; give the weights"):
+        train_teacher("resnet18", data, out, epochs=1, device="cpu", init=str(tmp_path / "gone.pt"))
+    assert not out.exists() and not out.with_suffix(".log").exists()

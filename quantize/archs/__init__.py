@@ -200,14 +200,15 @@ def model_from_state_dict(
         if head:
             info = ArchInfo(info.arch, head, info.num_classes, info.in_channels, info.stem)
     model = build_arch(info.arch, info.num_classes, info.head, in_channels=info.in_channels, stem=info.stem)
-    expected = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
-    if expected != {k for k in sd if not k.endswith("num_batches_tracked")}:
-        raise _mismatch_error(sd, info.arch)
-    _load_strict(model, sd, info.arch)
+    load_weights(model, sd, info.arch)
     return model, info
 
 
-def _load_strict(model: nn.Module, sd: Mapping[str, Tensor], arch: str) -> None:
+def load_weights(model: nn.Module, sd: Mapping[str, Tensor], arch: str) -> None:
+    """`sd` into `model` (an `arch`), every key and shape matching; a QuantizeError naming what does not."""
+    expected = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
+    if expected != {k for k in sd if not k.endswith("num_batches_tracked")}:
+        raise _mismatch_error(sd, arch)
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as exc:
