@@ -214,7 +214,7 @@ def _train_epoch(
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(cfg, lr, epoch * steps + step, steps)
         idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-        x = augmented_batch(images[idx], pre, gen).contiguous(memory_format=torch.channels_last)
+        x = _augmented_batch(images[idx], pre, gen).contiguous(memory_format=torch.channels_last)
         loss, logits = train_step(model, x, targets[idx], optimizer, scaler, criterion, autocast)
         loss_sum += loss
         correct += (logits.argmax(1) == targets[idx].argmax(1)).sum()
@@ -224,7 +224,7 @@ def _train_epoch(
     return loss_sum.item() / steps, correct.item() / (steps * cfg.batch_size)
 
 
-def augmented_batch(faces_u8: torch.Tensor, pre: Preprocessing, gen: torch.Generator) -> torch.Tensor:
+def _augmented_batch(faces_u8: torch.Tensor, pre: Preprocessing, gen: torch.Generator) -> torch.Tensor:
     """The network's input for a batch of uint8 faces (B, h, w), varied by the teachers' augmentation.
 
     Without grey-level normalisation the warp resizes to the input size in the same step. With it, the faces are
