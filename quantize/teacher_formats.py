@@ -191,8 +191,11 @@ def open_torch(
     return OpenedModel(preprocessing, forward, num_params=num_params, arch=arch, backend=backend, device=device)
 
 
-def read_checkpoint(path: Path, where: str, trust_pickle: bool = False) -> Any:
-    """What torch.load gives for a checkpoint file; a QuantizeError saying why it cannot be read."""
+def read_checkpoint(
+    path: Path, where: str, trust_pickle: bool = False, trust_option: str | None = "--trust-pickle"
+) -> Any:
+    """What torch.load gives for a checkpoint file; a QuantizeError saying why it cannot be read (naming
+    `trust_option` for a file that pickles objects, where the command has one)."""
     try:
         return torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as exc:
@@ -200,10 +203,10 @@ def read_checkpoint(path: Path, where: str, trust_pickle: bool = False) -> Any:
             raise QuantizeError(
                 f"{where}: not a readable PyTorch checkpoint (unpickling failed); check the file"
             ) from None
+        trust = f", or pass {trust_option} if you trust its source" if trust_option else ""
         raise QuantizeError(
             f"{where}: the file pickles Python objects, not just weights; re-save it with "
-            "torch.save(model.state_dict(), ...), or pass --trust-pickle if you trust its "
-            "source"
+            f"torch.save(model.state_dict(), ...){trust}"
         ) from None
     except (
         RuntimeError,

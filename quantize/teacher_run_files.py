@@ -43,9 +43,11 @@ RESUME_KEYS = (
     "seed",
     "limit",
     "val_fraction",
+    "init",
     "votes",
     "votes_weight",
     "align",
+    "yunet",
     "illumination",
 )
 
@@ -92,8 +94,10 @@ class RunFiles:
             ) from None
         if state.get("version") != STATE_VERSION:
             raise QuantizeError(f"{path} is from another version of the tool; delete it or pass --no-resume")
-        saved, now = state["config"], _resume_config(cfg)
-        changed = [f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in RESUME_KEYS if saved.get(k) != now[k]]
+        # A key a state of an older version lacks had its default value then.
+        saved = {k: state["config"].get(k, getattr(TrainConfig(), k)) for k in RESUME_KEYS}
+        now = _resume_config(cfg)
+        changed = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in RESUME_KEYS if saved[k] != now[k]]
         if changed:
             raise QuantizeError(
                 f"{path.name} was started with other settings ({'; '.join(changed[:4])}); rerun with "

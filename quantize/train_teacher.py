@@ -88,10 +88,13 @@ def train_config(config: TrainConfig, resume: bool = True) -> TrainResult:
     out.parent.mkdir(parents=True, exist_ok=True)
     files = RunFiles.beside(out)
     device = torch.device(cfg.device)
+    # Settled before the data, whose landmarks may take minutes to find: whether the run resumes (with the same
+    # settings) and, if it does not, whether --init's weights fit.
+    state = files.load_state(cfg) if resume and files.resume.exists() else None
     torch.manual_seed(cfg.seed)
     model = build_arch(cfg.arch, len(CANONICAL_LABELS), cfg.head, in_channels=cfg.channels)
-    if cfg.init:
-        _start_from(model, cfg)  # before the data, whose landmarks may take minutes to find
+    if cfg.init and state is None:
+        _start_from(model, cfg)
     model = model.to(device)
     train_set, val_set, faces_record = _load_data(cfg)
     pre = cfg.preprocessing()
@@ -99,7 +102,6 @@ def train_config(config: TrainConfig, resume: bool = True) -> TrainResult:
     model = to_memory_format(model, torch.channels_last)
     optimizer = make_optimizer(model, cfg.optimizer, lr, weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
-    state = files.load_state(cfg) if resume and files.resume.exists() else None
     start_epoch, best_acc, best_epoch, history, wall_before = 0, -1.0, 0, [], 0.0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -324,9 +326,10 @@ def _start_from(model: nn.Module, cfg: TrainConfig) -> None:
     where = f"--init {path}"
     if not path.is_file():
         raise QuantizeError(f"{where} not found; give the weights (.pt state_dict) of a trained {cfg.arch}")
-    checkpoint = read_checkpoint(path, where)  # its errors name the file already
+    # Their errors name the file already; only a network that does not fit gets the options to check.
+    weights = unwrap_checkpoint(read_checkpoint(path, where, trust_option=None))
     try:
-        load_weights(model, unwrap_checkpoint(checkpoint), cfg.arch)
+        load_weights(model, weights, cfg.arch)
     except QuantizeError as exc:
         raise QuantizeError(
             f"{where}: {exc} (--arch {cfg.arch}, --head {cfg.head}, --channels {cfg.channels} must be the "

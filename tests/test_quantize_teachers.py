@@ -697,7 +697,9 @@ def test_a_teacher_fine_tuned_on_the_students_faces_teaches_them_as_it_learnt_th
     assert spec["val_top1_fliptta"] >= 0.45, printed
     assert "starting from resnet18_fer2013_96.pt" in printed and spec["init"] == SHARED_TEACHER.name
     assert spec["input"]["illumination"] == "equalize" and len(spec["crop"]["align_template"]) == 5
-    assert spec["labels_source"]["kind"] == "votes" and spec["labels_source"]["faces_with_votes"] == len(rows["Training"][1])
+    assert spec["labels_source"]["kind"] == "votes" and spec["labels_source"]["faces_with_votes"] == len(
+        rows["Training"][1]
+    )
     assert spec["labels_source"]["weight"] == 0.5 and spec["alignment"]["detector"] == YUNET.name
 
     # Distillation reads the spec and shows the teacher the faces framed and lit as it learnt them: it scores the
@@ -711,8 +713,8 @@ def test_a_teacher_fine_tuned_on_the_students_faces_teaches_them_as_it_learnt_th
     assert accuracy == pytest.approx(spec["val_top1_fliptta"], abs=1e-3)
 
 
-def test_init_weights_of_another_network_are_refused_before_any_training(tmp_path: Path, resnet18_state) -> None:
-    data = _tiny_fer_csv(tmp_path / "fer.csv")
+def test_init_weights_of_another_network_are_refused_before_any_data_is_read(tmp_path: Path, resnet18_state) -> None:
+    data = tmp_path / "not-yet-there.csv"  # the data would be refused too, but the weights are named first
     weights = tmp_path / "r18.pt"
     torch.save(resnet18_state, weights)
     out = tmp_path / "r34.pt"
@@ -723,3 +725,36 @@ def test_init_weights_of_another_network_are_refused_before_any_training(tmp_pat
     with pytest.raises(QuantizeError, match=r"^--init .*gone\.pt not found; give the weights"):
         train_teacher("resnet18", data, out, epochs=1, device="cpu", init=str(tmp_path / "gone.pt"))
     assert not out.exists() and not out.with_suffix(".log").exists()
+
+
+def test_a_resume_state_of_a_version_without_face_options_still_resumes(tmp_path: Path) -> None:
+    from quantize.teacher_config import TrainConfig
+    from quantize.teacher_run_files import RunFiles
+
+    files = RunFiles.beside(tmp_path / "r18.pt")
+    cfg = TrainConfig(data="fer.csv", out=str(files.weights)).resolved()
+    files.save_state(cfg, {"epoch": 1})
+    state = torch.load(files.resume, weights_only=True)
+    for key in ("init", "votes", "votes_weight", "align", "yunet", "illumination"):
+        del state["config"][key]  # what a state written before these options holds
+    torch.save(state, files.resume)
+    assert files.load_state(cfg)["epoch"] == 1
+    with pytest.raises(QuantizeError, match=r"other settings \(illumination 'none' -> 'equalize'\)"):
+        files.load_state(TrainConfig(data="fer.csv", out=str(files.weights), illumination="equalize").resolved())
+
+
+def test_with_grey_level_normalisation_a_teacher_learns_faces_normalised_after_augmentation() -> None:
+    from quantize.train_teacher import _augmented_batch
+
+    rng = np.random.default_rng(0)
+    dim = torch.from_numpy(rng.integers(100, 140, (8, 48, 48), dtype=np.uint8))  # a dim, flat room
+    pre = {name: Preprocessing(size=(64, 64), channels=3, illumination=name) for name in ("none", "equalize")}
+    batches = {name: _augmented_batch(dim, p, torch.Generator().manual_seed(1)) for name, p in pre.items()}
+    assert batches["equalize"].shape == batches["none"].shape == (8, 3, 64, 64)
+    # The middle 60% of each face's grey levels, in pixel/255 (quantiles: a randomly erased patch of noise moves them
+    # little).
+    levels = {name: b[:, 0].flatten(1) * pre[name].std[0] for name, b in batches.items()}
+    spread = {name: torch.quantile(v, 0.8, dim=1) - torch.quantile(v, 0.2, dim=1) for name, v in levels.items()}
+    # Equalised, each face spreads over the grey range whatever the augmentation did to its light; left as it is,
+    # it keeps about the narrow spread the camera gave it.
+    assert bool((spread["equalize"] > 0.3).all()) and bool((spread["none"] < 0.15).all()), spread
