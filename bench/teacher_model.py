@@ -14,10 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
+from grey_crops import grey_card, grey_face
 
-from edge.contract import CANONICAL_LABELS, ModelCard
+from edge.contract import CANONICAL_LABELS
 from quantize.errors import QuantizeError
 
 if TYPE_CHECKING:
@@ -32,16 +32,11 @@ class TeacherModel:
     def __init__(self, teacher: Teacher) -> None:
         self._teacher = teacher
         template = teacher.align_template
-        self.card = ModelCard(
-            labels=list(CANONICAL_LABELS),
-            channels=1,
-            height=SIDE,
-            width=SIDE,
-            color="gray",
-            mean=[0.0],
-            std=[1.0],
-            crop_margin=0.0,
-            name=teacher.name,
+        self.card = grey_card(
+            teacher.name,
+            SIDE,
+            mean=0.0,
+            std=1.0,
             align_template=tuple((x, y) for x, y in template) if template else None,
         )
         self.labels = list(CANONICAL_LABELS)
@@ -63,20 +58,10 @@ class TeacherModel:
         """Probabilities (N, 7) float32; a class the teacher lacks gets 0."""
         if not crops:
             return np.zeros((0, len(self.labels)), np.float32)
-        faces = np.stack([_grey_face(crop) for crop in crops])
+        faces = np.stack([grey_face(crop, SIDE) for crop in crops])
         logits = self._teacher.logits(faces, flip_tta=True)
         exp = np.exp(logits - logits.max(axis=1, keepdims=True))
         own = exp / exp.sum(axis=1, keepdims=True)
         scores = np.zeros((len(crops), len(self.labels)), np.float32)
         scores[:, self._teacher.label_index] = own
         return scores
-
-
-def _grey_face(crop: np.ndarray) -> np.ndarray:
-    """A crop (uint8, grey or RGB as crop_face hands it over) as a 48x48 grey face, resized as
-    ExpressionModel.preprocess resizes (area when shrinking)."""
-    grey = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY) if crop.ndim == 3 else crop
-    if grey.shape != (SIDE, SIDE):
-        shrinking = max(grey.shape) > SIDE
-        grey = cv2.resize(grey, (SIDE, SIDE), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-    return grey
