@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from edge.contract import CANONICAL_LABELS
 from quantize.archs import build_arch, load_weights, unwrap_checkpoint
-from quantize.datasets import FaceSet, load_dataset, stratified_split
+from quantize.datasets import FaceSet, stratified_split
 from quantize.errors import QuantizeError
 from quantize.teacher_augment import Augmentation
 from quantize.teacher_config import TrainConfig, make_autocast
@@ -293,13 +293,6 @@ def _load_data(cfg: TrainConfig) -> tuple[FaceSet, FaceSet, dict[str, Any]]:
     """(training faces, validation faces, the spec's record of labels and alignment), framed and with targets as
     the face options ask: what `quantize build` would give a student (quantize.training_data)."""
     data = Path(cfg.data).expanduser()
-    if not cfg.val_fraction:
-        try:  # said first, in train-teacher's words, before landmarks are looked for
-            load_dataset(data, cfg.val_split, skip_corrupt=cfg.skip_corrupt)
-        except QuantizeError as exc:
-            raise QuantizeError(
-                f"{exc} (for validation; or pass --val-fraction 0.1 to hold out part of train)"
-            ) from None
     options = FaceOptions(
         votes=Path(cfg.votes).expanduser() if cfg.votes else None,
         votes_weight=cfg.votes_weight,
@@ -307,7 +300,10 @@ def _load_data(cfg: TrainConfig) -> tuple[FaceSet, FaceSet, dict[str, Any]]:
         yunet=Path(cfg.yunet).expanduser() if cfg.yunet else None,
     )
     split = None if cfg.val_fraction else cfg.val_split
-    loaded = load_training_data(data, split, options, default_cache_dir(), print, skip_corrupt=cfg.skip_corrupt)
+    hint = "for validation; or pass --val-fraction 0.1 to hold out part of train"
+    loaded = load_training_data(
+        data, split, options, default_cache_dir(), print, skip_corrupt=cfg.skip_corrupt, eval_hint=hint
+    )
     train, val = loaded.train, loaded.eval
     if cfg.val_fraction:
         train, val = stratified_split(train, cfg.val_fraction, cfg.seed)

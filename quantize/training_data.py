@@ -61,13 +61,16 @@ def load_training_data(
     log: Callable[[str], None],
     *,
     skip_corrupt: bool = False,
+    eval_hint: str | None = None,
 ) -> TrainingData:
-    """The training split (and `eval_split`, if given) with targets and alignment as `opts` asks."""
+    """The training split (and `eval_split`, if given) with targets and alignment as `opts` asks; `eval_hint`
+    is what a missing `eval_split` is told, in the command's own words."""
     train = load_dataset(data, "train", skip_corrupt=skip_corrupt)
     try:
         eval_faces = load_dataset(data, eval_split, skip_corrupt=skip_corrupt) if eval_split else None
     except QuantizeError as exc:  # e.g. Training/Validation where FER2013 has PublicTest
-        raise QuantizeError(f"{exc} (--eval-split {eval_split}: the faces accuracy is measured on)") from None
+        hint = eval_hint or f"--eval-split {eval_split}: the faces accuracy is measured on"
+        raise QuantizeError(f"{exc} ({hint})") from None
     if eval_faces is not None and _same_faces(train, eval_faces):
         raise QuantizeError(
             f"{data}: the {eval_split!r} split is the training faces, so accuracy measured on it would say nothing; "
