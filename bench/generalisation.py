@@ -12,10 +12,11 @@ counts, and a photo where it finds none is left out (the "faces" column says how
 
 Columns: top-1, balanced accuracy (the mean of the seven recalls: what a model that favours the common classes
 cannot fake) with its 95% interval, and recall per class. `--confusion` adds the confusion matrices (rows:
-truth, columns: answer). With several models a last table gives each one's balanced accuracy minus the first
-model's, row by row, with its 95% interval: a difference whose interval holds 0 is not shown by these faces.
-Intervals come from a bootstrap over the faces (each class's faces drawn again with replacement, the same
-draws for every model, so differences are paired); they cover which faces were sampled, not the spread
+truth, columns: answer); `--answers FILE` writes each scored face's truth and answer, named by its PublicTest
+row or its photo's path, to a CSV. With several models a last table gives each one's balanced accuracy minus
+the first model's, row by row, with its 95% interval: a difference whose interval holds 0 is not shown by these
+faces. Intervals come from a bootstrap over the faces (each class's faces drawn again with replacement, the
+same draws for every model, so differences are paired); they cover which faces were sampled, not the spread
 between training runs of one recipe (docs/model.md#seeds).
 
 `--teacher` scores a teacher of the offline tool the same way (bench/teacher_model.py): the big networks a
@@ -73,6 +74,7 @@ class FaceSource:
 
     name: str
     labels: np.ndarray
+    ids: list[str]  # each face's name in --answers: its PublicTest row, or the photo's path under data/wild
     face: callable  # index -> uint8 grey/BGR face as the data set holds it
     frame: callable  # index -> 640x480 BGR frame
 
@@ -151,6 +153,7 @@ def fer_sources() -> list[FaceSource]:
         FaceSource(
             "FER2013 PublicTest, FER2013 labels",
             test.labels,
+            [f"PublicTest {i}" for i in range(len(test.labels))],
             test.images.__getitem__,
             lambda i: face_frame(test.images[i]),
         )
@@ -162,6 +165,7 @@ def fer_sources() -> list[FaceSource]:
             FaceSource(
                 "FER2013 PublicTest, FER+ majority",
                 majority[keep],
+                [f"PublicTest {i}" for i in keep],
                 lambda i: test.images[keep[i]],
                 lambda i: face_frame(test.images[keep[i]]),
             )
@@ -183,7 +187,8 @@ def wild_source() -> FaceSource:
     def as_crop(i: int) -> np.ndarray:  # the model takes RGB crops, as crop_face hands them over
         return cv2.cvtColor(read(i), cv2.COLOR_BGR2RGB)
 
-    return FaceSource(f"wild ({len(rows)} photos)", labels, as_crop, lambda i: letterbox(read(i)))
+    paths = [r["path"] for r in rows]
+    return FaceSource(f"wild ({len(rows)} photos)", labels, paths, as_crop, lambda i: letterbox(read(i)))
 
 
 def alone(model: Scored, source: FaceSource) -> Score:
@@ -208,6 +213,20 @@ def through_daemon(model: Scored, detector, source: FaceSource) -> Score:
 
 
 Row = tuple[str, str, Score]
+
+
+def write_answers(path: Path, sources: list[FaceSource], models: list[Scored], tables: list[list[Row]]) -> None:
+    """One CSV line per model, set, path and scored face: what it answered, to look into which faces it misreads."""
+    ids = {source.name: source.ids for source in sources}
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["model", "set", "path", "face", "truth", "answer"])
+        for model, rows in zip(models, tables):
+            for name, route, s in rows:
+                for index, truth, answer in zip(s.scored, s.truth, s.answer):
+                    writer.writerow(
+                        [model.path, name, route, ids[name][index], CANONICAL_LABELS[truth], CANONICAL_LABELS[answer]]
+                    )
 
 
 def report(model: Scored, detector, sources: list[FaceSource], args) -> list[Row]:
@@ -286,6 +305,9 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=["fer", "wild"], choices=("fer", "wild"))
     parser.add_argument("--confusion", action="store_true", help="also print the confusion matrices")
     parser.add_argument(
+        "--answers", type=Path, help="also write every scored face's truth and answer to this CSV, per model and path"
+    )
+    parser.add_argument(
         "--detector",
         default="yunet",
         choices=("yunet", "haar"),
@@ -320,6 +342,9 @@ def main() -> None:
     tables = [report(model, detector, sources, args) for model in models + baselines]
     if len(tables) > 1:
         print_differences([str(m.path) for m in models + baselines], tables)
+    if args.answers:
+        write_answers(args.answers, sources, models + baselines, tables)
+        print(f"\nanswers per face: {args.answers}")
 
 
 if __name__ == "__main__":
