@@ -38,8 +38,8 @@ def add_face_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     g.add_argument(
         "--votes-weight",
         type=float,
-        default=f.votes_weight,
-        help="share of the votes in each face's target, the rest its own label (default %(default)s)",
+        default=None,  # None: not given, told apart from the default (commands._votes_weight)
+        help=f"share of the --votes in each face's target, the rest its own label (default {f.votes_weight:g})",
     )
     g.add_argument(
         "--align",

@@ -73,7 +73,21 @@ def _distill_config(args: argparse.Namespace) -> Any:
 def _face_options(args: argparse.Namespace) -> Any:
     from quantize.training_data import FaceOptions
 
-    return FaceOptions(votes=args.votes, votes_weight=args.votes_weight, align=args.align, yunet=args.yunet)
+    return FaceOptions(votes=args.votes, votes_weight=_votes_weight(args), align=args.align, yunet=args.yunet)
+
+
+def _votes_weight(args: argparse.Namespace) -> float:
+    """--votes-weight, refused without the --votes it weighs (it would change nothing, which a user would not see)."""
+    from quantize.training_data import FaceOptions
+
+    if args.votes_weight is None:
+        return FaceOptions.votes_weight
+    if args.votes is None:
+        raise QuantizeError(
+            f"--votes-weight {args.votes_weight:g} weighs the annotators' votes, but no --votes file is given; "
+            "add --votes CSV or leave --votes-weight out"
+        )
+    return args.votes_weight
 
 
 def _quantize_options(args: argparse.Namespace) -> Any:
@@ -129,9 +143,9 @@ def _train_config(args: argparse.Namespace) -> Any:
         seed=args.seed,
         init=_optional_path(args.init),
         votes=_optional_path(args.votes),
-        votes_weight=args.votes_weight,
+        votes_weight=_votes_weight(args),
         align=args.align,
-        yunet=_optional_path(args.yunet),
+        yunet=_optional_path(_yunet_for_alignment(args)),
         illumination=args.illumination,
         device=args.device,
         precision=args.precision,
@@ -141,6 +155,16 @@ def _train_config(args: argparse.Namespace) -> Any:
         stop_after_epochs=args.stop_after_epochs,
         time_budget_min=args.time_budget_min,
     )
+
+
+def _yunet_for_alignment(args: argparse.Namespace) -> Path | None:
+    """train-teacher's --yunet, which only finds the landmarks for --align: refused without it."""
+    if args.yunet is not None and not args.align:
+        raise QuantizeError(
+            f"--yunet {args.yunet} finds the landmarks that --align aligns faces by, but --align is not given; "
+            "add --align or leave --yunet out"
+        )
+    return args.yunet
 
 
 def _optional_path(path: Path | None) -> str | None:

@@ -72,6 +72,7 @@ def _teacher(folder: Path) -> Path:
         "crop margin too wide",
         "crop margin too tight",
         "no test split",
+        "votes weight without votes",
     ],
 )
 def test_build_errors_are_one_line_and_write_nothing(case, data, tmp_path, capsys):
@@ -103,6 +104,8 @@ def test_build_errors_are_one_line_and_write_nothing(case, data, tmp_path, capsy
         extra = ["--crop-margin", "5"]
     elif case == "crop margin too tight":
         extra = ["--crop-margin", "-0.5"]
+    elif case == "votes weight without votes":
+        extra = ["--votes-weight", "0.5"]
     elif case == "unreadable out":
         (tmp_path / "models").write_text("a file where the output folder should be")
     elif case == "no test split":  # split as many exports do, without FER2013's PublicTest
@@ -127,6 +130,7 @@ def test_build_errors_are_one_line_and_write_nothing(case, data, tmp_path, capsy
         "negative threads": "--threads -1 must be at least 1",
         "no threads": "--threads 0 must be at least 1",
         "crop margin too wide": "--crop-margin 5 must lie between -0.5 and 2",
+        "votes weight without votes": "--votes-weight 0.5 weighs the annotators' votes, but no --votes file is given",
         "crop margin too tight": "--crop-margin -0.5 must lie between -0.5 and 2",
     }[case]
     assert expected in line
@@ -149,6 +153,8 @@ def test_out_naming_a_folder_is_refused_before_any_training(command, data, tmp_p
         ("--lr", "-1", "--lr -1.0 must be a positive number"),
         ("--seed", "-1", "--seed -1 must be 0 or more"),
         ("--threads", "0", "--threads 0 must be at least 1"),
+        ("--votes-weight", "0.5", "--votes-weight 0.5 weighs the annotators' votes, but no --votes file is given"),
+        ("--yunet", "yunet.onnx", "--yunet yunet.onnx finds the landmarks that --align aligns faces by, but --align"),
     ],
 )
 def test_train_teacher_refuses_option_values_before_reading_the_data(option, value, expected, data, tmp_path, capsys):
