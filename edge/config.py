@@ -176,6 +176,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "tracking": {
         "iou_threshold": Key(float, 0.3, "a number in (0, 1]", _fraction),
+        "max_jump": Key(float, 1.5, "a number of face sizes >= 0", _non_negative),
         "ema_alpha": Key(float, 0.35, "a number in (0, 1]", _fraction),
         "min_confidence": Key(float, 0.45, "a number in (0, 1]", _fraction),
         "switch_margin": Key(float, 0.1, "a number >= 0", _non_negative),

@@ -53,6 +53,7 @@ class ModelSection(Section):
 
 class TrackingSection(Section):
     iou_threshold: float
+    max_jump: float
     ema_alpha: float
     min_confidence: float
     switch_margin: float

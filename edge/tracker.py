@@ -15,11 +15,13 @@ import numpy as np
 from edge.boxes import Box
 
 STALE_DISCOUNT = 0.75  # weight of a track's overlap per frame it has gone unseen, when matching
+JUMP_SIZE_RATIO = 1.5  # a face that jumped may have come nearer or gone farther, but not by more than this
 
 
 @dataclass(frozen=True)
 class TrackerSettings:
     iou_threshold: float = 0.3
+    max_jump: float = 1.5  # face sizes a face may move between analysed frames and keep its track (0: off)
     ema_alpha: float = 0.35
     min_confidence: float = 0.45
     switch_margin: float = 0.1
@@ -81,6 +83,20 @@ class Track:
         )
 
 
+def jump(a: Box, b: Box) -> float:
+    """How far b's centre is from a's, in a's width across and a's height down: the same figure whether boxes
+    are in pixels or in fractions of the frame's width and height, as the tracker gets them."""
+    dx = (b[0] + b[2] / 2) - (a[0] + a[2] / 2)
+    dy = (b[1] + b[3] / 2) - (a[1] + a[3] / 2)
+    return float(np.hypot(dx / a[2], dy / a[3]))
+
+
+def similar_size(a: Box, b: Box) -> bool:
+    """Whether b is at most JUMP_SIZE_RATIO times larger or smaller than a (square root of the areas)."""
+    ratio = float(np.sqrt((b[2] * b[3]) / (a[2] * a[3])))
+    return 1 / JUMP_SIZE_RATIO <= ratio <= JUMP_SIZE_RATIO
+
+
 def iou(a: Box, b: Box) -> float:
     ax2, ay2, bx2, by2 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
     inter_w = min(ax2, bx2) - max(a[0], b[0])
@@ -92,7 +108,8 @@ def iou(a: Box, b: Box) -> float:
 
 
 class Tracker:
-    """Greedy IoU tracker with per-track score smoothing and hysteresis."""
+    """Greedy IoU tracker, with a reach for faces that moved past their box, per-track score smoothing and
+    hysteresis."""
 
     def __init__(self, labels: list[str], settings: TrackerSettings):
         self.labels = list(labels)
@@ -144,21 +161,41 @@ class Tracker:
         """Each detection to the track whose box it overlaps enough, the largest overlap first, an overlap
         counting less the longer its track has gone unseen: such a track keeps the box it was last seen in,
         and where two people cross, that stale box may overlap the other person best, who must keep their own
-        track; a face missed for a frame next to another still gets its own track back."""
-        pairs = [
-            (-overlap * STALE_DISCOUNT**track.missed, det_index, track)
-            for det_index, det in enumerate(detections)
-            for track in self._tracks
-            if (overlap := iou(track.box, det.box)) >= self.settings.iou_threshold
-        ]
-        pairs.sort(key=lambda p: (p[0], p[1]))
+        track; a face missed for a frame next to another still gets its own track back.
+
+        Then each detection left over to the nearest track left over whose face is of a like size and was last
+        seen within `max_jump` face sizes: someone walking past a camera analysed a few times a second moves
+        farther than their own face between frames, and would otherwise become a new face each frame."""
         matched: dict[int, Track] = {}
         used: set[int] = set()
-        for _, det_index, track in pairs:
-            if det_index in matched or id(track) in used:
-                continue
-            matched[det_index] = track
-            used.add(id(track))
+
+        def take(pairs: list[tuple[float, int, Track]]) -> None:
+            for _, det_index, track in sorted(pairs, key=lambda p: (p[0], p[1])):
+                if det_index not in matched and id(track) not in used:
+                    matched[det_index] = track
+                    used.add(id(track))
+
+        take(
+            [
+                (-overlap * STALE_DISCOUNT**track.missed, det_index, track)
+                for det_index, det in enumerate(detections)
+                for track in self._tracks
+                if (overlap := iou(track.box, det.box)) >= self.settings.iou_threshold
+            ]
+        )
+        if self.settings.max_jump <= 0:
+            return matched
+        take(
+            [
+                (distance, det_index, track)
+                for det_index, det in enumerate(detections)
+                if det_index not in matched
+                for track in self._tracks
+                if id(track) not in used
+                and similar_size(track.box, det.box)
+                and (distance := jump(track.box, det.box)) <= self.settings.max_jump
+            ]
+        )
         return matched
 
     def _observe(self, track: Track, det: Detection, now: float, events: list[TrackEvent]) -> None:

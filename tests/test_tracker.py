@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge.tracker import Detection, Tracker, TrackerSettings, iou
+from edge.tracker import Detection, Tracker, TrackerSettings, iou, jump
 
 LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 
@@ -26,6 +26,41 @@ def test_iou():
     assert iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
     assert iou((0, 0, 10, 10), (20, 20, 5, 5)) == 0.0
     assert abs(iou((0, 0, 10, 10), (5, 0, 10, 10)) - 50 / 150) < 1e-9
+
+
+def test_jump_is_in_face_sizes_whatever_the_units_of_each_axis():
+    assert jump((0, 0, 10, 10), (15, 0, 10, 10)) == 1.5
+    assert jump((0, 0, 10, 20), (0, 30, 10, 20)) == 1.5
+    # The same move in fractions of a 640x480 frame, as the daemon hands boxes to the tracker.
+    assert abs(jump((0, 0, 10 / 640, 10 / 480), (15 / 640, 0, 10 / 640, 10 / 480)) - 1.5) < 1e-9
+
+
+def walking(step: float, frames: int, size: float = 50.0, y: float = 100.0) -> list[list[Detection]]:
+    """One face crossing the frame `step` face sizes per analysed frame, then gone."""
+    return [[Detection((20.0 + i * step * size, y, size, size), scores("happy"))] for i in range(frames)] + [[]] * 25
+
+
+def test_a_face_walking_past_faster_than_its_box_overlaps_keeps_one_track():
+    """Someone walking past a camera analysed a few times a second moves more than a face size between
+    frames: their boxes never overlap, yet it is one person, who enters, shows an expression and leaves once."""
+    events = run(Tracker(LABELS, TrackerSettings()), walking(step=1.2, frames=10))
+    assert [(e.type, e.expression) for e in events] == [
+        ("face_enter", None),
+        ("expression", "happy"),
+        ("face_leave", "happy"),
+    ]
+    # Overlap alone (max_jump 0) makes a new face of each frame, none seen twice, so nobody is announced.
+    assert run(Tracker(LABELS, TrackerSettings(max_jump=0)), walking(step=1.2, frames=10)) == []
+
+
+def test_a_face_farther_than_max_jump_or_of_another_size_is_another_face():
+    tracker = Tracker(LABELS, TrackerSettings(max_jump=1.5))
+    here = [[Detection((100.0, 100.0, 50.0, 50.0), scores("happy"))]] * 3
+    far = [[Detection((100.0 + 2.0 * 50, 100.0, 50.0, 50.0), scores("happy"))]] * 3  # 2 sizes away
+    nearer = [[Detection((100.0 + 60, 100.0, 100.0, 100.0), scores("happy"))]] * 3  # twice the size: another face
+    events = run(tracker, here + far + nearer)
+    assert [e.type for e in events if e.type == "face_enter"] == ["face_enter"] * 3
+    assert len({e.track_id for e in events if e.type == "face_enter"}) == 3
 
 
 def test_enter_settle_change_leave_in_order():
