@@ -5,7 +5,9 @@ tracker events into payloads, writes them to the on-disk spool (so nothing is lo
 away) and wakes the publisher. It feeds the systemd watchdog while frames keep flowing, and while the
 camera is gone and being retried (a restart would not bring it back sooner); it stops feeding it when frames
 stop although the camera is attached, or an attempt to reopen it hangs: a wedged camera or driver, which a
-restart may cure.
+restart may cure. systemd then sends SIGTERM (the unit's WatchdogSignal), and the daemon stops as for
+`systemctl stop`; a stop that does not finish within STACKS_AFTER_STOP_S dumps every thread's stack, for a
+loop that hangs itself is a bug, not a camera fault.
 
 While no face is in view and no face is still tracked, the loop analyses frames at `detector.idle_fps`
 only and lets the others pass; the first face seen brings back every frame. How each analysed frame finds
@@ -14,6 +16,7 @@ and classifies its faces (every frame, or following them between detections) is 
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import signal
 import threading
@@ -47,6 +50,7 @@ STATE_REFRESH_S = 60.0  # republish the retained state at least this often while
 # mood should not stay at the last event's.
 CONFIDENCE_STEP = 0.1
 STATE_CHANGE_S = 1.0
+STACKS_AFTER_STOP_S = 20.0  # under the unit's TimeoutStopSec (30 s), after which systemd kills without a word
 
 
 class Daemon:
@@ -104,7 +108,10 @@ class Daemon:
 
     def request_stop(self, signum: int | None = None, _frame: object = None) -> None:
         if signum is not None:
-            logger.info("received %s; shutting down", signal.Signals(signum).name)
+            # After a stall that is most likely systemd's watchdog, which then restarts the service.
+            why = " after frames stopped" if self._stalled else ""
+            logger.info("received %s%s; shutting down", signal.Signals(signum).name, why)
+            faulthandler.dump_traceback_later(STACKS_AFTER_STOP_S)
         self.stop_requested.set()
 
     def run(self) -> int:
@@ -124,6 +131,7 @@ class Daemon:
             self._loop()
         finally:
             unsent = self._shutdown()
+            faulthandler.cancel_dump_traceback_later()
         return EXIT_EVENTS_UNSENT if self.once and unsent else 0
 
     def _loop(self) -> None:

@@ -290,6 +290,65 @@ def test_ready_watchdog_stall_recovery_and_clean_stop(broker, subscriber, stream
         notify.close()
 
 
+def test_the_watchdog_stops_a_stalled_daemon_cleanly_without_stack_dumps(broker, subscriber, stream, workdir):
+    """A wedged camera is an expected fault: when the pings stop, systemd sends the unit's WatchdogSignal, and the
+    daemon stops as for `systemctl stop` (retained "offline", exit 0, one line saying why) before the restart,
+    with no stack dump in the journal every time a camera that stays wedged brings the restart round again."""
+    (signal_name,) = unit_entries("WatchdogSignal")
+    state_dir = workdir / "state"
+    state_dir.mkdir()
+    notify = NotifySocket(workdir / "notify.sock")
+    log = workdir / "daemon.log"
+    daemon = start_like_systemd(write_config(workdir, broker, stream.url), state_dir, notify.path, log)
+    try:
+        notify.wait_until("READY=1", lambda: notify.times("READY=1") or daemon.poll() is not None, 90)
+        status = subscriber(broker, f"edge-mood/{DEVICE}/status")
+        status.wait_until(lambda got: any(m.text == "online" for m in got))
+        stream.flowing.clear()
+        notify.wait_until("the stall line", lambda: "no frame for" in log.read_text(), STALL_TIMEOUT_S + 15)
+        daemon.send_signal(signal.Signals[signal_name])  # what systemd does once WatchdogSec passes unpinged
+        try:
+            code = daemon.wait(unit_stop_timeout_s())
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running {unit_stop_timeout_s()} s after {signal_name}:\n{log_tail(log)}")
+        text = log.read_text()
+        assert code == 0, log_tail(log)
+        assert f"received {signal_name} after frames stopped; shutting down" in text
+        for dump in ("Traceback", "Fatal Python error", "most recent call first"):
+            assert dump not in text, log_tail(log)
+        status.wait_until(lambda got: got[-1].text == "offline")
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        notify.close()
+
+
+def test_a_stop_that_hangs_dumps_the_stacks_before_systemd_kills_it(broker, workdir, jpeg):
+    """The stacks are still dumped where they help: a stop that does not finish (a loop hung by a bug) dumps every
+    thread's stack before the unit's TimeoutStopSec ends in SIGKILL, which leaves no trace. A real daemon is told
+    to stop as its SIGTERM handler tells it, and then never gets to stop."""
+    from edge.pipeline import STACKS_AFTER_STOP_S
+
+    assert STACKS_AFTER_STOP_S < unit_stop_timeout_s()
+    (workdir / "frames").mkdir()
+    (workdir / "frames" / "frame_00000.jpg").write_bytes(jpeg)
+    config = write_config(workdir, broker, str(workdir / "frames"))
+    script = f"""
+import signal, time
+from pathlib import Path
+import edge.pipeline
+from edge.config import load_config
+from edge.wiring import build_daemon
+edge.pipeline.STACKS_AFTER_STOP_S = 0.5
+daemon = build_daemon(load_config(Path({str(config)!r}), environ={{}}), once=True)
+daemon.request_stop(signal.SIGTERM)
+time.sleep(5)  # the stop that never finishes
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert "Timeout (0:00:00.500000)!" in done.stderr and "most recent call first" in done.stderr, done.stderr
+
+
 @pytest.mark.slow
 def test_a_camera_that_sends_only_unusable_frames_is_a_stall_that_says_so(broker, workdir):
     ok, tiny = cv2.imencode(".jpg", cv2.imread(str(PHOTO))[:4, :4]) if PHOTO.exists() else (False, None)
