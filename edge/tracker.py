@@ -8,6 +8,7 @@ several frames in a row (hysteresis).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,6 +87,8 @@ class Track:
 def jump(a: Box, b: Box) -> float:
     """How far b's centre is from a's, in a's width across and a's height down: the same figure whether boxes
     are in pixels or in fractions of the frame's width and height, as the tracker gets them."""
+    if a[2] <= 0 or a[3] <= 0:  # a box clipped to nothing at the frame's edge is no size to measure by
+        return float("inf")
     dx = (b[0] + b[2] / 2) - (a[0] + a[2] / 2)
     dy = (b[1] + b[3] / 2) - (a[1] + a[3] / 2)
     return float(np.hypot(dx / a[2], dy / a[3]))
@@ -93,6 +96,8 @@ def jump(a: Box, b: Box) -> float:
 
 def similar_size(a: Box, b: Box) -> bool:
     """Whether b is at most JUMP_SIZE_RATIO times larger or smaller than a (square root of the areas)."""
+    if a[2] * a[3] <= 0 or b[2] * b[3] <= 0:
+        return False
     ratio = float(np.sqrt((b[2] * b[3]) / (a[2] * a[3])))
     return 1 / JUMP_SIZE_RATIO <= ratio <= JUMP_SIZE_RATIO
 
@@ -163,39 +168,41 @@ class Tracker:
         and where two people cross, that stale box may overlap the other person best, who must keep their own
         track; a face missed for a frame next to another still gets its own track back.
 
-        Then each detection left over to the nearest track left over whose face is of a like size and was last
-        seen within `max_jump` face sizes: someone walking past a camera analysed a few times a second moves
-        farther than their own face between frames, and would otherwise become a new face each frame."""
+        Then a detection left over continues a track left over that was seen in the last analysed frame, of a
+        like size and within `max_jump` face sizes, where that pair is the only one within reach of either:
+        someone walking past a camera analysed a few times a second moves farther than their own face between
+        frames, and would otherwise become a new face each frame. Where two faces could each be either track
+        (two people walking side by side), or the track was last seen frames ago (someone else may have come),
+        they stay new faces rather than take another person's track."""
         matched: dict[int, Track] = {}
         used: set[int] = set()
-
-        def take(pairs: list[tuple[float, int, Track]]) -> None:
-            for _, det_index, track in sorted(pairs, key=lambda p: (p[0], p[1])):
-                if det_index not in matched and id(track) not in used:
-                    matched[det_index] = track
-                    used.add(id(track))
-
-        take(
-            [
-                (-overlap * STALE_DISCOUNT**track.missed, det_index, track)
-                for det_index, det in enumerate(detections)
-                for track in self._tracks
-                if (overlap := iou(track.box, det.box)) >= self.settings.iou_threshold
-            ]
-        )
+        by_overlap = [
+            (-overlap * STALE_DISCOUNT**track.missed, det_index, track)
+            for det_index, det in enumerate(detections)
+            for track in self._tracks
+            if (overlap := iou(track.box, det.box)) >= self.settings.iou_threshold
+        ]
+        for _, det_index, track in sorted(by_overlap, key=lambda p: (p[0], p[1])):
+            if det_index not in matched and id(track) not in used:
+                matched[det_index] = track
+                used.add(id(track))
         if self.settings.max_jump <= 0:
             return matched
-        take(
-            [
-                (distance, det_index, track)
-                for det_index, det in enumerate(detections)
-                if det_index not in matched
-                for track in self._tracks
-                if id(track) not in used
-                and similar_size(track.box, det.box)
-                and (distance := jump(track.box, det.box)) <= self.settings.max_jump
-            ]
-        )
+        within_reach = [
+            (det_index, track)
+            for det_index, det in enumerate(detections)
+            if det_index not in matched
+            for track in self._tracks
+            if id(track) not in used
+            and track.missed == 0
+            and similar_size(track.box, det.box)
+            and jump(track.box, det.box) <= self.settings.max_jump
+        ]
+        reach_of_detection = Counter(det_index for det_index, _ in within_reach)
+        reach_of_track = Counter(id(track) for _, track in within_reach)
+        for det_index, track in within_reach:
+            if reach_of_detection[det_index] == 1 and reach_of_track[id(track)] == 1:
+                matched[det_index] = track
         return matched
 
     def _observe(self, track: Track, det: Detection, now: float, events: list[TrackEvent]) -> None:

@@ -63,6 +63,46 @@ def test_a_face_farther_than_max_jump_or_of_another_size_is_another_face():
     assert len({e.track_id for e in events if e.type == "face_enter"}) == 3
 
 
+def test_two_people_walking_side_by_side_never_take_each_other_s_track():
+    """Each new box is within reach of both old ones: which is whose is ambiguous, so neither takes a track by
+    distance (by overlap alone they were new faces each frame as well); nobody gets the other one's mood."""
+    frames = [
+        [
+            Detection((20.0 + i * 60, 100.0, 50.0, 50.0), scores("happy")),
+            Detection((20.0 + 110 + i * 60, 100.0, 50.0, 50.0), scores("sad")),
+        ]
+        for i in range(6)
+    ]
+    events = run(Tracker(LABELS, TrackerSettings(max_jump=1.5)), frames)
+    enters = [e for e in events if e.type == "face_enter"]
+    assert len(enters) <= 2, [(e.type, e.track_id) for e in events]
+    moods = {}
+    for e in events:
+        if e.type == "expression":
+            assert moods.setdefault(e.track_id, e.expression) == e.expression, "a track took the other person's mood"
+
+
+def test_a_newcomer_near_where_a_face_was_frames_ago_is_a_new_face():
+    """A track unseen for frames keeps its last box; someone else appearing within reach of it is another
+    person: a face_enter of their own, and none of the old face's scores."""
+    tracker = Tracker(LABELS, TrackerSettings(max_jump=1.5, leave_after_s=2.0, leave_after_frames=5))
+    first = [[Detection((100.0, 100.0, 50.0, 50.0), scores("sad"))]] * 4
+    gone = [[]] * 8  # 0.8 s at 10 fps: the track is still kept
+    newcomer = [[Detection((100.0 + 70, 100.0, 50.0, 50.0), scores("happy"))]] * 4
+    events = run(tracker, first + gone + newcomer)
+    enters = [e.track_id for e in events if e.type == "face_enter"]
+    assert len(enters) == 2
+    assert [e.expression for e in events if e.type == "expression" and e.track_id == enters[1]] == ["happy"]
+
+
+def test_a_box_of_no_size_is_matched_by_nothing_and_breaks_nothing():
+    tracker = Tracker(LABELS, TrackerSettings(max_jump=1.5))
+    tracker.update([Detection((0.0, 100.0, 0.0, 50.0), scores("happy"))], 0.0)  # clipped to nothing at the edge
+    tracker.update([Detection((10.0, 100.0, 50.0, 50.0), scores("happy"))], 0.1)
+    tracker.update([Detection((0.0, 100.0, 50.0, 0.0), scores("happy"))], 0.2)
+    assert jump((0.0, 0.0, 0.0, 10.0), (5.0, 0.0, 10.0, 10.0)) == float("inf")
+
+
 def test_enter_settle_change_leave_in_order():
     tracker = Tracker(LABELS, TrackerSettings(enter_frames=2, settle_frames=3, leave_after_frames=3, leave_after_s=0.2))
     box = (100.0, 100.0, 50.0, 50.0)
