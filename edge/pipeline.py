@@ -6,8 +6,7 @@ away) and wakes the publisher. It feeds the systemd watchdog while frames keep f
 camera is gone and being retried (a restart would not bring it back sooner); it stops feeding it when frames
 stop although the camera is attached, or an attempt to reopen it hangs: a wedged camera or driver, which a
 restart may cure. systemd then sends SIGTERM (the unit's WatchdogSignal), and the daemon stops as for
-`systemctl stop`; a stop that does not finish within STACKS_AFTER_STOP_S dumps every thread's stack, for a
-loop that hangs itself is a bug, not a camera fault.
+`systemctl stop`.
 
 While no face is in view and no face is still tracked, the loop analyses frames at `detector.idle_fps`
 only and lets the others pass; the first face seen brings back every frame. How each analysed frame finds
@@ -16,7 +15,6 @@ and classifies its faces (every frame, or following them between detections) is 
 
 from __future__ import annotations
 
-import faulthandler
 import logging
 import signal
 import threading
@@ -50,7 +48,6 @@ STATE_REFRESH_S = 60.0  # republish the retained state at least this often while
 # mood should not stay at the last event's.
 CONFIDENCE_STEP = 0.1
 STATE_CHANGE_S = 1.0
-STACKS_AFTER_STOP_S = 20.0  # under the unit's TimeoutStopSec (30 s), after which systemd kills without a word
 
 
 class Daemon:
@@ -111,7 +108,6 @@ class Daemon:
             # After a stall that is most likely systemd's watchdog, which then restarts the service.
             why = " after frames stopped" if self._stalled else ""
             logger.info("received %s%s; shutting down", signal.Signals(signum).name, why)
-            faulthandler.dump_traceback_later(STACKS_AFTER_STOP_S)
         self.stop_requested.set()
 
     def run(self) -> int:
@@ -131,7 +127,6 @@ class Daemon:
             self._loop()
         finally:
             unsent = self._shutdown()
-            faulthandler.cancel_dump_traceback_later()
         return EXIT_EVENTS_UNSENT if self.once and unsent else 0
 
     def _loop(self) -> None:
