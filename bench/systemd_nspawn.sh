@@ -2,18 +2,18 @@
 # The real unit under a real systemd: boots a Debian Bookworm container (systemd 252, as on Raspberry
 # Pi OS Bookworm) with systemd-nspawn, installs edge-mood with systemd/install.sh, and checks what
 # `systemd-analyze` cannot: that the daemon starts and publishes under the full sandbox (DynamicUser,
-# seccomp filter, MemoryDenyWriteExecute, no capabilities), that a stalled camera trips the watchdog and
-# systemd restarts the service, that `systemctl stop` ends it cleanly with a retained "offline", and that
-# uninstall/purge remove it. Prints one line per stage with its wall time.
+# seccomp filter, MemoryDenyWriteExecute, no capabilities), that a wedged camera trips the watchdog, which
+# stops the daemon cleanly (no stack dump) before systemd restarts it, that `systemctl stop` ends it cleanly
+# with a retained "offline", and that uninstall/purge remove it. Prints one line per stage with its wall time.
 #
 #   sudo bench/systemd_nspawn.sh [--root DIR] [--model ONNX]
 #
-# Needs: root, debootstrap, systemd-nspawn (apt-get install debootstrap systemd-container), a Python with
-# OpenCV for the stand-in camera (PYTHON=..., default python3), network to the Debian and PyPI archives.
-# The container shares this machine's network; it runs mosquitto on 127.0.0.1:1883, so nothing else may
-# listen there. A stand-in only for the Pi's camera: an MJPEG stream of a photo served from this host,
-# which the script pauses to stall the pipeline. The container root is cached in --root
-# (default /work/amd64-root).
+# Needs: root, debootstrap, systemd-nspawn (apt-get install debootstrap systemd-container), network to the
+# Debian and PyPI archives. The container shares this machine's network; it runs mosquitto on 127.0.0.1:1883,
+# so nothing else may listen there. A stand-in only for the Pi's camera: a `picamera2` module put into the
+# installed venv that hands out a photo's grey frames at the configured rate and, while the file
+# /opt/edge-mood/standin/pause exists, never returns from capture_array, as a wedged camera does. The container
+# root is cached in --root (default /work/amd64-root).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -22,13 +22,12 @@ CACHE=/work/amd64-root
 MODEL=""
 PHOTO=$SHARED/data/photos/12_angry_men.jpg
 YUNET=$SHARED/models/face_detection_yunet_2026may.onnx
-PYTHON=${PYTHON:-python3}
 MIRROR=http://deb.debian.org/debian
 while [ $# -gt 0 ]; do
     case $1 in
         --root) CACHE=$2; shift ;;
         --model) MODEL=$2; shift ;;
-        -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -40,7 +39,6 @@ fail() { echo "nspawn: FAIL: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || fail "run as root"
 for tool in debootstrap systemd-nspawn nsenter; do command -v "$tool" >/dev/null || fail "missing $tool"; done
 for file in "$PHOTO" "$YUNET"; do [ -f "$file" ] || fail "needs $file"; done
-"$PYTHON" -c 'import cv2' 2>/dev/null || fail "$PYTHON has no OpenCV (set PYTHON=)"
 if [ -n "$MODEL" ]; then
     [ -f "${MODEL%.onnx}.json" ] || fail "--model needs its card ${MODEL%.onnx}.json beside it"
 elif ! compgen -G "$REPO/models/*.onnx" >/dev/null; then
@@ -82,9 +80,7 @@ stage "container root ready (debootstrap bookworm amd64, cached)"
 # 2. Boot it.
 work=$(mktemp -d)
 nspawn=""
-camera=""
 cleanup() {
-    if [ -n "$camera" ]; then kill "$camera" 2>/dev/null || true; fi
     if [ -n "$nspawn" ]; then
         kill "$nspawn" 2>/dev/null || true  # SIGTERM: nspawn powers the container off
         wait "$nspawn" 2>/dev/null || true
@@ -105,43 +101,52 @@ done
 in_box() { nsenter -t "$init" -a /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "$@"; }
 stage "booted: $(in_box systemctl --version | head -1), $(in_box systemctl is-system-running)"
 
-# 3. The stand-in camera: an MJPEG stream that stops sending while $work/pause exists.
-port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$PYTHON" - "$port" "$PHOTO" "$work/pause" >"$work/camera.log" 2>&1 <<'PY' &
-import http.server, os, sys, time
+# 3. The stand-in camera: picamera2's calls that edge/sources.py makes, frames from the photo.
+mkdir -p "$work/picamera2"
+cat >"$work/picamera2/__init__.py" <<'PY'
+import os, time
 
 import cv2
+import numpy as np
 
-port, photo, pause = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-jpeg = cv2.imencode(".jpg", cv2.resize(cv2.imread(photo), (640, 360)))[1].tobytes()
-part = b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg) + jpeg + b"\r\n"
+STANDIN = "/opt/edge-mood/standin"
 
 
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-        self.end_headers()
-        try:
-            while True:
-                if os.path.exists(pause):
-                    time.sleep(0.1)
-                    continue
-                self.wfile.write(part)
-                self.wfile.flush()
-                time.sleep(0.1)
-        except OSError:
-            pass
+class Picamera2:
+    @staticmethod
+    def global_camera_info():
+        return [{"Model": "nspawn stand-in"}]
 
-    def log_message(self, *_):
+    def __init__(self, camera_num=0):
+        self._photo = cv2.imread(os.path.join(STANDIN, "photo.jpg"), cv2.IMREAD_GRAYSCALE)
+
+    def create_video_configuration(self, main, controls, queue):
+        self._period = 1.0 / controls["FrameRate"]
+        return {"main": dict(main)}
+
+    def align_configuration(self, config):
         pass
 
+    def configure(self, config):
+        width, height = config["main"]["size"]
+        luma = cv2.resize(self._photo, (width, height))
+        self._yuv = np.concatenate([luma, np.full((height // 2, width), 128, np.uint8)])
 
-server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-server.daemon_threads = True
-server.serve_forever()
+    def start(self):
+        pass
+
+    def capture_array(self, stream):
+        while os.path.exists(os.path.join(STANDIN, "pause")):  # wedged: the call does not return
+            time.sleep(0.1)
+        time.sleep(self._period)
+        return self._yuv.copy()
+
+    def stop(self):
+        pass
+
+    def close(self):
+        pass
 PY
-camera=$!
 
 # 4. Install from a copy of this checkout, then point the config at the stream (and the model).
 rm -rf "$ROOTFS/root/edge-mood"
@@ -157,7 +162,11 @@ if [ -n "$MODEL" ]; then
     cp "$MODEL" "${MODEL%.onnx}".*onnx "${MODEL%.onnx}.json" "$ROOTFS/opt/edge-mood/models/" 2>/dev/null || true
     model_setting="s#^path = \"\"#path = \"/opt/edge-mood/models/$(basename "$MODEL")\"#;"
 fi
-in_box sed -i "s#^uri = .*#uri = \"http://127.0.0.1:$port/stream.mjpg\"#; $model_setting" /etc/edge-mood/config.toml
+site=$(in_box /opt/edge-mood/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+cp -r "$work/picamera2" "$ROOTFS$site/"
+mkdir -p "$ROOTFS/opt/edge-mood/standin"
+cp "$PHOTO" "$ROOTFS/opt/edge-mood/standin/photo.jpg"
+in_box sed -i "s#^uri = .*#uri = \"picamera\"#; $model_setting" /etc/edge-mood/config.toml
 stage "systemd/install.sh --no-start, config edited"
 
 # 5. Start it as a user would; it must publish under the sandbox.
@@ -175,23 +184,27 @@ echo "$got" | cut -c1-150 | sed 's/^/    /'
 grep -q "^edge-mood/$MACHINE/status online" <<<"$got" || fail "no retained online status"
 stage "enable --now: active, sandboxed, publishing"
 
-# 6. The camera stalls: the watchdog fires (WatchdogSec=30s) and systemd restarts the daemon.
-touch "$work/pause"
+# 6. The camera wedges: the pings stop, the watchdog (WatchdogSec=30s) stops the daemon cleanly, systemd
+# restarts it, and once the camera works again it is active.
+touch "$ROOTFS/opt/edge-mood/standin/pause"
 for _ in $(seq 120); do
     [ "$(in_box systemctl show -p NRestarts --value edge-mood)" -ge 1 ] && break
     sleep 1
 done
-rm -f "$work/pause"
+rm -f "$ROOTFS/opt/edge-mood/standin/pause"
 journal=$(in_box journalctl -b -u edge-mood --no-pager -o cat)
-grep -E 'no frame for|Watchdog timeout|Fatal Python error|Failed with result' <<<"$journal" | sed 's/^/    /'
+grep -E 'no frame for|Watchdog timeout|received SIGTERM|Fatal Python error|Traceback|Failed with result' \
+    <<<"$journal" | sed 's/^/    /' || true
 [ "$(in_box systemctl show -p NRestarts --value edge-mood)" -ge 1 ] || fail "the watchdog did not restart it"
 grep -q "Failed with result 'watchdog'" <<<"$journal" || fail "no watchdog result in the journal"
+grep -q "received SIGTERM after frames stopped; shutting down" <<<"$journal" || fail "no clean stop on the watchdog"
+! grep -qE "Fatal Python error|Traceback" <<<"$journal" || fail "a stack dump in the journal"
 for _ in $(seq 60); do
     [ "$(in_box systemctl is-active edge-mood)" = active ] && break
     sleep 1
 done
 [ "$(in_box systemctl is-active edge-mood)" = active ] || fail "not active again after the camera came back"
-stage "stalled camera: watchdog timeout, restart, active again"
+stage "wedged camera: watchdog stops it cleanly, restart, active again"
 
 # 7. systemctl stop: exit 0 and a retained "offline".
 in_box systemctl stop edge-mood
