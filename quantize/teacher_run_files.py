@@ -95,8 +95,8 @@ class RunFiles:
         if state.get("version") != STATE_VERSION:
             raise QuantizeError(f"{path} is from another version of the tool; delete it or pass --no-resume")
         # A key a state of an older version lacks had its default value then.
-        saved = {k: state["config"].get(k, getattr(TrainConfig(), k)) for k in RESUME_KEYS}
-        now = _resume_config(cfg)
+        saved = _in_effect({k: state["config"].get(k, getattr(TrainConfig(), k)) for k in RESUME_KEYS})
+        now = _in_effect(_resume_config(cfg))
         changed = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in RESUME_KEYS if saved[k] != now[k]]
         if changed:
             raise QuantizeError(
@@ -157,3 +157,14 @@ class RunFiles:
 
 def _resume_config(cfg: TrainConfig) -> dict[str, Any]:
     return {k: getattr(cfg, k) for k in RESUME_KEYS}
+
+
+def _in_effect(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings as they act: a YuNet file without alignment, or a votes weight without votes, changes
+    nothing (the options now refuse them, but a run started before may have them in its state)."""
+    defaults = TrainConfig()
+    return {
+        **config,
+        "yunet": config["yunet"] if config["align"] else None,
+        "votes_weight": config["votes_weight"] if config["votes"] else defaults.votes_weight,
+    }

@@ -739,6 +739,21 @@ def test_a_resume_state_of_a_version_without_face_options_still_resumes(tmp_path
         del state["config"][key]  # what a state written before these options holds
     torch.save(state, files.resume)
     assert files.load_state(cfg)["epoch"] == 1
+
+
+def test_a_run_started_with_a_setting_that_changed_nothing_resumes_without_it(tmp_path: Path) -> None:
+    """--yunet without --align and --votes-weight without --votes are refused now; a run started with them
+    before resumes with the same command less those options, which never acted."""
+    from quantize.teacher_config import TrainConfig
+    from quantize.teacher_run_files import RunFiles
+
+    files = RunFiles.beside(tmp_path / "r18.pt")
+    started = TrainConfig(data="fer.csv", out=str(files.weights), yunet="yunet.onnx", votes_weight=0.5).resolved()
+    files.save_state(started, {"epoch": 3})
+    assert files.load_state(TrainConfig(data="fer.csv", out=str(files.weights)).resolved())["epoch"] == 3
+    aligned = TrainConfig(data="fer.csv", out=str(files.weights), align=True).resolved()
+    with pytest.raises(QuantizeError, match="other settings"):
+        files.load_state(aligned)
     with pytest.raises(QuantizeError, match=r"other settings \(illumination 'none' -> 'equalize'\)"):
         files.load_state(TrainConfig(data="fer.csv", out=str(files.weights), illumination="equalize").resolved())
 
