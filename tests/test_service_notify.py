@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -211,6 +212,24 @@ def start_like_systemd(config: Path, state_dir: Path, notify_socket: Path, log: 
     return subprocess.Popen(wrapped, env=env, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
+@contextmanager
+def like_systemd(workdir: Path, config: Path) -> Iterator[tuple[subprocess.Popen, NotifySocket, Path]]:
+    """(daemon, its notify socket, its log): the daemon started as systemd starts the unit, its state directory
+    and log in `workdir`; killed if it still runs, and the socket closed, when the block ends."""
+    state_dir = workdir / "state"
+    state_dir.mkdir()
+    notify = NotifySocket(workdir / "notify.sock")
+    log = workdir / "daemon.log"
+    daemon = start_like_systemd(config, state_dir, notify.path, log)
+    try:
+        yield daemon, notify, log
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        notify.close()
+
+
 def log_tail(log: Path) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-25:])
 
@@ -226,13 +245,8 @@ def assert_every_face_left(events, state) -> None:
 
 @pytest.mark.slow
 def test_ready_watchdog_stall_recovery_and_clean_stop(broker, subscriber, stream, workdir):
-    state_dir = workdir / "state"
-    state_dir.mkdir()
-    notify = NotifySocket(workdir / "notify.sock")
-    log = workdir / "daemon.log"
     events = subscriber(broker, f"edge-mood/{DEVICE}/events")
-    daemon = start_like_systemd(write_config(workdir, broker, stream.url), state_dir, notify.path, log)
-    try:
+    with like_systemd(workdir, write_config(workdir, broker, stream.url)) as (daemon, notify, log):
         # READY=1 once frames flow (model loading and stream probing come first).
         notify.wait_until("READY=1", lambda: notify.times("READY=1") or daemon.poll() is not None, 90)
         assert daemon.poll() is None, f"daemon exited {daemon.returncode}:\n{log_tail(log)}"
@@ -282,12 +296,7 @@ def test_ready_watchdog_stall_recovery_and_clean_stop(broker, subscriber, stream
         late = subscriber(broker, f"edge-mood/{DEVICE}/status")
         retained = late.wait_for(1)[0]
         assert retained.retain and retained.text == "offline"
-        assert (state_dir / DEVICE / "spool.sqlite3").exists(), "spool not kept in $STATE_DIRECTORY"
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait()
-        notify.close()
+        assert (workdir / "state" / DEVICE / "spool.sqlite3").exists(), "spool not kept in $STATE_DIRECTORY"
 
 
 def test_the_watchdog_stops_a_stalled_daemon_cleanly_without_stack_dumps(broker, subscriber, stream, workdir):
@@ -295,12 +304,7 @@ def test_the_watchdog_stops_a_stalled_daemon_cleanly_without_stack_dumps(broker,
     daemon stops as for `systemctl stop` (retained "offline", exit 0, one line saying why) before the restart,
     with no stack dump in the journal every time a camera that stays wedged brings the restart round again."""
     (signal_name,) = unit_entries("WatchdogSignal")
-    state_dir = workdir / "state"
-    state_dir.mkdir()
-    notify = NotifySocket(workdir / "notify.sock")
-    log = workdir / "daemon.log"
-    daemon = start_like_systemd(write_config(workdir, broker, stream.url), state_dir, notify.path, log)
-    try:
+    with like_systemd(workdir, write_config(workdir, broker, stream.url)) as (daemon, notify, log):
         notify.wait_until("READY=1", lambda: notify.times("READY=1") or daemon.poll() is not None, 90)
         status = subscriber(broker, f"edge-mood/{DEVICE}/status")
         status.wait_until(lambda got: any(m.text == "online" for m in got))
@@ -317,11 +321,6 @@ def test_the_watchdog_stops_a_stalled_daemon_cleanly_without_stack_dumps(broker,
         for dump in ("Traceback", "Fatal Python error", "most recent call first"):
             assert dump not in text, log_tail(log)
         status.wait_until(lambda got: got[-1].text == "offline")
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait()
-        notify.close()
 
 
 def test_a_stop_that_hangs_ends_in_a_stack_dump_not_a_silent_kill():
@@ -353,48 +352,34 @@ def test_a_camera_that_sends_only_unusable_frames_is_a_stall_that_says_so(broker
     if not ok:
         pytest.skip(f"needs the shared photos ({PHOTO} is absent)")
     camera = MjpegStream(tiny.tobytes())  # 4x4 pixels: too small to look for a face in
-    state_dir = workdir / "state"
-    state_dir.mkdir()
-    notify = NotifySocket(workdir / "notify.sock")
-    log = workdir / "daemon.log"
-    daemon = start_like_systemd(write_config(workdir, broker, camera.url), state_dir, notify.path, log)
     try:
-        notify.wait_until("the stall line", lambda: "no usable frame for" in log.read_text(), 60)
-        line = next(line for line in log.read_text().splitlines() if "no usable frame for" in line)
-        assert "frames come, but unusable: 4x4 pixels only" in line and "watchdog is no longer fed" in line
-        assert daemon.poll() is None, log_tail(log)
+        with like_systemd(workdir, write_config(workdir, broker, camera.url)) as (daemon, notify, log):
+            notify.wait_until("the stall line", lambda: "no usable frame for" in log.read_text(), 60)
+            line = next(line for line in log.read_text().splitlines() if "no usable frame for" in line)
+            assert "frames come, but unusable: 4x4 pixels only" in line and "watchdog is no longer fed" in line
+            assert daemon.poll() is None, log_tail(log)
     finally:
-        daemon.kill()
-        daemon.wait()
         camera.close()
-        notify.close()
 
 
 @pytest.mark.slow
 def test_a_camera_glitch_shorter_than_leave_after_s_keeps_the_faces(broker, subscriber, jpeg, workdir):
     port = free_port()
     camera = MjpegStream(jpeg, port=port)
-    state_dir = workdir / "state"
-    state_dir.mkdir()
-    notify = NotifySocket(workdir / "notify.sock")
-    log = workdir / "daemon.log"
     events = subscriber(broker, f"edge-mood/{DEVICE}/events")
     config = write_config(workdir, broker, camera.url, tracking="leave_after_s = 15.0")
-    daemon = start_like_systemd(config, state_dir, notify.path, log)
     try:
-        events.wait_until(lambda got: any(m.json()["type"] == "face_enter" for m in got), 60)
-        camera.close()  # the stream drops and comes back on the same address
-        notify.wait_until("the loss", lambda: "lost " in log.read_text(), 20)
-        camera = MjpegStream(jpeg, port=port)
-        notify.wait_until("the reconnect", lambda: "reconnected to" in log.read_text(), 20)
-        time.sleep(2.0)  # frames with the faces again
-        kinds = [m.json()["type"] for m in events.received()]
-        assert "face_leave" not in kinds, f"faces left over a glitch, to come back as new tracks: {kinds}"
+        with like_systemd(workdir, config) as (daemon, notify, log):
+            events.wait_until(lambda got: any(m.json()["type"] == "face_enter" for m in got), 60)
+            camera.close()  # the stream drops and comes back on the same address
+            notify.wait_until("the loss", lambda: "lost " in log.read_text(), 20)
+            camera = MjpegStream(jpeg, port=port)
+            notify.wait_until("the reconnect", lambda: "reconnected to" in log.read_text(), 20)
+            time.sleep(2.0)  # frames with the faces again
+            kinds = [m.json()["type"] for m in events.received()]
+            assert "face_leave" not in kinds, f"faces left over a glitch, to come back as new tracks: {kinds}"
     finally:
-        daemon.kill()
-        daemon.wait()
         camera.close()
-        notify.close()
 
 
 def free_port() -> int:
@@ -406,55 +391,47 @@ def free_port() -> int:
 @pytest.mark.slow
 def test_a_camera_missing_at_start_or_unplugged_is_waited_for_with_the_watchdog_fed(broker, subscriber, jpeg, workdir):
     port = free_port()
-    state_dir = workdir / "state"
-    state_dir.mkdir()
-    notify = NotifySocket(workdir / "notify.sock")
-    log = workdir / "daemon.log"
     config = write_config(workdir, broker, f"http://127.0.0.1:{port}/stream.mjpg")
     # The retained state of a run that ended without a word (a power cut) still shows a face.
     stale = json.dumps({"schema": 1, "device": DEVICE, "face_count": 1, "faces": [{"track_id": 7}]})
     publish.single(f"edge-mood/{DEVICE}/state", stale, retain=True, hostname=broker.host, port=broker.port)
     events = subscriber(broker, f"edge-mood/{DEVICE}/events")
-    daemon = start_like_systemd(config, state_dir, notify.path, log)
     camera = None
-    fed_for = lambda since, pings: len([t for t in notify.times("WATCHDOG=1") if t > since]) >= pings  # noqa: E731
     try:
-        # Nothing serves the stream: the service is up and says what it waits for, instead of timing out.
-        notify.wait_until("READY=1", lambda: notify.times("READY=1") or daemon.poll() is not None, 90)
-        assert daemon.poll() is None, f"daemon exited {daemon.returncode}:\n{log_tail(log)}"
-        assert any(line.startswith("STATUS=waiting for") for _, line in notify.messages), notify.messages
-        state = subscriber(broker, f"edge-mood/{DEVICE}/state")
-        state.wait_until(lambda got: bool(got) and got[-1].json()["face_count"] == 0, 15)
-        past_stall = time.monotonic() + STALL_TIMEOUT_S
-        notify.wait_until(
-            "pings past the stall timeout", lambda: fed_for(past_stall, 2), STALL_TIMEOUT_S + 10 * WATCHDOG_S
-        )
+        with like_systemd(workdir, config) as (daemon, notify, log):
+            fed_for = lambda since, pings: len([t for t in notify.times("WATCHDOG=1") if t > since]) >= pings  # noqa: E731
+            # Nothing serves the stream: the service is up and says what it waits for, instead of timing out.
+            notify.wait_until("READY=1", lambda: notify.times("READY=1") or daemon.poll() is not None, 90)
+            assert daemon.poll() is None, f"daemon exited {daemon.returncode}:\n{log_tail(log)}"
+            assert any(line.startswith("STATUS=waiting for") for _, line in notify.messages), notify.messages
+            state = subscriber(broker, f"edge-mood/{DEVICE}/state")
+            state.wait_until(lambda got: bool(got) and got[-1].json()["face_count"] == 0, 15)
+            past_stall = time.monotonic() + STALL_TIMEOUT_S
+            notify.wait_until(
+                "pings past the stall timeout", lambda: fed_for(past_stall, 2), STALL_TIMEOUT_S + 10 * WATCHDOG_S
+            )
 
-        # The camera comes: frames flow.
-        camera = MjpegStream(jpeg, port=port)
-        notify.wait_until(
-            "STATUS=processing", lambda: any(m.startswith("STATUS=processing") for _, m in notify.messages), 40
-        )
-        # Unplugged with faces in view: the stream closes and refuses connections; the daemon retries, still
-        # fed, and the faces leave.
-        events.wait_until(lambda got: any(m.json()["type"] == "face_enter" for m in got), 30)
-        camera.close()
-        camera = None
-        notify.wait_until("the loss", lambda: "lost " in log.read_text(), 20)
-        lost_at = time.monotonic()
-        notify.wait_until("pings after the loss", lambda: fed_for(lost_at + STALL_TIMEOUT_S, 2), 10 * WATCHDOG_S)
-        assert daemon.poll() is None, log_tail(log)
-        assert "no frame for" not in log.read_text(), "a missing camera is not a stall"
-        assert_every_face_left(events, subscriber(broker, f"edge-mood/{DEVICE}/state"))
-        lines = log.read_text().splitlines()
-        assert not [line for line in lines if "[tcp @" in line or "VIDEOIO" in line], "FFmpeg/OpenCV's own lines"
+            # The camera comes: frames flow.
+            camera = MjpegStream(jpeg, port=port)
+            notify.wait_until(
+                "STATUS=processing", lambda: any(m.startswith("STATUS=processing") for _, m in notify.messages), 40
+            )
+            # Unplugged with faces in view: the stream closes and refuses connections; the daemon retries, still
+            # fed, and the faces leave.
+            events.wait_until(lambda got: any(m.json()["type"] == "face_enter" for m in got), 30)
+            camera.close()
+            camera = None
+            notify.wait_until("the loss", lambda: "lost " in log.read_text(), 20)
+            lost_at = time.monotonic()
+            notify.wait_until("pings after the loss", lambda: fed_for(lost_at + STALL_TIMEOUT_S, 2), 10 * WATCHDOG_S)
+            assert daemon.poll() is None, log_tail(log)
+            assert "no frame for" not in log.read_text(), "a missing camera is not a stall"
+            assert_every_face_left(events, subscriber(broker, f"edge-mood/{DEVICE}/state"))
+            lines = log.read_text().splitlines()
+            assert not [line for line in lines if "[tcp @" in line or "VIDEOIO" in line], "FFmpeg/OpenCV's own lines"
 
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(unit_stop_timeout_s()) == 0, log_tail(log)
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(unit_stop_timeout_s()) == 0, log_tail(log)
     finally:
         if camera is not None:
             camera.close()
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait()
-        notify.close()
