@@ -4,8 +4,6 @@ test model, a real mosquitto). It is one person: one face_enter, one face_leave.
 
 from __future__ import annotations
 
-import time
-
 import cv2
 import pytest
 
@@ -52,13 +50,12 @@ def events_of(tmp_path, broker, subscriber, max_jump: float) -> list[dict]:
         "mqtt.device_id": device,
         "spool.dir": str(tmp_path / f"state-{device}"),
     }
-    sub = subscriber(broker, f"edge-mood/{device}/events")
+    events, status = f"edge-mood/{device}/events", f"edge-mood/{device}/status"
+    sub = subscriber(broker, events, status)
     assert build_daemon(load_config(overrides=overrides, environ={}), once=True).run() == 0
-    if max_jump:  # the run delivers its events before it returns; they may still be on their way to us
-        sub.wait_until(lambda got: any(m.json()["type"] == "face_leave" for m in got))
-    else:
-        time.sleep(0.5)
-    return [m.json() for m in sub.received()]
+    # The daemon sends "offline" last, after its events have been acknowledged: once it is here, so are they.
+    sub.wait_until(lambda got: any(m.text == "offline" for m in got), topic=status)
+    return [m.json() for m in sub.received(events)]
 
 
 def test_a_face_walking_past_is_one_person(tmp_path, broker, subscriber) -> None:
