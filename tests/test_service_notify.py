@@ -49,6 +49,13 @@ def unit_entries(key: str) -> list[str]:
     return [line.split("=", 1)[1].strip() for line in UNIT.read_text().splitlines() if line.startswith(f"{key}=")]
 
 
+def unit_environment() -> dict[str, str]:
+    """The variables the unit's Environment= lines set."""
+    return dict(
+        assignment.partition("=")[::2] for entry in unit_entries("Environment") for assignment in shlex.split(entry)
+    )
+
+
 def unit_stop_timeout_s() -> float:
     (value,) = unit_entries("TimeoutStopSec")
     return float(value.rstrip("s"))
@@ -197,10 +204,7 @@ def start_like_systemd(config: Path, state_dir: Path, notify_socket: Path, log: 
     assert argv[0] == "/opt/edge-mood/venv/bin/edge" and UNIT_CONFIG in argv
     argv = [sys.executable, "-m", "edge", *(str(config) if a == UNIT_CONFIG else a for a in argv[1:])]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_", "EDGE_MOOD_"))}
-    for entry in unit_entries("Environment"):
-        for assignment in shlex.split(entry):
-            key, _, value = assignment.partition("=")
-            env[key] = value
+    env.update(unit_environment())
     env.update(
         NOTIFY_SOCKET=str(notify_socket),
         WATCHDOG_USEC=str(int(WATCHDOG_S * 1e6)),
@@ -328,11 +332,7 @@ def test_a_stop_that_hangs_ends_in_a_stack_dump_not_a_silent_kill():
     stuck by a bug, perhaps inside a C library), systemd sends the unit's FinalKillSignal, which the unit's
     environment turns into every thread's stack on stderr (the journal) before the process dies."""
     (signal_name,) = unit_entries("FinalKillSignal")
-    env = dict(os.environ)
-    for entry in unit_entries("Environment"):
-        for assignment in shlex.split(entry):
-            key, _, value = assignment.partition("=")
-            env[key] = value
+    env = {**os.environ, **unit_environment()}
     stuck = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; print('stuck', flush=True); time.sleep(60)"],
         env=env,
