@@ -2,8 +2,8 @@
 
 Runs `edge run` as processes side by side against one real mosquitto, each with a Pi camera whose frames
 are FER2013 faces coming and going (a face held `--hold` s, then `--gap` s of empty room, so tracks start,
-settle and leave all the time and events flow). The Pi camera is the one stand-in: a `picamera2` module
-written here that paces grey frames at `--fps`; everything behind it is the daemon as shipped. Each
+settle and leave all the time and events flow). The Pi camera is the one stand-in: bench/picamera2_standin.py,
+pacing grey frames at `--fps`; everything behind it is the daemon as shipped. Each
 variant is the same daemon under another environment, by default glibc's malloc as is and with
 `MALLOC_ARENA_MAX=2` (fewer per-thread heaps, a common cure for a slowly growing RSS in threaded Python).
 
@@ -20,10 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from collections import Counter
@@ -36,51 +36,7 @@ from fer_frames import FER, FRAME, YUNET, balanced_sample, face_frame
 
 from edge.local_broker import local_broker
 
-# A stand-in for picamera2 (the daemon imports it only for `source.uri = "picamera"`): YUV420 frames,
-# luma from the frames file, paced like a camera. The schedule repeats: each face for `hold` frames, on
-# the left or right in turn, then `gap` frames of the empty room.
-STAND_IN = """
-import os, time
-import numpy as np
-
-class Picamera2:
-    @staticmethod
-    def global_camera_info():
-        return [{"Model": "soak stand-in"}]
-
-    def __init__(self, camera_num=0):
-        self._frames = np.load(os.environ["SOAK_FRAMES"])  # [empty, face 0, face 1, ...], grey
-        self._hold, self._gap = int(os.environ["SOAK_HOLD"]), int(os.environ["SOAK_GAP"])
-        self._count = 0
-
-    def create_video_configuration(self, main, controls, queue):
-        self._period = 1.0 / controls["FrameRate"]
-        return {"main": dict(main)}
-
-    def align_configuration(self, config):
-        pass
-
-    def configure(self, config):
-        pass
-
-    def start(self):
-        self._next = time.monotonic()
-
-    def capture_array(self, stream):
-        self._next += self._period
-        time.sleep(max(0.0, self._next - time.monotonic()))
-        faces = len(self._frames) - 1
-        cycle, step = divmod(self._count, self._hold + self._gap)
-        self._count += 1
-        luma = self._frames[1 + cycle % faces] if step < self._hold else self._frames[0]
-        return np.concatenate([luma, np.full((luma.shape[0] // 2, luma.shape[1]), 128, np.uint8)])
-
-    def stop(self):
-        pass
-
-    def close(self):
-        pass
-"""
+STAND_IN = Path(__file__).with_name("picamera2_standin.py")
 
 VARIANTS = {"malloc as is": {}, "MALLOC_ARENA_MAX=2": {"MALLOC_ARENA_MAX": "2"}}
 
@@ -93,14 +49,18 @@ class Daemon:
     samples: list[tuple[float, float, int, int]] = field(default_factory=list)  # seconds, RSS MB, fds, threads
 
 
-def write_stand_in(work: Path, faces: int) -> Path:
+def write_stand_in(work: Path, args: argparse.Namespace) -> Path:
+    """The picamera2 stand-in (bench/picamera2_standin.py) with its frames: each face held `hold` s, on the left
+    or right in turn, then `gap` s of the empty room."""
     package = work / "stand_in" / "picamera2"
     package.mkdir(parents=True)
-    (package / "__init__.py").write_text(textwrap.dedent(STAND_IN))
-    images, _ = balanced_sample("PublicTest", (faces + 6) // 7, seed=0, shuffle=True)
-    grey = [face_frame(face, "right" if i % 2 else "left")[:, :, 0] for i, face in enumerate(images[:faces])]
+    shutil.copyfile(STAND_IN, package / "__init__.py")
+    images, _ = balanced_sample("PublicTest", (args.faces + 6) // 7, seed=0, shuffle=True)
+    grey = [face_frame(face, "right" if i % 2 else "left")[:, :, 0] for i, face in enumerate(images[: args.faces])]
     empty = np.full((FRAME[1], FRAME[0]), grey[0][0, 0], np.uint8)
-    np.save(work / "frames.npy", np.stack([empty, *grey]))
+    np.save(package / "frames.npy", np.stack([empty, *grey]))
+    schedule = {"hold": round(args.hold * args.fps), "gap": round(args.gap * args.fps)}
+    (package / "schedule.json").write_text(json.dumps(schedule), encoding="utf-8")
     return package.parent
 
 
@@ -112,9 +72,6 @@ def start_daemon(
         **os.environ,
         **extra_env,
         "PYTHONPATH": str(work / "stand_in"),
-        "SOAK_FRAMES": str(work / "frames.npy"),
-        "SOAK_HOLD": str(round(args.hold * args.fps)),
-        "SOAK_GAP": str(round(args.gap * args.fps)),
     }
     command = [sys.executable, "-m", "edge", "run", "--source", "picamera", "--broker", f"127.0.0.1:{port}"]
     command += ["--device-id", device, "--set", f"spool.dir={work / device}", "--set", f"source.fps={args.fps}"]
@@ -194,7 +151,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         work = Path(tmp)
-        write_stand_in(work, args.faces)
+        write_stand_in(work, args)
         with local_broker(work, kinds=("mosquitto",)) as broker:
             received, client = count_events(broker.port)
             daemons = [

@@ -10,10 +10,9 @@
 #
 # Needs: root, debootstrap, systemd-nspawn (apt-get install debootstrap systemd-container), network to the
 # Debian and PyPI archives. The container shares this machine's network; it runs mosquitto on 127.0.0.1:1883,
-# so nothing else may listen there. A stand-in only for the Pi's camera: a `picamera2` module put into the
-# installed venv that hands out a photo's grey frames at the configured rate and, while the file
-# /opt/edge-mood/standin/pause exists, never returns from capture_array, as a wedged camera does. The container
-# root is cached in --root (default /work/amd64-root).
+# so nothing else may listen there. A stand-in only for the Pi's camera: bench/picamera2_standin.py, put into
+# the installed venv, hands out a photo's grey frames and, while its `pause` file exists, never returns from
+# capture_array, as a wedged camera does. The container root is cached in --root (default /work/amd64-root).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,7 +26,7 @@ while [ $# -gt 0 ]; do
     case $1 in
         --root) CACHE=$2; shift ;;
         --model) MODEL=$2; shift ;;
-        -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -101,54 +100,7 @@ done
 in_box() { nsenter -t "$init" -a /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "$@"; }
 stage "booted: $(in_box systemctl --version | head -1), $(in_box systemctl is-system-running)"
 
-# 3. The stand-in camera: picamera2's calls that edge/sources.py makes, frames from the photo.
-mkdir -p "$work/picamera2"
-cat >"$work/picamera2/__init__.py" <<'PY'
-import os, time
-
-import cv2
-import numpy as np
-
-STANDIN = "/opt/edge-mood/standin"
-
-
-class Picamera2:
-    @staticmethod
-    def global_camera_info():
-        return [{"Model": "nspawn stand-in"}]
-
-    def __init__(self, camera_num=0):
-        self._photo = cv2.imread(os.path.join(STANDIN, "photo.jpg"), cv2.IMREAD_GRAYSCALE)
-
-    def create_video_configuration(self, main, controls, queue):
-        self._period = 1.0 / controls["FrameRate"]
-        return {"main": dict(main)}
-
-    def align_configuration(self, config):
-        pass
-
-    def configure(self, config):
-        width, height = config["main"]["size"]
-        luma = cv2.resize(self._photo, (width, height))
-        self._yuv = np.concatenate([luma, np.full((height // 2, width), 128, np.uint8)])
-
-    def start(self):
-        pass
-
-    def capture_array(self, stream):
-        while os.path.exists(os.path.join(STANDIN, "pause")):  # wedged: the call does not return
-            time.sleep(0.1)
-        time.sleep(self._period)
-        return self._yuv.copy()
-
-    def stop(self):
-        pass
-
-    def close(self):
-        pass
-PY
-
-# 4. Install from a copy of this checkout, then point the config at the stream (and the model).
+# 3. Install from a copy of this checkout, then point the config at the stand-in camera (and the model).
 rm -rf "$ROOTFS/root/edge-mood"
 mkdir -p "$ROOTFS/root/edge-mood"
 git -C "$REPO" ls-files -z --cached --others --exclude-standard |
@@ -162,14 +114,20 @@ if [ -n "$MODEL" ]; then
     cp "$MODEL" "${MODEL%.onnx}".*onnx "${MODEL%.onnx}.json" "$ROOTFS/opt/edge-mood/models/" 2>/dev/null || true
     model_setting="s#^path = \"\"#path = \"/opt/edge-mood/models/$(basename "$MODEL")\"#;"
 fi
+# The stand-in camera (bench/picamera2_standin.py) in the installed venv, showing the photo without end.
 site=$(in_box /opt/edge-mood/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-cp -r "$work/picamera2" "$ROOTFS$site/"
-mkdir -p "$ROOTFS/opt/edge-mood/standin"
-cp "$PHOTO" "$ROOTFS/opt/edge-mood/standin/photo.jpg"
+standin=$site/picamera2
+mkdir -p "$ROOTFS$standin"
+cp "$REPO/bench/picamera2_standin.py" "$ROOTFS$standin/__init__.py"
+cp "$PHOTO" "$ROOTFS$standin/photo.jpg"
+in_box /opt/edge-mood/venv/bin/python -c "import cv2, numpy as np
+grey = cv2.resize(cv2.imread('$standin/photo.jpg', cv2.IMREAD_GRAYSCALE), (640, 480))
+np.save('$standin/frames.npy', np.stack([grey, grey]))"
+echo '{"hold": 1, "gap": 0}' >"$ROOTFS$standin/schedule.json"
 in_box sed -i "s#^uri = .*#uri = \"picamera\"#; $model_setting" /etc/edge-mood/config.toml
 stage "systemd/install.sh --no-start, config edited"
 
-# 5. Start it as a user would; it must publish under the sandbox.
+# 4. Start it as a user would; it must publish under the sandbox.
 in_box systemctl enable --now edge-mood.service 2>&1 | sed 's/^/    /' ||
     fail "did not start: $(in_box journalctl -u edge-mood -n 20 --no-pager -o cat)"
 pid=$(in_box systemctl show -p MainPID --value edge-mood)
@@ -184,14 +142,14 @@ echo "$got" | cut -c1-150 | sed 's/^/    /'
 grep -q "^edge-mood/$MACHINE/status online" <<<"$got" || fail "no retained online status"
 stage "enable --now: active, sandboxed, publishing"
 
-# 6. The camera wedges: the pings stop, the watchdog (WatchdogSec=30s) stops the daemon cleanly, systemd
+# 5. The camera wedges: the pings stop, the watchdog (WatchdogSec=30s) stops the daemon cleanly, systemd
 # restarts it, and once the camera works again it is active.
-touch "$ROOTFS/opt/edge-mood/standin/pause"
+touch "$ROOTFS$standin/pause"
 for _ in $(seq 120); do
     [ "$(in_box systemctl show -p NRestarts --value edge-mood)" -ge 1 ] && break
     sleep 1
 done
-rm -f "$ROOTFS/opt/edge-mood/standin/pause"
+rm -f "$ROOTFS$standin/pause"
 journal=$(in_box journalctl -b -u edge-mood --no-pager -o cat)
 grep -E 'no frame for|Watchdog timeout|received SIGTERM|Fatal Python error|Traceback|Failed with result' \
     <<<"$journal" | sed 's/^/    /' || true
@@ -206,7 +164,7 @@ done
 [ "$(in_box systemctl is-active edge-mood)" = active ] || fail "not active again after the camera came back"
 stage "wedged camera: watchdog stops it cleanly, restart, active again"
 
-# 7. systemctl stop: exit 0 and a retained "offline".
+# 6. systemctl stop: exit 0 and a retained "offline".
 in_box systemctl stop edge-mood
 result=$(in_box systemctl show -p Result -p ExecMainStatus edge-mood | tr '\n' ' ')
 echo "    $result"
@@ -215,7 +173,7 @@ status=$(timeout 10 nsenter -t "$init" -a mosquitto_sub -h localhost -t "edge-mo
 [ "$status" = offline ] || fail "retained status is '$status', not offline"
 stage "systemctl stop: exit 0, retained offline"
 
-# 8. Uninstall keeps config and spool; purge removes them.
+# 7. Uninstall keeps config and spool; purge removes them.
 in_box /root/edge-mood/systemd/uninstall.sh | sed 's/^/    /'
 in_box test -f /etc/edge-mood/config.toml || fail "uninstall removed the config"
 in_box test -d /var/lib/private/edge-mood || fail "uninstall removed the spool"
