@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+from edge.config import service_can_read
 from edge.contract import ModelCard, card_path_for, file_sha256, load_card
 from edge.errors import ModelError
 from edge.illumination import normalise_illumination
@@ -45,7 +47,7 @@ def _expected_sha256(path: Path, precision: str | None, card: ModelCard, card_pa
     """The card's sha256 belongs to its main model (<card>.onnx); variants may carry their own."""
     if path.resolve() == card_path.with_suffix(".onnx").resolve():
         return card.sha256
-    return card.raw.get("variant_sha256", {}).get(precision) if precision else None
+    return card.variant_sha256.get(precision) if precision else None
 
 
 class ExpressionModel:
@@ -79,6 +81,8 @@ class ExpressionModel:
                 f"expression model {path} not found; fix the model path, or build one with "
                 f"`quantize build` (it writes the .onnx and its .json card)"
             )
+        if not os.access(path, os.R_OK):
+            raise ModelError(f"expression model {path} cannot be read (permission denied); {service_can_read(path)}")
         card_path = card_path_for(path)
         card = load_card(card_path)
         variants = {p: f for p, f in _variant_files(card, card_path).items() if p in ("int8", "fp32")}

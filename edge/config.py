@@ -309,13 +309,14 @@ class Config:
         return self._environ.get(PASSWORD_ENV) or None
 
 
-def service_can_read(path: Path) -> str:
-    """The fix for a file the daemon may not read. The service runs as a throwaway user whose only way to
-    files under /etc is this group (systemd/edge-mood.service)."""
-    return (
-        f"the service reads files as group {SERVICE_GROUP}: sudo chgrp {SERVICE_GROUP} {path} && sudo chmod 0640 "
-        f"{path} (or run edge as a user who may read it)"
-    )
+def service_can_read(path: Path | str) -> str:
+    """The fix for a file or folder the daemon may not read. The service runs as a throwaway user whose only
+    way to files under /etc is this group (systemd/edge-mood.service)."""
+    if Path(path).is_dir():
+        grant = f"sudo chgrp -R {SERVICE_GROUP} {path} && sudo chmod -R g+rX {path}"
+    else:
+        grant = f"sudo chgrp {SERVICE_GROUP} {path} && sudo chmod 0640 {path}"
+    return f"the service reads files as group {SERVICE_GROUP}: {grant} (or run edge as a user who may read it)"
 
 
 # Section name -> its typed class, read from Config's annotations.
@@ -371,7 +372,20 @@ def _coerce(section: str, key: str, spec: Key, value: Any) -> Any:
         raise _bad(section, key, value, allowed)
     if spec.check and not spec.check(value):
         raise _bad(section, key, value, allowed)
+    if spec.is_path and isinstance(value, str) and value and (why := home_unknown(value)):
+        raise ConfigError(f"config {section}.{key} = {value!r}: {why}")
     return value
+
+
+def home_unknown(path: str) -> str | None:
+    """Why `~user/...` in `path` cannot be expanded on this machine (no such user), with the fix; else None. A
+    config copied from another machine (a Pi's `~pi/...`) names a user this one may not have."""
+    try:
+        Path(path).expanduser()
+    except RuntimeError:
+        user = path[1:].split("/", 1)[0]
+        return f"there is no user {user!r} here for ~{user} to stand for; write the full path"
+    return None
 
 
 def _coerce_list(section: str, key: str, spec: Key, value: Any) -> tuple[str, ...]:
@@ -421,12 +435,16 @@ def load_config(
     if path is not None:
         data = _read_toml(path)
         for section, table in data.items():
+            if not isinstance(table, dict):  # `host = "x"` above every [section] header
+                owners = [name for name, keys in SCHEMA.items() if section in keys]
+                raise ConfigError(
+                    f"config key {section!r} in {path} stands above every [section]; move it under "
+                    f"{' or '.join(f'[{name}]' for name in owners) or 'its section'}"
+                )
             if section not in SCHEMA:
                 raise ConfigError(
                     f"config section [{section}] in {path} is unknown; known sections: {', '.join(SCHEMA)}"
                 )
-            if not isinstance(table, dict):
-                raise ConfigError(f"config [{section}] in {path} must be a table of keys")
             layers += [(section, key, _beside(path, section, key, value), "") for key, value in table.items()]
     env = os.environ if environ is None else environ
     for name, value in env.items():

@@ -83,6 +83,7 @@ class ModelCard:
     sha256: str | None = None
     # Other precisions of the same model shipped beside it: {"fp32": "x.fp32.onnx", "int8": "x.onnx"}.
     variants: dict[str, str] = field(default_factory=dict)
+    variant_sha256: dict[str, str] = field(default_factory=dict)  # precision -> hash of that variant's file
     precision: str | None = None
     illumination: str = "none"
     # Where the five landmarks land in the model's input, as fractions of its width and height; None: the crop
@@ -168,6 +169,11 @@ def parse_card(data: dict[str, Any], path: Path) -> ModelCard:
     variants = data.get("variants", {})
     if not (isinstance(variants, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in variants.items())):
         raise _fail(path, "`variants` must map precision names to file names")
+    sha256, variant_sha256 = data.get("sha256"), data.get("variant_sha256", {})
+    if not (sha256 is None or _is_hex_digest(sha256)):
+        raise _fail(path, f"`sha256` must be 64 hex digits, got {sha256!r}")
+    if not (isinstance(variant_sha256, dict) and all(_is_hex_digest(v) for v in variant_sha256.values())):
+        raise _fail(path, "`variant_sha256` must map precision names to 64 hex digits each")
     return ModelCard(
         labels=list(labels),
         channels=channels,
@@ -178,13 +184,18 @@ def parse_card(data: dict[str, Any], path: Path) -> ModelCard:
         std=[float(v) for v in std],
         crop_margin=float(margin),
         name=str(data.get("name") or path.stem),
-        sha256=data.get("sha256"),
+        sha256=sha256,
         variants=dict(variants),
+        variant_sha256=dict(variant_sha256),
         precision=data.get("precision"),
         illumination=illumination,
         align_template=template,
         raw=data,
     )
+
+
+def _is_hex_digest(value: Any) -> bool:
+    return isinstance(value, str) and re.fullmatch(r"[0-9a-fA-F]{64}", value) is not None
 
 
 def id_slug(text: str) -> str:
@@ -220,6 +231,9 @@ def load_card(path: Path) -> ModelCard:
     """Read and validate a card file."""
     try:
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        byte = exc.object[exc.start]
+        raise _fail(path, f"not UTF-8 text (byte {byte:#04x} at offset {exc.start}); save it as UTF-8") from None
     except FileNotFoundError:
         raise ModelError(
             f"model card {path} not found; every model needs its card beside it "

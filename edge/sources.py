@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import cv2
 import numpy as np
 
+from edge.config import home_unknown, service_can_read
 from edge.contract import IMAGE_SUFFIXES
 from edge.errors import SourceError
 from edge.frame_limit import FrameTooLarge, decode_bounded, limit_text, shrunk
@@ -56,7 +57,10 @@ class FrameSource(Protocol):
 
 def hide_password(url: str) -> str:
     """Stream URLs often carry credentials; keep them out of logs and status payloads."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # not a URL (open_source says so); still keep a password out of the log
+        return re.sub(r"(//[^/@]*?:)[^/@]*@", r"\1***@", url)
     if parts.password is None:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
@@ -190,6 +194,11 @@ class ImageFilesSource:
         while self._next < len(self._paths):
             path = self._paths[self._next]
             self._next += 1
+            if not os.access(path, os.R_OK):
+                self.corrupt += 1
+                fix = service_can_read(path)
+                logger.warning("skipping image %s: cannot be read (permission denied); %s", path, fix)
+                continue
             try:
                 image, note = _decode_image(path)
             except FrameTooLarge as exc:
@@ -274,7 +283,11 @@ def open_source(spec: str, width: int = 640, height: int = 480, fps: float = 15.
         return PiCameraSource(int(camera.group(1) or 0), width, height, fps)
     if spec.isdigit() or spec.startswith("/dev/"):
         return _open_v4l2(spec, width, height, fps)
-    if urlsplit(spec).scheme.lower() in STREAM_SCHEMES:
+    try:
+        scheme = urlsplit(spec).scheme.lower()
+    except ValueError as exc:  # e.g. an unclosed [ of an IPv6 address
+        raise SourceError(f"source {hide_password(spec)!r} is not a valid URL ({exc}); {SOURCE_HELP}") from None
+    if scheme in STREAM_SCHEMES:
         return _open_stream(spec, fps)
     if any(char in spec for char in "*?["):  # glob syntax
         paths = _image_paths(glob.glob(os.path.expanduser(spec)))
@@ -284,7 +297,11 @@ def open_source(spec: str, width: int = 640, height: int = 480, fps: float = 15.
                 f"does not expand it) or {SOURCE_HELP}"
             )
         return ImageFilesSource(paths, f"{len(paths)} images matching {spec!r}", fps)
+    if why := home_unknown(spec):
+        raise SourceError(f"source {spec!r}: {why}")
     path = Path(spec).expanduser()
+    if (path.is_dir() or path.is_file()) and not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+        raise SourceError(f"source {path} cannot be read (permission denied); {service_can_read(path)}")
     if path.is_dir():
         paths = _image_paths([str(p) for p in path.iterdir()])
         if not paths:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import cv2
@@ -142,6 +143,14 @@ def test_corrupt_onnx(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:60])  # a download cut short
     message = one_line_error(path)
     assert "not a valid ONNX model" in message and str(path) in message
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
+def test_a_model_the_daemon_may_not_read_is_not_called_corrupt(tmp_path: Path) -> None:
+    path = write_tiny_model(tmp_path)
+    path.chmod(0o000)
+    message = one_line_error(path)
+    assert "cannot be read (permission denied)" in message and "chgrp edge-mood-config" in message
 
 
 def test_changed_file_fails_the_sha256_check(tmp_path: Path) -> None:

@@ -61,6 +61,8 @@ def test_layers_apply_in_order(tmp_path):
         ("[camera]\nx = 1\n", "config section [camera]"),
         ("[mqtt]\nhots = 'x'\n", "config key mqtt.hots is unknown"),
         ("[mqtt\n", "is not valid TOML"),
+        ('host = "broker.lan"\n[mqtt]\n', "config key 'host' in "),
+        ('[spool]\ndir = "~nosuchuser9/state"\n', "spool.dir = '~nosuchuser9/state': there is no user 'nosuchuser9'"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(tmp_path, text, expected):

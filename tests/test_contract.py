@@ -88,6 +88,29 @@ def test_a_bad_illumination_or_template_is_named(tmp_path, section, value, compl
         save_card(card, tmp_path / "m.json")
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "complaint"),
+    [
+        ("sha256", 12345, "`sha256` must be 64 hex digits, got 12345"),
+        ("sha256", "363f493e6bd6", "`sha256` must be 64 hex digits"),
+        ("variant_sha256", ["f" * 64], "`variant_sha256` must map precision names to 64 hex digits"),
+        ("variant_sha256", {"fp32": None}, "`variant_sha256` must map precision names to 64 hex digits"),
+    ],
+)
+def test_a_fingerprint_that_is_no_sha256_is_named(tmp_path, field, value, complaint):
+    card = {**_card(tmp_path, list(CANONICAL_LABELS)), field: value}
+    (tmp_path / "m.json").write_text(json.dumps(card))
+    with pytest.raises(ModelError, match=re.escape(complaint)):
+        load_card(tmp_path / "m.json")
+
+
+def test_a_card_saved_in_another_encoding_is_named(tmp_path):
+    card = {**_card(tmp_path, list(CANONICAL_LABELS)), "name": "gem\u00fct"}
+    (tmp_path / "m.json").write_bytes(json.dumps(card, ensure_ascii=False).encode("latin-1"))
+    with pytest.raises(ModelError, match=r"m\.json: not UTF-8 text \(byte 0xfc at offset \d+\); save it as UTF-8"):
+        load_card(tmp_path / "m.json")
+
+
 def test_illumination_needs_a_gray_input(tmp_path):
     card = _card(tmp_path, list(CANONICAL_LABELS))
     card["input"] = {**card["input"], "shape": [1, 3, 48, 48], "color": "rgb", "illumination": "equalize"}

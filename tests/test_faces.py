@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -127,6 +128,15 @@ def test_corrupt_yunet_file_is_refused_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(ModelError) as caught:
         make_detector("auto", search_dirs=[tmp_path])
     assert "not a YuNet face detector ONNX" in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
+def test_a_yunet_file_the_daemon_may_not_read_is_not_called_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "face_detection_yunet_2023mar.onnx"
+    path.write_bytes(b"a model the service may not read")
+    path.chmod(0o000)
+    with pytest.raises(ModelError, match=r"cannot be read \(permission denied\); .*chgrp edge-mood-config"):
+        make_detector("yunet", yunet_path=path)
 
 
 def test_another_onnx_model_named_as_yunet_is_refused_at_start_naming_the_key(tmp_path: Path) -> None:

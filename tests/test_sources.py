@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from pathlib import Path
 
 import cv2
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 from edge.errors import SourceError
-from edge.sources import FrameSource, open_source
+from edge.sources import FrameSource, hide_password, open_source
 
 LEVEL_STEP = 10  # brightness per frame number; survives lossy compression (error < 5)
 
@@ -116,6 +117,40 @@ def test_empty_folder_and_undecodable_video_are_refused(tmp_path: Path) -> None:
     broken.write_bytes(b"\x00" * 1000)
     with pytest.raises(SourceError, match="cannot be decoded"):
         open_source(str(broken))
+
+
+@pytest.mark.parametrize(
+    "spec, complaint",
+    [
+        ("~nosuchuser9/clip.mp4", "there is no user 'nosuchuser9' here"),
+        ("rtsp://viewer:s3cret@[cam/stream", "is not a valid URL (Invalid IPv6 URL)"),
+    ],
+)
+def test_a_path_or_url_that_cannot_be_read_as_one_is_named(spec: str, complaint: str) -> None:
+    with pytest.raises(SourceError) as caught:
+        open_source(spec)
+    assert complaint in str(caught.value) and "s3cret" not in str(caught.value)
+    assert "s3cret" not in hide_password(spec)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
+def test_a_folder_video_or_image_the_daemon_may_not_read_names_the_services_group(tmp_path: Path, caplog) -> None:
+    write_images(tmp_path / "frames", [1, 2])
+    (tmp_path / "frames").chmod(0o000)
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"\x00" * 100)
+    clip.chmod(0o000)
+    denied = r"cannot be read \(permission denied\); .*chgrp (-R )?edge-mood-config"
+    try:
+        for path in (tmp_path / "frames", clip):
+            with pytest.raises(SourceError, match=denied):
+                open_source(str(path))
+    finally:
+        (tmp_path / "frames").chmod(0o755)
+    (tmp_path / "frames" / "frame1.png").chmod(0o000)
+    with caplog.at_level(logging.WARNING):
+        assert [frame_number(f) for f in read_all(open_source(str(tmp_path / "frames")))] == [2]
+    assert "frame1.png: cannot be read (permission denied)" in caplog.text
 
 
 def test_absent_v4l2_camera_is_named() -> None:
