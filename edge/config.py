@@ -292,7 +292,7 @@ class Config:
         if self.mqtt.password_file:
             path = Path(self.mqtt.password_file).expanduser()
             try:
-                return path.read_text(encoding="utf-8").strip()
+                return path.read_text(encoding="utf-8-sig").strip()  # Notepad starts a file with a BOM
             except PermissionError:
                 raise ConfigError(
                     f"mqtt.password_file = {str(path)!r} cannot be read (permission denied); {service_can_read(path)}"

@@ -251,14 +251,35 @@ def untrusted_certificate(settings: MqttSettings, exc: ssl.SSLCertVerificationEr
     )
 
 
-def tls_port_hint(settings: MqttSettings) -> str | None:
-    """The line for plain MQTT sent to a port that speaks TLS, where that is so; None otherwise."""
-    if settings.uses_tls or not speaks_tls(settings.host, settings.port):
-        return None
-    return (
-        f"broker {settings.broker} speaks TLS on port {settings.port} but mqtt.tls is off; set mqtt.tls = true "
-        f"(and mqtt.tls_ca if needed) or use the broker's plain port (1883)"
-    )
+def tls_mismatch_hint(settings: MqttSettings) -> str | None:
+    """The line for TLS on one side only, where that is so: plain MQTT sent to a port that speaks TLS, or TLS
+    to a port that takes the connection and does not; None otherwise."""
+    tls_port = speaks_tls(settings.host, settings.port)
+    if not settings.uses_tls and tls_port:
+        return (
+            f"broker {settings.broker} speaks TLS on port {settings.port} but mqtt.tls is off; set mqtt.tls = true "
+            f"(and mqtt.tls_ca if needed) or use the broker's plain port (1883)"
+        )
+    if settings.uses_tls and not tls_port and _takes_connections(settings.host, settings.port):
+        return (
+            f"broker {settings.broker} does not speak TLS on port {settings.port} but mqtt.tls is on; use the "
+            f"broker's TLS port (8883) or set mqtt.tls = false"
+        )
+    return None
+
+
+def _takes_connections(host: str, port: int, timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def failed_tls_handshake(exc: BaseException | None) -> bool:
+    """Whether a failed connection attempt may be TLS meeting a port that does not speak it: the broker
+    resets the connection, or the handshake reads something that is not TLS."""
+    return isinstance(exc, (ConnectionResetError, ssl.SSLError)) and not isinstance(exc, ssl.SSLCertVerificationError)
 
 
 def connect_or_raise(client: mqtt.Client, settings: MqttSettings) -> None:
@@ -268,6 +289,8 @@ def connect_or_raise(client: mqtt.Client, settings: MqttSettings) -> None:
     except ssl.SSLCertVerificationError as exc:
         raise BrokerError(untrusted_certificate(settings, exc)) from None
     except OSError as exc:
+        if settings.uses_tls and failed_tls_handshake(exc) and (hint := tls_mismatch_hint(settings)):
+            raise BrokerError(hint) from None
         why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise BrokerError(
             f"broker {settings.broker} unreachable ({why}); check mqtt.host / mqtt.port "
@@ -277,7 +300,7 @@ def connect_or_raise(client: mqtt.Client, settings: MqttSettings) -> None:
 
 def no_answer_error(settings: MqttSettings) -> BrokerError:
     """A broker port that took the connection but never answered CONNECT: most often TLS on one side only."""
-    tls_hint = tls_port_hint(settings)
+    tls_hint = tls_mismatch_hint(settings)
     if tls_hint is not None:
         return BrokerError(tls_hint)
     return BrokerError(

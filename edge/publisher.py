@@ -45,8 +45,9 @@ from edge.mqtt_client import (
     SESSION_TAKEN_OVER,
     MqttSettings,
     TakeOverWatch,
+    failed_tls_handshake,
     make_client,
-    tls_port_hint,
+    tls_mismatch_hint,
     untrusted_certificate,
 )
 from edge.spool import Spool
@@ -398,15 +399,17 @@ class Publisher:
         if "lost" in self._outage_causes and _broker_gone(exc):
             return  # a broker restarting or a network gone: the "lost connection" line said so already
         why = (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__) if exc else "no answer"
+        # Per kind of failure: a broker back with a certificate we refuse is news after "refused" at boot.
+        cause = f"unreachable {type(exc).__name__}"
+        if cause in self._outage_causes:
+            return  # said already; and the TLS probe below is not worth a connection per retry
         if isinstance(exc, ssl.SSLCertVerificationError):
             line = f"{untrusted_certificate(self.settings, exc)}; spooling events and retrying"
+        elif self.settings.uses_tls and failed_tls_handshake(exc) and (hint := tls_mismatch_hint(self.settings)):
+            line = f"{hint}; spooling events and retrying"
         else:
             line = f"broker {self.settings.broker} unreachable ({why}); spooling events and retrying"
-        self._log_outage(
-            line,
-            # Per kind of failure: a broker back with a certificate we refuse is news after "refused" at boot.
-            cause=f"unreachable {type(exc).__name__}",
-        )
+        self._log_outage(line, cause=cause)
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata, _flags, reason: mqtt.ReasonCode, _props) -> None:
         with self._conn_lock:
@@ -451,7 +454,7 @@ class Publisher:
     def _handshake_failure(self) -> str:
         """The line for a broker that closed the connection before answering CONNECT."""
         settings = self.settings
-        tls_hint = tls_port_hint(settings)
+        tls_hint = tls_mismatch_hint(settings)
         if tls_hint is not None:
             return f"{tls_hint}; retrying"
         return (

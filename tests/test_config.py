@@ -103,6 +103,8 @@ def test_password_comes_from_file_or_environment_never_both(tmp_path):
     secret = tmp_path / "pw"
     secret.write_text("s3cret\n")
     assert load_config(None, {"mqtt.password_file": str(secret)}, environ={}).mqtt_password() == "s3cret"
+    secret.write_bytes(b"\xef\xbb\xbfs3cret\r\n")  # as Windows Notepad saves it
+    assert load_config(None, {"mqtt.password_file": str(secret)}, environ={}).mqtt_password() == "s3cret"
     assert load_config(None, environ={"EDGE_MOOD_MQTT_PASSWORD": "envpw"}).mqtt_password() == "envpw"
     with pytest.raises(ConfigError, match="keep one of them"):
         load_config(None, {"mqtt.password_file": str(secret)}, environ={"EDGE_MOOD_MQTT_PASSWORD": "x"})

@@ -4,6 +4,7 @@ certificates made with openssl for this test only)."""
 from __future__ import annotations
 
 import logging
+import time
 import os
 from pathlib import Path
 
@@ -110,6 +111,17 @@ def test_tls_with_a_foreign_ca_keeps_retrying_with_one_line(broker_factory, pki,
     wait_until(lambda: failed(), "the certificate's line")
     assert len(failed()) == 1 and "mqtt.tls_ca must name the CA that signed it" in failed()[0]
     assert publisher.spool.depth == 1
+
+
+def test_tls_sent_to_a_plain_port_says_so_once_and_keeps_the_events(broker, make_publisher, caplog):
+    publisher = make_publisher(broker, tls=True)
+    publisher.spool.append(sample_event(0))
+    publisher.wake()
+    said = lambda: [r.getMessage() for r in caplog.records if "does not speak TLS" in r.getMessage()]  # noqa: E731
+    wait_until(lambda: said(), "the plain port's line")
+    assert "mqtt.tls is on; use the broker's TLS port (8883) or set mqtt.tls = false" in said()[0]
+    time.sleep(3)  # retries go on, without a line each
+    assert len(said()) == 1 and publisher.spool.depth == 1
 
 
 def test_tls_insecure_skips_only_the_host_name_check(broker_factory, pki, make_publisher, caplog):

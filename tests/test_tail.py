@@ -165,6 +165,12 @@ def test_a_broker_that_speaks_tls_while_tls_is_off_is_one_clear_error(broker_fac
     assert "lost connection" not in capfd.readouterr().err, "a connection that never came up was not lost"
 
 
+def test_tls_sent_to_a_plain_port_is_one_clear_error(broker):
+    """Such a port takes the connection and resets it: the broker is running, and the line must say what is wrong."""
+    with pytest.raises(BrokerError, match=r"does not speak TLS on port \d+ but mqtt.tls is on; use the broker's TLS"):
+        run_tail(settings(broker, tls=True), count=1)
+
+
 def test_a_certificate_it_cannot_trust_names_mqtt_tls_ca(broker_factory, pki):
     broker = tls_broker(broker_factory, pki)
     with pytest.raises(BrokerError, match=r"certificate is not trusted .*mqtt.tls_ca must name the CA that signed"):
