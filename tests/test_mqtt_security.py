@@ -4,8 +4,8 @@ certificates made with openssl for this test only)."""
 from __future__ import annotations
 
 import logging
-import time
 import os
+import time
 from pathlib import Path
 
 import pytest
