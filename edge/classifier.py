@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edge.config import service_can_read
-from edge.contract import ModelCard, card_path_for, file_sha256, load_card
+from edge.contract import ModelCard, card_path_for, file_sha256, first_line, load_card
 from edge.errors import ModelError
 from edge.illumination import normalise_illumination
 
@@ -146,7 +146,7 @@ class ExpressionModel:
         try:
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own pybind types for bad files
-            reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            reason = first_line(exc)
             raise ModelError(f"{path} is not a valid ONNX model ({reason}); {REBUILD_HINT}") from None
         sha256 = file_sha256(path)
         expected = _expected_sha256(path, precision, card, card_path)

@@ -50,6 +50,12 @@ class UserError(Exception):
     exit_status = 2
 
 
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """An exception's text cut to one line for a one-line error: a library's can run to pages, or be empty."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__
+
+
 class ModelError(UserError):
     """The expression model or its card is missing, corrupt or inconsistent."""
 

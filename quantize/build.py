@@ -41,7 +41,7 @@ from quantize.errors import QuantizeError
 from quantize.evaluate import Evaluation, evaluate_onnx, save_confusion_png
 from quantize.export import ExportReport, export_student
 from quantize.int8 import DEFAULT_MAX_DROP, calibration_faces, check_accuracy_drop, quantize_onnx
-from quantize.outputs import StagedOutputs, check_output
+from quantize.outputs import StagedOutputs, check_folder, check_output
 from quantize.report import render_report, save_training_png
 from quantize.student import Student, views_label, zoom_crop
 from quantize.student_file import student_meta
@@ -262,6 +262,8 @@ def _calibrated(
 def build(opts: BuildOptions, log: Log = print) -> list[Path]:
     """Run the chain; returns the files written."""
     folder, name = output_name(opts.out)
+    work_dir = opts.work_dir or folder / f"{name}.work"
+    check_folder(work_dir, "--work-dir")
     for zoom in opts.zoom_views:  # refused now, not after hours of training
         zoom_crop(opts.distill.input_size, zoom)
     cache_dir = opts.cache_dir or default_cache_dir()
@@ -285,7 +287,7 @@ def build(opts: BuildOptions, log: Log = print) -> list[Path]:
         train,
         loaded,
         opts.distill,
-        work_dir=opts.work_dir or folder / f"{name}.work",
+        work_dir=work_dir,
         cache_dir=cache_dir,
         device=opts.device,
         progress=opts.progress,

@@ -21,6 +21,7 @@ from quantize.cli_options import (
     add_int8_options,
     add_test_time_view_options,
     add_train_teacher_options,
+    count,
 )
 
 # Packages of the [quantize] extra; a missing one is an installation problem, not a bug.
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="FER2013 CSV or image folder")
     p.add_argument("--split", default="test", help="split to evaluate (default %(default)s)")
     p.add_argument("--png", type=Path, default=None, help="also save the confusion matrix as this PNG")
-    p.add_argument("--latency-runs", type=int, default=200, help="timed single-face runs, 0 to skip")
+    p.add_argument("--latency-runs", type=count, default=200, help="timed single-face runs, 0 to skip")
     p.add_argument(
         "--yunet",
         type=Path,

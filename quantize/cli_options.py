@@ -9,6 +9,30 @@ import argparse
 from pathlib import Path
 
 
+def count(text: str) -> int:
+    """An option counting things, where 0 means none: refused below 0 (argparse names the option)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return value
+
+
+def positive_count(text: str) -> int:
+    """An option counting things that must be at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def points(text: str) -> float:
+    """Accuracy points, 0 or more."""
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value:g} must be 0 or more accuracy points")
+    return value
+
+
 def add_device_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device",
@@ -208,7 +232,7 @@ def add_int8_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--max-drop",
-        type=float,
+        type=points,
         default=DEFAULT_MAX_DROP,
         help="refuse INT8 if its top-1 is more than this many points below FP32 (default %(default)s)",
     )
@@ -218,7 +242,7 @@ def add_int8_options(p: argparse.ArgumentParser) -> None:
         default="test",
         help="split for accuracy and the INT8 gate (default %(default)s = PublicTest for FER2013)",
     )
-    g.add_argument("--latency-runs", type=int, default=200, help="timed single-face runs (default %(default)s)")
+    g.add_argument("--latency-runs", type=count, default=200, help="timed single-face runs (default %(default)s)")
 
 
 def add_test_time_view_options(p: argparse.ArgumentParser) -> None:
@@ -296,11 +320,11 @@ def add_train_teacher_options(parser: argparse.ArgumentParser) -> None:
         help="autocast precision (default: bf16, fp16 on GPUs without bf16)",
     )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    parser.add_argument("--limit", type=int, default=None, help="train on this many faces only (smoke runs)")
+    parser.add_argument("--limit", type=positive_count, default=None, help="train on this many faces only (smoke runs)")
     parser.add_argument("--skip-corrupt", action="store_true", help="leave out unreadable images instead of failing")
     parser.add_argument(
         "--stop-after-epochs",
-        type=int,
+        type=positive_count,
         default=None,
         help="end this run after N epochs; rerun the same command to continue",
     )

@@ -188,7 +188,7 @@ def run_train_teacher(args: argparse.Namespace) -> int:
 def run_distill(args: argparse.Namespace) -> int:
     from quantize.card import dataset_record
     from quantize.distill import distill
-    from quantize.outputs import check_output
+    from quantize.outputs import check_folder, check_output
     from quantize.student_file import save_student
     from quantize.training_data import default_cache_dir, load_training_data, training_teacher_views
 
@@ -196,6 +196,8 @@ def run_distill(args: argparse.Namespace) -> int:
     cfg.check()
     device = _device(args)
     check_output(args.out)
+    work_dir = args.work_dir or args.out.with_name(args.out.name + ".work")
+    check_folder(work_dir, "--work-dir")
     cache_dir = args.cache_dir or default_cache_dir()
     data = load_training_data(args.data, None, _face_options(args), cache_dir, log)
     teachers = _load_teachers(args, device)
@@ -204,7 +206,7 @@ def run_distill(args: argparse.Namespace) -> int:
         data.train,
         teachers,
         cfg,
-        work_dir=args.work_dir or args.out.with_name(args.out.name + ".work"),
+        work_dir=work_dir,
         cache_dir=cache_dir,
         device=device,
         progress=sys.stderr.isatty(),

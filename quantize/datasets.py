@@ -20,7 +20,7 @@ import numpy as np
 from edge.contract import CANONICAL_LABELS, IMAGE_SUFFIXES
 from quantize.errors import QuantizeError
 from quantize.labels import is_other_class, map_label_name
-from quantize.outputs import write_atomically
+from quantize.outputs import read_cache, write_atomically
 
 SIZE = 48
 # Requested split -> FER2013 Usage value.
@@ -220,12 +220,10 @@ def _cache_file(path: Path) -> Path:
 
 def _parsed_csv(path: Path, cache: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     cache_file = _cache_file(path) if cache else None
-    if cache_file is not None and cache_file.exists():
-        try:
-            with np.load(cache_file) as z:
-                return z["images"], z["labels"], z["usage"], [str(u) for u in z["usage_names"]]
-        except (OSError, ValueError, KeyError):
-            pass  # damaged cache: parse again and overwrite it
+    cached = read_cache(cache_file, ("images", "labels", "usage", "usage_names"))
+    if cached is not None:
+        images, labels, usage, usage_names = cached
+        return images, labels, usage, [str(u) for u in usage_names]
     parsed = _parse_csv(path)
     if cache_file is not None:
         _write_cache(cache_file, *parsed)

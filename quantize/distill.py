@@ -19,6 +19,7 @@ distillation again resumes it (quantize.distill_checkpoint).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,7 @@ from quantize.datasets import FaceSet, stratified_split
 from quantize.distill_checkpoint import Checkpoint, Progress, run_identity
 from quantize.distill_config import DistillConfig, autocast_dtype
 from quantize.distill_loss import class_weights, distillation_loss
+from quantize.errors import QuantizeError
 from quantize.mixup import mix_batch, mixing_rng
 from quantize.student import Student, build_student
 from quantize.student_augment import StudentAugmentation
@@ -102,6 +104,11 @@ def distill(
             break
         started = time.monotonic()
         entry = run.train_epoch(epoch, groups, progress)
+        if not math.isfinite(entry["loss"]):  # nothing after this epoch could be kept: stop before saving it
+            raise QuantizeError(
+                f"training diverged in epoch {epoch} (loss {entry['loss']}); lower --lr (this run: "
+                f"{settings['lr']:g}) or check the teachers, and run again"
+            )
         if val is not None:
             entry.update(run.validate())
         entry["seconds"] = round(time.monotonic() - started, 1)

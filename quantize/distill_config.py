@@ -71,7 +71,8 @@ class DistillConfig:
                 f"--weight-decay {self.weight_decay} must be 0 or more (default 0.05 for AdamW, 5e-4 for SGD)",
             ),
             (self.seed >= 0, f"--seed {self.seed} must be 0 or more"),
-            (self.temperature > 0, "temperature must be positive"),
+            (0 < self.temperature <= 100, f"--temperature {self.temperature} must lie in (0, 100]; 4 is usual"),
+            (self.patience >= 0, f"--patience {self.patience} must be 0 (off) or more"),
             (0.0 <= self.alpha <= 1.0, f"alpha {self.alpha} must lie between 0 and 1"),
             (0.0 <= self.label_smoothing < 1.0, "label smoothing must lie in [0, 1)"),
             (

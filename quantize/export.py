@@ -18,11 +18,13 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from edge.contract import first_line
 from quantize.errors import QuantizeError
 from quantize.student import Student, ViewAveraged, fold_batchnorm
 from quantize.training import to_memory_format
 
 PARITY_ATOL = 1e-4
+DIVERGED_LOGIT = 1e4  # a trained classifier's logits stay within tens; far beyond, training blew up
 OPSET = 18
 EXPORTERS = ("dynamo", "legacy")
 
@@ -73,6 +75,14 @@ def parity(path: Path, model: torch.nn.Module, sample: np.ndarray) -> float:
         for batch in (sample, sample[:1]):
             expected = model(torch.from_numpy(batch)).numpy()
             got = session.run(["logits"], {"input": batch})[0]
+            # NaN - NaN compares as no difference, and logits in the millions differ by rounding alone: neither
+            # is a model to export, and neither is the exporter's fault.
+            largest = float(np.abs(expected).max())
+            if not largest <= DIVERGED_LOGIT:
+                raise QuantizeError(
+                    f"the student's logits reach {largest:.3g}: its training diverged; distill it again with a "
+                    "lower --lr"
+                )
             worst = max(worst, float(np.abs(got - expected).max()))
     return worst
 
@@ -106,8 +116,7 @@ def export_student(
             path.unlink(missing_ok=True)
             raise OSError(exc.errno, exc.strerror, exc.filename or str(path)) from None
         except Exception as exc:  # exporter internals raise many types; the next exporter may still work
-            first_line = (str(exc).strip().splitlines() or [""])[0][:160]
-            failures.append(f"{name}: {type(exc).__name__}: {first_line}")
+            failures.append(f"{name}: {type(exc).__name__}: {first_line(exc)}")
             continue
         diff = parity(path, reference, sample)
         if diff < PARITY_ATOL:

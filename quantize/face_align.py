@@ -26,7 +26,7 @@ from edge.faces import YuNetDetector
 from quantize.datasets import FaceSet
 from quantize.digest import faces_fingerprint
 from quantize.errors import QuantizeError
-from quantize.outputs import write_cache
+from quantize.outputs import read_cache, write_cache
 
 ENLARGE = 3
 BORDER = 24  # pixels of replicated border around the enlarged face, so the detector sees its edges
@@ -56,14 +56,10 @@ def detect_landmarks(
     key = hashlib.sha256(
         f"{CACHE_VERSION}|{file_sha256(yunet)}|{faces_fingerprint(faces.images, faces.labels)}".encode()
     ).hexdigest()[:24]
-    cache_file = cache_dir / f"landmarks-{key}.npy" if cache_dir else None
-    if cache_file is not None and cache_file.is_file():
-        try:
-            cached = np.load(cache_file)
-            if cached.shape == (len(faces), LANDMARKS, 2):
-                return cached
-        except (OSError, ValueError):
-            pass  # damaged cache: detect again and overwrite it
+    cache_file = cache_dir / f"landmarks-{key}.npz" if cache_dir else None
+    cached = read_cache(cache_file, ("points",))
+    if cached is not None and cached[0].shape == (len(faces), LANDMARKS, 2):
+        return cached[0]
     side = faces.images.shape[1] * ENLARGE + 2 * BORDER
     detector = _yunet_detector(yunet, side)
     points = np.full((len(faces), LANDMARKS, 2), np.nan, np.float32)
@@ -77,7 +73,7 @@ def detect_landmarks(
     found_share = float(np.isfinite(points[:, 0, 0]).mean())
     log(f"landmarks: YuNet found {found_share * 100:.1f}% of {len(faces)} {faces.split} faces")
     if cache_file is not None:
-        write_cache(cache_file, lambda f: np.save(f, points), "the landmarks", log)
+        write_cache(cache_file, lambda f: np.savez(f, points=points), "the landmarks", log)
     return points
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
+
+import numpy as np
 
 from quantize.errors import QuantizeError
 
@@ -45,6 +48,19 @@ def write_cache(path: Path, write: Callable[[BinaryIO], object], what: str, log:
         )
 
 
+def read_cache(path: Path | None, names: tuple[str, ...]) -> tuple[np.ndarray, ...] | None:
+    """The arrays `names` of a cache file written by write_cache with np.savez; None when there is none or
+    it is damaged (a run killed mid-write by a full disk, a file cut short), so the caller computes them again
+    and overwrites it."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        with np.load(path) as stored:
+            return tuple(stored[name] for name in names)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -56,15 +72,20 @@ def check_output(out: Path) -> None:
     folder, or its folder cannot be created or written (creates nothing)."""
     if Path(out).is_dir():
         raise QuantizeError(f"--out {out} is a folder; name the output inside it, e.g. --out {Path(out) / 'NAME'}")
-    folder = Path(out).parent
-    existing = folder.absolute()
+    check_folder(Path(out).parent, "--out")
+
+
+def check_folder(folder: Path, option: str) -> None:
+    """Fail now, not after hours of training, if `folder` (named by `option`) cannot be created or written
+    into (creates nothing)."""
+    existing = Path(folder).absolute()
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise QuantizeError(f"cannot write into {folder}: {existing} is a file, not a folder; choose another --out")
+        raise QuantizeError(f"cannot write into {folder}: {existing} is a file, not a folder; choose another {option}")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise QuantizeError(
-            f"cannot write into {folder}: {existing} is not writable; choose another --out or fix its permissions"
+            f"cannot write into {folder}: {existing} is not writable; choose another {option} or fix its permissions"
         )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from edge.contract import CANONICAL_LABELS
+from edge.contract import CANONICAL_LABELS, first_line
 from quantize.distill import DistillResult
 from quantize.errors import QuantizeError
 from quantize.student import Student, build_student, count_parameters
@@ -62,7 +62,7 @@ def load_student(path: Path) -> tuple[Student, dict[str, Any]]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
         raise QuantizeError(
-            f"student checkpoint {path} is unreadable ({str(exc).splitlines()[0][:120]}); distill it again"
+            f"student checkpoint {path} is unreadable ({first_line(exc, 120)}); distill it again"
         ) from None
     if not isinstance(data, dict) or data.get("format") != STUDENT_FORMAT:
         raise QuantizeError(f"{path} is not a student checkpoint written by `quantize distill`")

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edge.contract import first_line
 from quantize.archs import model_from_state_dict, unwrap_checkpoint
 from quantize.errors import QuantizeError
 from quantize.teacher_input import Preprocessing, parse_channels, preprocessing_from_spec
@@ -72,10 +73,11 @@ def open_onnx(path: Path, spec: dict[str, Any], where: str, device: str) -> Open
     providers = (
         ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
     )
+    refuse_empty(path, where)
     try:
         session = ort.InferenceSession(str(path), providers=providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types for a bad file
-        raise QuantizeError(f"{where}: onnxruntime cannot load it ({str(exc).splitlines()[0][:160]})") from None
+        raise QuantizeError(f"{where}: onnxruntime cannot load it ({first_line(exc)})") from None
     inputs = session.get_inputs()
     if len(inputs) != 1 or len(inputs[0].shape) != 4:
         raise QuantizeError(f"{where}: expected one NCHW image input, found {[(i.name, i.shape) for i in inputs]}")
@@ -146,7 +148,7 @@ def open_torch(
                 warnings.simplefilter("ignore", DeprecationWarning)
                 model: nn.Module = torch.jit.load(str(path), map_location=device)
         except Exception as exc:  # noqa: BLE001 - TorchScript raises RuntimeError subclasses of many kinds
-            raise QuantizeError(f"{where}: cannot load TorchScript ({str(exc).splitlines()[0][:160]})") from None
+            raise QuantizeError(f"{where}: cannot load TorchScript ({first_line(exc)})") from None
         backend, channels = "torchscript", None
     else:
         obj = read_checkpoint(path, where, trust_pickle)
@@ -191,11 +193,18 @@ def open_torch(
     return OpenedModel(preprocessing, forward, num_params=num_params, arch=arch, backend=backend, device=device)
 
 
+def refuse_empty(path: Path, where: str) -> None:
+    """A model file of 0 bytes (a copy or download that never got going) is named as such, not as corrupt."""
+    if path.stat().st_size == 0:
+        raise QuantizeError(f"{where}: the file is empty (0 bytes), a copy or download cut short; fetch it again")
+
+
 def read_checkpoint(
     path: Path, where: str, trust_pickle: bool = False, trust_option: str | None = "--trust-pickle"
 ) -> Any:
     """What torch.load gives for a checkpoint file; a QuantizeError saying why it cannot be read (naming
     `trust_option` for a file that pickles objects, where the command has one)."""
+    refuse_empty(path, where)
     try:
         return torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as exc:
@@ -219,4 +228,4 @@ def read_checkpoint(
         IndexError,
         TypeError,
     ) as exc:  # a damaged file fails in many ways inside torch.load
-        raise QuantizeError(f"{where}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0][:160]})") from None
+        raise QuantizeError(f"{where}: not a readable PyTorch checkpoint ({first_line(exc)})") from None

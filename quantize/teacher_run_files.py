@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edge.contract import CANONICAL_LABELS
+from edge.contract import CANONICAL_LABELS, first_line
 from quantize.archs import head_attr
 from quantize.datasets import FaceSet
 from quantize.errors import QuantizeError
@@ -90,7 +90,7 @@ class RunFiles:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: say so instead of a traceback
             raise QuantizeError(
-                f"cannot resume from {path} ({str(exc).splitlines()[0][:120]}); delete it or pass --no-resume"
+                f"cannot resume from {path} ({first_line(exc, 120)}); delete it or pass --no-resume"
             ) from None
         if state.get("version") != STATE_VERSION:
             raise QuantizeError(f"{path} is from another version of the tool; delete it or pass --no-resume")

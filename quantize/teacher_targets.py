@@ -27,7 +27,8 @@ from torch import Tensor
 from quantize.datasets import FaceSet
 from quantize.digest import faces_fingerprint
 from quantize.distill_config import DistillConfig
-from quantize.outputs import write_cache
+from quantize.errors import QuantizeError
+from quantize.outputs import read_cache, write_cache
 from quantize.teachers import Teacher
 
 CACHE_VERSION = 1
@@ -62,14 +63,9 @@ def teacher_logits(
     )
     key = hashlib.sha256(key_text.encode()).hexdigest()[:24]
     cache_file = cache_dir / f"{teacher.path.stem}-{key}.npz" if cache_dir else None
-    if cache_file is not None and cache_file.is_file():
-        try:
-            with np.load(cache_file) as z:
-                clean, mirror = z["clean"], z["mirror"]
-            if clean.shape == mirror.shape == (len(faces), len(teacher.labels)):
-                return clean, mirror
-        except (OSError, ValueError, KeyError):
-            pass  # damaged cache file: compute again and overwrite it
+    cached = read_cache(cache_file, ("clean", "mirror"))
+    if cached is not None and cached[0].shape == cached[1].shape == (len(faces), len(teacher.labels)):
+        return cached[0], cached[1]
     also = "" if teacher.mirror_averaged else " and their mirror images"
     log(f"teacher {teacher.describe()}: computing logits for {len(faces)} faces{also}")
     start = time.monotonic()
@@ -78,6 +74,12 @@ def teacher_logits(
         clean if teacher.mirror_averaged else teacher.logits(np.ascontiguousarray(faces.images[:, :, ::-1]), batch_size)
     )
     log(f"teacher {teacher.name}: {time.monotonic() - start:.0f} s")
+    broken = int((~np.isfinite(clean).all(1) | ~np.isfinite(mirror).all(1)).sum())
+    if broken:
+        raise QuantizeError(
+            f"teacher {teacher.name} answers NaN or inf for {broken} of {len(faces)} faces; its weights are "
+            "damaged or its outputs overflow (try --teacher-precision fp32), and a student would learn nothing from it"
+        )
     if cache_file is not None:
         write_cache(cache_file, lambda f: np.savez(f, clean=clean, mirror=mirror), "the teacher logits", log)
     return clean, mirror

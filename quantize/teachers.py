@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from edge.config import parse_flag
-from edge.contract import CANONICAL_LABELS, parse_align_template
+from edge.contract import CANONICAL_LABELS, first_line, parse_align_template
 from quantize.errors import QuantizeError
 from quantize.labels import is_other_class, map_label_names
 from quantize.teacher_formats import OpenedModel, open_onnx, open_torch
@@ -136,7 +136,7 @@ def _finish(path: Path, spec: Mapping[str, Any], where: str, opened: OpenedModel
     except Exception as exc:  # noqa: BLE001 - any failure of a foreign model on a valid input is the user's model
         raise QuantizeError(
             f"{where}: a forward pass on one {preprocessing.channels}x{preprocessing.size[0]}x"
-            f"{preprocessing.size[1]} input failed ({str(exc).splitlines()[0][:160]}); "
+            f"{preprocessing.size[1]} input failed ({first_line(exc)}); "
             "check the input size/channels in the spec"
         ) from None
     if probe.ndim != 2 or probe.shape[0] != 1:

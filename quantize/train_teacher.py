@@ -11,6 +11,7 @@ flip-TTA, unless --val-fraction holds out part of the training split instead.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,8 @@ def train_config(config: TrainConfig, resume: bool = True) -> TrainResult:
     for epoch in range(start_epoch, cfg.epochs):
         started = time.monotonic()
         loss, train_acc = _train_epoch(model, images, targets, optimizer, scaler, cfg, epoch, lr)
+        if not math.isfinite(loss):  # stop before this epoch's weights are saved over the last good ones
+            raise QuantizeError(f"training diverged in epoch {epoch + 1} (loss {loss}); lower --lr (this run: {lr:g})")
         val_acc = validation_top1(model, val_set, pre, device, autocast=make_autocast(cfg, for_eval=True))
         seconds = time.monotonic() - started
         entry = {

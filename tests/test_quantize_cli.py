@@ -45,6 +45,14 @@ def _one_error_line(capsys) -> str:
     return err[-1]
 
 
+def _exit_status(run) -> int:
+    """main's return value, or the status of the SystemExit argparse raises for a value it refuses."""
+    try:
+        return run()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
 def _files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if "cache" not in p.parts)
 
@@ -73,6 +81,12 @@ def _teacher(folder: Path) -> Path:
         "crop margin too tight",
         "no test split",
         "votes weight without votes",
+        "work dir is a file",
+        "empty teacher",
+        "temperature out of range",
+        "negative patience",
+        "negative max drop",
+        "negative latency runs",
     ],
 )
 def test_build_errors_are_one_line_and_write_nothing(case, data, tmp_path, capsys):
@@ -108,12 +122,26 @@ def test_build_errors_are_one_line_and_write_nothing(case, data, tmp_path, capsy
         extra = ["--votes-weight", "0.5"]
     elif case == "unreadable out":
         (tmp_path / "models").write_text("a file where the output folder should be")
+    elif case == "work dir is a file":
+        (tmp_path / "afile").write_text("not a folder")
+        extra = ["--work-dir", str(tmp_path / "afile")]
+    elif case == "empty teacher":
+        args["teacher"] = str(tmp_path / "teachers" / "empty.onnx")
+        (tmp_path / "teachers" / "empty.onnx").write_bytes(b"")  # a download that never got going
+    elif case == "temperature out of range":
+        extra = ["--temperature", "inf"]
+    elif case == "negative patience":
+        extra = ["--patience", "-2"]
+    elif case == "negative max drop":
+        extra = ["--max-drop", "-1"]
+    elif case == "negative latency runs":
+        extra = ["--latency-runs", "-5"]
     elif case == "no test split":  # split as many exports do, without FER2013's PublicTest
         splits = {"Training": synthetic_faces(8, 0), "Validation": synthetic_faces(4, 1)}
         args["data"] = str(write_fer_csv(tmp_path / "validation.csv", splits))
     before = _files(tmp_path)
     argv = ["build", "--epochs", "1", *extra, *(x for k, v in args.items() for x in (f"--{k}", v))]
-    assert main(argv) == 2
+    assert _exit_status(lambda: main(argv)) == 2
     line = _one_error_line(capsys)
     expected = {
         "no data": "missing.csv",
@@ -132,6 +160,12 @@ def test_build_errors_are_one_line_and_write_nothing(case, data, tmp_path, capsy
         "crop margin too wide": "--crop-margin 5 must lie between -0.5 and 2",
         "votes weight without votes": "--votes-weight 0.5 weighs the annotators' votes, but no --votes file is given",
         "crop margin too tight": "--crop-margin -0.5 must lie between -0.5 and 2",
+        "work dir is a file": "afile is a file, not a folder; choose another --work-dir",
+        "empty teacher": "the file is empty (0 bytes), a copy or download cut short",
+        "temperature out of range": "--temperature inf must lie in (0, 100]",
+        "negative patience": "--patience -2 must be 0 (off) or more",
+        "negative max drop": "argument --max-drop: -1 must be 0 or more accuracy points",
+        "negative latency runs": "argument --latency-runs: -5 must be 0 or more",
     }[case]
     assert expected in line
     assert _files(tmp_path) == before
@@ -155,12 +189,14 @@ def test_out_naming_a_folder_is_refused_before_any_training(command, data, tmp_p
         ("--threads", "0", "--threads 0 must be at least 1"),
         ("--votes-weight", "0.5", "--votes-weight 0.5 weighs the annotators' votes, but no --votes file is given"),
         ("--yunet", "yunet.onnx", "--yunet yunet.onnx finds the landmarks that --align aligns faces by, but --align"),
+        ("--limit", "0", "argument --limit: 0 must be at least 1"),
+        ("--stop-after-epochs", "0", "argument --stop-after-epochs: 0 must be at least 1"),
     ],
 )
 def test_train_teacher_refuses_option_values_before_reading_the_data(option, value, expected, data, tmp_path, capsys):
     out = tmp_path / "teachers" / "t.pt"
     argv = ["train-teacher", "--arch", "resnet18", "--data", str(data), "--epochs", "1", "--out", str(out)]
-    assert main([*argv, option, value]) == 2
+    assert _exit_status(lambda: main([*argv, option, value])) == 2
     assert expected in _one_error_line(capsys)
     assert _files(tmp_path) == []
 

@@ -116,6 +116,17 @@ def test_csv_parse_is_cached_and_refreshed_when_the_file_changes(tmp_path: Path,
     np.testing.assert_array_equal(reloaded.images, changed)
 
 
+@pytest.mark.parametrize("damage", [lambda data: data[: len(data) // 2], lambda data: b"", lambda data: b"junk" * 9])
+def test_a_damaged_parse_cache_is_parsed_again_and_rewritten(tmp_path: Path, _private_cache: Path, damage) -> None:
+    path = _write(tmp_path / "fer.csv", _csv_lines(_faces(2, seed=2), [3, 4], ["Training", "Training"]))
+    first = load_dataset(path, "train")
+    [cached] = _private_cache.rglob("*.npz")
+    cached.write_bytes(damage(cached.read_bytes()))  # a run killed mid-write, a disk that filled up
+    np.testing.assert_array_equal(load_dataset(path, "train").images, first.images)
+    with np.load(cached) as rewritten:
+        np.testing.assert_array_equal(rewritten["images"], first.images)
+
+
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [

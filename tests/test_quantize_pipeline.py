@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -238,6 +239,40 @@ def test_distillation_from_every_teacher_format_learns_and_resumes(synthetic, tm
     assert again.history == result.history and again.best_epoch == result.best_epoch
     for a, b in zip(again.model.state_dict().values(), result.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_a_teacher_that_answers_nan_is_refused_before_any_training(synthetic, tmp_path):
+    state = torch.load(synthetic.teachers["state_dict"], weights_only=True)
+    state["fc.weight"][0, 0] = float("nan")  # a damaged download
+    damaged = tmp_path / "rn18.pt"
+    torch.save(state, damaged)
+    shutil.copy(synthetic.teachers["state_dict"].with_suffix(".json"), damaged.with_suffix(".json"))
+    cfg = DistillConfig(student="xs", epochs=1, batch_size=32)
+    with pytest.raises(QuantizeError, match=r"teacher rn18 answers NaN or inf for \d+ of \d+ faces; its weights are"):
+        distill(
+            synthetic.train,
+            [(load_teacher(damaged), _sha256(damaged))],
+            cfg,
+            work_dir=tmp_path / "w",
+            cache_dir=tmp_path / "c",
+            progress=False,
+            log=lambda _: None,
+        )
+    assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir()), "no epoch was saved"
+
+
+@pytest.mark.parametrize("lr", [1e8, 1e30])
+def test_a_run_whose_training_diverges_stops_naming_the_learning_rate(synthetic, tmp_path, lr):
+    """A loss gone to NaN stops the run; logits gone to the millions (a loss still finite) stop the export."""
+    cfg = DistillConfig(student="xs", epochs=1, batch_size=32, optimizer="sgd", lr=lr)
+    try:
+        result = distill(synthetic.train, [], cfg, work_dir=tmp_path / "w", progress=False, log=lambda _: None)
+    except QuantizeError as exc:
+        assert re.search(r"training diverged in epoch 1 \(loss (nan|inf)\); lower --lr", str(exc))
+        return
+    sample = student_inputs(synthetic.test.images[:8], student_meta(result))
+    with pytest.raises(QuantizeError, match=r"the student's logits reach \S+: its training diverged; .* lower --lr"):
+        export_student(result.model, tmp_path / "s.onnx", sample)
 
 
 @pytest.mark.slow

@@ -510,6 +510,10 @@ def test_checkpoint_teacher_faults_are_one_line_errors(tmp_path: Path, resnet18_
         load_teacher(f"{tmp_path / 'garbage.pt'}:size=48")
     with pytest.raises(QuantizeError, match="does not exist"):
         load_teacher(tmp_path / "missing.pt")
+    for empty in (tmp_path / "empty.pt", tmp_path / "empty.onnx"):
+        empty.write_bytes(b"")
+        with pytest.raises(QuantizeError, match=r"the file is empty \(0 bytes\), a copy or download cut short"):
+            load_teacher(f"{empty}:size=48")
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
