@@ -12,6 +12,7 @@ import numpy as np
 
 from edge.analyzer import FrameAnalyzer, unusable_frame
 from edge.config import Config
+from edge.sources import SourceLost
 from edge.stats import StageTimer
 from edge.wiring import analyzer_cadence, build_detector, build_follower, load_model, open_frame_source
 
@@ -29,7 +30,11 @@ def run_bench(config: Config, frames: int) -> int:
     size = (0, 0)  # height, width of the last usable frame
     try:
         while len(totals) < frames + WARMUP_FRAMES:
-            image = source.read()
+            try:
+                image = source.read()
+            except SourceLost as exc:  # a stream that dropped: measure what came before
+                print(f"{exc}; measuring the {len(totals)} frames read before it stopped")
+                break
             if image is None:
                 break
             if unusable_frame(image) is not None:

@@ -24,6 +24,7 @@ what they cover.
 
 from __future__ import annotations
 
+import http.server
 import importlib.util
 import json
 import os
@@ -439,3 +440,32 @@ def pki(tmp_path: Path) -> Path:
     if not shutil.which("openssl"):
         pytest.skip("openssl not found; it makes the test certificates (apt install openssl)")
     return make_pki(tmp_path / "pki")
+
+
+Served = tuple[str, list[str]]  # base URL, paths requested so far
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Path], Served]]:
+    """serve(folder) -> (base URL, requests): a real HTTP server on a free 127.0.0.1 port over `folder`."""
+    servers: list[http.server.ThreadingHTTPServer] = []
+
+    def start(folder: Path) -> Served:
+        requests: list[str] = []
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, directory=str(folder), **kwargs)
+
+            def log_message(self, *_args) -> None:  # called once per request
+                requests.append(self.path)
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_port}", requests
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

@@ -4,14 +4,11 @@ real local HTTP server; a wrong checksum is refused; offline, one warning line a
 from __future__ import annotations
 
 import hashlib
-import http.server
 import logging
 import os
 import socket
 import subprocess
 import sys
-import threading
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,34 +27,6 @@ SAMPLE_CLIP = REPO / "edge" / "sample" / "astronaut.mp4"
 needs_shared_yunet = pytest.mark.skipif(
     not SHARED_YUNET.is_file(), reason=f"needs the shared YuNet model ({SHARED_YUNET})"
 )
-
-Served = tuple[str, list[str]]  # base URL, paths requested so far
-
-
-@pytest.fixture
-def serve() -> Iterator[Callable[[Path], Served]]:
-    """serve(folder) -> (base URL, requests): a real HTTP server on a free 127.0.0.1 port over `folder`."""
-    servers: list[http.server.ThreadingHTTPServer] = []
-
-    def start(folder: Path) -> Served:
-        requests: list[str] = []
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, directory=str(folder), **kwargs)
-
-            def log_message(self, *_args) -> None:  # called once per request
-                requests.append(self.path)
-
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_port}", requests
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
 
 
 def dead_url() -> str:
