@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import threading
 import time
@@ -24,6 +25,7 @@ from edge.spool import peek
 from edge.wiring import build_detector, load_model, open_frame_source, spool_path
 
 SOURCE_TIMEOUT_S = 10.0
+SPOOL_HEADROOM = 64 * 1024  # bytes that opening a spool and storing an event take: its -wal and -shm files
 
 
 def run_check(config: Config) -> int:
@@ -90,16 +92,36 @@ def spool_to_check(config: Config, prefix: str = sys.prefix) -> Path:
 def _spool_report(config: Config) -> str:
     """Read only: the check must not make the spool (as root, in the service's folder) nor touch its files."""
     path = spool_to_check(config)
+    looked_at = UserError(f"{path} cannot be looked at (permission denied); run edge check with sudo")
     try:
         if path.exists():
+            if not os.access(path, os.R_OK):
+                raise looked_at
             depth, last_seq = peek(path)
+            _refuse_what_run_would(path)
             return f"{path} ({depth} events waiting, last seq {last_seq}){_moved_aside(path)}"
         folder = next(p for p in path.parents if p.exists())
     except PermissionError:
-        raise UserError(f"{path} cannot be looked at (permission denied); run edge check with sudo") from None
+        raise looked_at from None
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise UserError(f"{path} cannot be made: {folder} is not a folder this user may write in; fix spool.dir")
     return f"{path} (none yet: the daemon makes it at start)"
+
+
+def _refuse_what_run_would(spool: Path) -> None:
+    """What `edge run` would meet opening the spool for writing (its -wal and -shm files are made beside it),
+    found without writing a byte."""
+    if not (os.access(spool, os.W_OK) and os.access(spool.parent, os.W_OK | os.X_OK)):
+        raise UserError(
+            f"{spool} cannot be written by this user, so the daemon run as this user would stop at start; run edge "
+            "as the user that owns it, or give the spool and its folder to that user (chown)"
+        )
+    free = shutil.disk_usage(spool.parent).free
+    if free < SPOOL_HEADROOM:
+        raise UserError(
+            f"the file system of {spool} is full ({free} bytes free), so the daemon could store no event; free "
+            "space there"
+        )
 
 
 def _moved_aside(spool: Path) -> str:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import pytest
 
 from edge.check import run_check, spool_to_check
 from edge.config import load_config
 from edge.spool import Spool
 from edge.wiring import spool_path
+from tests.disk_support import fill, free, tiny_disk
 
 SAMPLE = Path(__file__).resolve().parents[1] / "edge" / "sample" / "astronaut.mp4"
 
@@ -78,3 +82,37 @@ def test_a_spool_folder_that_cannot_be_made_fails_the_check(broker, tmp_path, ca
     status, report = check(broker, blocker / "state", capsys)
     assert status == 1
     assert "FAIL" in report["spool"] and "not a folder this user may write in" in report["spool"]
+
+
+def spool_with_events(folder: Path) -> Path:
+    spool = Spool(folder / "cam1" / "spool.sqlite3")
+    spool.append({"n": 0})
+    spool.close()
+    return folder / "cam1" / "spool.sqlite3"
+
+
+def test_a_spool_on_a_full_disk_fails_the_check_as_it_would_stop_the_daemon(broker, tmp_path, capsys):
+    with tiny_disk(tmp_path / "disk") as disk:
+        spool_with_events(disk)
+        fill(disk)
+        try:
+            status, report = check(broker, disk, capsys)
+        finally:
+            free(disk)
+        assert status == 1 and "FAIL" in report["spool"], report
+        assert "is full (0 bytes free), so the daemon could store no event; free space there" in report["spool"]
+        assert check(broker, disk, capsys)[0] == 0
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write and read every spool")
+def test_a_spool_this_user_may_not_write_or_read_fails_the_check_naming_why(broker, tmp_path, capsys):
+    path = spool_with_events(tmp_path)
+    path.chmod(0o444)  # as another user's spool is to this one
+    status, report = check(broker, tmp_path, capsys)
+    assert (
+        status == 1 and "cannot be written by this user, so the daemon run as this user would stop" in report["spool"]
+    )
+    path.chmod(0o000)
+    status, report = check(broker, tmp_path, capsys)
+    assert status == 1 and "cannot be looked at (permission denied)" in report["spool"], report
+    assert "broken spool" not in report["spool"]
