@@ -21,10 +21,10 @@ import numpy as np
 from edge.boxes import Box, clipped
 from edge.config import service_can_read
 from edge.errors import ConfigError, ModelError
+from edge.locations import YUNET_GLOB
 
 logger = logging.getLogger(__name__)
 
-YUNET_GLOB = "face_detection_yunet*.onnx"
 HAAR_FILE = "haarcascade_frontalface_default.xml"
 YUNET_NMS_THRESHOLD = 0.3
 PROBE_SIDE = 32  # pixels of the image YuNet is tried on at load

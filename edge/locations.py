@@ -19,6 +19,7 @@ _SYSTEM_MODELS = _SYSTEM_APP / "models"
 SERVICE_STATE_DIR = Path("/var/lib/edge-mood")  # the unit's StateDirectory=
 
 # The YuNet face detector (OpenCV Model Zoo, MIT licence), pinned: edge/yunet_fetch.py refuses any other file.
+YUNET_GLOB = "face_detection_yunet*.onnx"  # what the daemon looks for in its model folders
 YUNET_URL = (
     "https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/face_detection_yunet_2023mar.onnx"
 )

@@ -9,6 +9,7 @@ exists. So it uses the standard library only.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import hashlib
 import os
 import shutil
@@ -21,7 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from edge.errors import ModelError
-from edge.locations import YUNET_SHA256, YUNET_URL, data_dir
+from edge.locations import YUNET_GLOB, YUNET_SHA256, YUNET_URL, data_dir
 
 TIMEOUT_S = 20.0  # per network operation; an offline machine fails at once (no name resolution)
 MAX_BYTES = 20 * 1024 * 1024  # the real file is 232,589 bytes; anything far larger is not it
@@ -55,7 +56,10 @@ def fetch_yunet(folder: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256, 
     YuNetUnavailable when the download fails.
     """
     sha256 = sha256.strip().lower()
-    target = folder / (local_file.name if local_file else file_name(url))
+    # A local copy keeps its name only where the daemon would find it by that name (a browser's "yunet (1).onnx"
+    # would not be).
+    kept_name = local_file is not None and fnmatch.fnmatchcase(local_file.name, YUNET_GLOB)
+    target = folder / (local_file.name if local_file is not None and kept_name else file_name(url))
     if target.is_file() and sha256_of(target) == sha256:
         return target
     try:

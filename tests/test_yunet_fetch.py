@@ -15,9 +15,11 @@ import pytest
 
 from edge.config import load_config
 from edge.errors import ModelError
+from edge.faces import make_detector
 from edge.locations import YUNET_SHA256
 from edge.sources import open_source
 from edge.wiring import build_detector, load_model
+from edge.yunet_fetch import fetch_yunet
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_YUNET = REPO.parent / "shared" / "models" / "face_detection_yunet_2026may.onnx"
@@ -157,3 +159,13 @@ def test_the_installer_can_run_the_fetcher_with_no_site_packages_at_all(tmp_path
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(tmp_path / "m" / local.name)
     assert (tmp_path / "m" / local.name).read_bytes() == local.read_bytes()
+
+
+@needs_shared_yunet
+def test_a_local_copy_saved_under_another_name_is_stored_where_the_daemon_finds_it(tmp_path):
+    downloaded = tmp_path / "Downloads" / "yunet (1).onnx"  # as a browser names a second download
+    downloaded.parent.mkdir()
+    downloaded.write_bytes(SHARED_YUNET.read_bytes())
+    stored = fetch_yunet(tmp_path / "models", sha256=SHARED_YUNET_SHA256, local_file=downloaded)
+    assert stored.name == "face_detection_yunet_2023mar.onnx"
+    assert make_detector("yunet", search_dirs=[tmp_path / "models"]).name == "yunet"
