@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from edge.errors import UserError
+from edge.errors import EXIT_MAY_CLEAR, UserError
 from edge.seq_mark import RESERVE_BLOCK, SeqMark, new_epoch, read_mark, write_mark
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,6 @@ EPOCH_KEY = "epoch"
 
 # A spool that cannot be opened for one of these may work again later (space freed, disk back): a restart
 # can fix it, so the service must not treat it as a configuration error.
-TRANSIENT_EXIT_STATUS = 75  # EX_TEMPFAIL
 
 
 class SpoolError(UserError):
@@ -623,7 +622,7 @@ def _transient_if_it_may_clear(error: SpoolError, exc: sqlite3.Error) -> SpoolEr
     """A full disk or an I/O error may clear by itself: let the service restart for those."""
     text = str(exc)
     if "full" in text or "disk I/O" in text:
-        error.exit_status = TRANSIENT_EXIT_STATUS
+        error.exit_status = EXIT_MAY_CLEAR
     return error
 
 

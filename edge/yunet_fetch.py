@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from edge.errors import ModelError
+from edge.errors import EXIT_MAY_CLEAR, ModelError
 from edge.locations import YUNET_GLOB, YUNET_SHA256, YUNET_URL, data_dir
 
 TIMEOUT_S = 20.0  # per network operation; an offline machine fails at once (no name resolution)
@@ -29,7 +29,10 @@ MAX_BYTES = 20 * 1024 * 1024  # the real file is 232,589 bytes; anything far lar
 
 
 class YuNetUnavailable(ModelError):
-    """The file could not be downloaded (offline, proxy, URL gone)."""
+    """The file could not be downloaded (offline, proxy, URL gone): at a boot where the network comes late, a
+    restart later may fetch it."""
+
+    exit_status = EXIT_MAY_CLEAR
 
 
 def file_name(url: str) -> str:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.errors import EXIT_EVENTS_UNSENT
-from edge.spool import TRANSIENT_EXIT_STATUS, Spool, SpoolError
+from edge.errors import EXIT_EVENTS_UNSENT, EXIT_MAY_CLEAR
+from edge.spool import Spool, SpoolError
 from tests.disk_support import FILLER, fill, free
 from tests.disk_support import tiny_disk as mounted
 from tests.scenes import SHARED, Segment, write_images
@@ -138,7 +138,7 @@ def test_the_unit_restarts_every_fault_that_may_clear_and_never_gives_up():
     unit = parse_unit(UNIT.read_text())
     # Status 2 is kept for faults found before the loop that a restart cannot fix (config, model).
     assert unit["RestartPreventExitStatus"][-1] == "2"
-    assert TRANSIENT_EXIT_STATUS != 2 and unit["Restart"][-1] == "on-failure"
+    assert EXIT_MAY_CLEAR != 2 and unit["Restart"][-1] == "on-failure"
     # A start limit turns a fault that lasts a few minutes (disk full, broker host down at boot) into a
     # service that stays down for good; 0 turns the limit off, RestartSec spaces the tries.
     assert unit["StartLimitIntervalSec"][-1] == "0"
