@@ -144,8 +144,10 @@ def _load_folder(root: Path, split: str, skip_corrupt: bool) -> FaceSet:
             raise QuantizeError(
                 f"class folder {class_dir}: {exc}; rename it, or move it out of {split_dir} to leave it out"
             ) from None
-        for file in sorted(class_dir.iterdir()):
-            if file.name.startswith(".") or file.suffix.lower() not in IMAGE_SUFFIXES:
+        # Subfolders of a class folder hold more of its images, as torchvision's ImageFolder reads them.
+        for file in sorted(class_dir.rglob("*")):
+            hidden = any(part.startswith(".") for part in file.relative_to(class_dir).parts)
+            if hidden or file.suffix.lower() not in IMAGE_SUFFIXES or not file.is_file():
                 continue
             image = _read_grey(file)
             if image is None:

@@ -244,6 +244,17 @@ def test_kaggle_folder_layout_maps_classes_by_name(tmp_path: Path) -> None:
     assert any(np.array_equal(png, image) for image in sad)
 
 
+def test_images_in_subfolders_of_a_class_folder_belong_to_that_class(tmp_path: Path) -> None:
+    """As torchvision's ImageFolder reads them: a class folder split into batches, or by source."""
+    for i, name in enumerate(CANONICAL_LABELS):
+        _write_image(tmp_path / "train" / name / "im", 48, seed=i)
+    for j in range(3):
+        _write_image(tmp_path / "train" / "happy" / f"batch{j}" / "more" / "im", 48, seed=100 + j)
+    _write_image(tmp_path / "train" / "happy" / ".thumbnails" / "im", 48, seed=200)  # hidden: not a face
+    counts = load_dataset(tmp_path, "train").class_counts()
+    assert counts["happy"] == 4 and sum(counts.values()) == 10
+
+
 def test_six_class_training_testing_layout_with_suprise_folder(tmp_path: Path) -> None:
     classes = ["Angry", "Fear", "Happy", "Neutral", "Sad", "Suprise"]
     for split in ("Training", "Testing"):
