@@ -4,6 +4,7 @@ loaded with what their spec (quantize.teacher_spec) says they expect.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,13 @@ def load_teacher(
         raise QuantizeError(f"teacher precision {precision!r} unknown; use fp32 or bf16")
 
     if path.suffix.lower() == ".onnx":
+        if not merged:  # its graph gives size and channels; how it scaled and framed its faces it cannot
+            warnings.warn(
+                f"teacher {path.name} has no spec or card beside it ({path.with_suffix('.json').name}); it is shown "
+                "faces as pixel/255 without normalisation, equalisation or alignment: if it learnt them otherwise, "
+                "write its spec (docs/quantize.md#telling-the-tool-what-a-teacher-expects)",
+                stacklevel=2,
+            )
         opened = open_onnx(path, merged, where, device)
     else:
         opened = open_torch(path, merged, where, device, precision, trust_pickle)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -514,6 +515,18 @@ def test_checkpoint_teacher_faults_are_one_line_errors(tmp_path: Path, resnet18_
         empty.write_bytes(b"")
         with pytest.raises(QuantizeError, match=r"the file is empty \(0 bytes\), a copy or download cut short"):
             load_teacher(f"{empty}:size=48")
+
+
+def test_an_onnx_teacher_without_spec_or_card_is_loaded_with_a_warning_naming_what_it_assumes(tmp_path: Path) -> None:
+    built = write_tiny_model(tmp_path / "built")
+    bare = tmp_path / "renamed.onnx"  # copied away from its card
+    shutil.copy(built, bare)
+    with pytest.warns(UserWarning, match=r"teacher renamed.onnx has no spec or card beside it \(renamed.json\); .*"):
+        load_teacher(bare)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_teacher(built)  # its card describes it
+        load_teacher(f"{bare}:mean=0.5,std=0.5")  # options describe it
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
