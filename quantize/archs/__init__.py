@@ -132,7 +132,11 @@ def _expected_keys(arch: str, head: str | None, num_classes: int) -> set[str]:
 
 
 def _mismatch_error(sd: Mapping[str, Tensor], wanted: str | None = None) -> QuantizeError:
-    """Names the keys that differ from the closest known architecture (or from `wanted`)."""
+    """Names the keys that differ from the closest known architecture (or from `wanted`); where the weights are
+    plainly another known architecture than `wanted`, names that one instead."""
+    held = _guess(sd) if wanted else None
+    if held is not None and held.arch != wanted:
+        return QuantizeError(f"the checkpoint holds {held.arch} weights, not {wanted}; give arch {held.arch}")
     given = {k for k in sd if not k.endswith("num_batches_tracked")}
     best: tuple[int, str, list[str], list[str]] | None = None
     for arch in [wanted] if wanted else ARCH_NAMES:
