@@ -205,6 +205,8 @@ def read_checkpoint(
     """What torch.load gives for a checkpoint file; a QuantizeError saying why it cannot be read (naming
     `trust_option` for a file that pickles objects, where the command has one)."""
     refuse_empty(path, where)
+    if _is_torchscript(path):  # torch.load's own words for it are a page about weights_only
+        raise QuantizeError(f"{where}: a TorchScript model, not a checkpoint of weights; give its state_dict")
     try:
         return torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as exc:

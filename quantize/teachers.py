@@ -102,6 +102,8 @@ def load_teacher(
     if isinstance(path, str) and not Path(path).exists():
         path, overrides = parse_teacher_arg(path)
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise QuantizeError(f"teacher {path} is a folder; give the checkpoint, TorchScript or .onnx file in it")
     if not path.is_file():
         raise QuantizeError(f"teacher {path} does not exist; give a .pt/.pth checkpoint, TorchScript or .onnx file")
     spec_file = Path(spec) if isinstance(spec, (str, Path)) else find_spec_file(path)
@@ -115,6 +117,7 @@ def load_teacher(
         raise QuantizeError(f"teacher precision {precision!r} unknown; use fp32 or bf16")
 
     if path.suffix.lower() == ".onnx":
+        opened = open_onnx(path, merged, where, device)
         if not merged:  # its graph gives size and channels; how it scaled and framed its faces it cannot
             warnings.warn(
                 f"teacher {path.name} has no spec or card beside it ({path.with_suffix('.json').name}); it is shown "
@@ -122,7 +125,6 @@ def load_teacher(
                 "write its spec (docs/quantize.md#telling-the-tool-what-a-teacher-expects)",
                 stacklevel=2,
             )
-        opened = open_onnx(path, merged, where, device)
     else:
         opened = open_torch(path, merged, where, device, precision, trust_pickle)
     return _finish(path, merged, where, opened)

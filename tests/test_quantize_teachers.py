@@ -379,6 +379,7 @@ def test_a_spec_file_with_keys_the_tool_does_not_read_is_refused_and_a_card_is_n
     assert load_teacher(path).preprocessing.mean == [0.5]
 
 
+@pytest.mark.filterwarnings("ignore:teacher .* has no spec or card beside it")
 def test_a_channels_last_onnx_teacher_is_named_and_told_what_to_change(tmp_path: Path) -> None:
     class ChannelsLast(nn.Module):
         def __init__(self) -> None:
@@ -394,6 +395,7 @@ def test_a_channels_last_onnx_teacher_is_named_and_told_what_to_change(tmp_path:
         load_teacher(path)
 
 
+@pytest.mark.filterwarnings("ignore:teacher .* has no spec or card beside it")
 def test_onnx_with_fixed_batch_runs_face_by_face(tmp_path: Path) -> None:
     model = TinyNet(channels=3, classes=7).eval()
     path = tmp_path / "fixed.onnx"
@@ -429,6 +431,7 @@ def test_onnx_with_a_fixed_batch_above_one_or_a_float16_input_gives_the_models_l
     np.testing.assert_allclose(teacher.logits(faces), expected, atol=0.05)
 
 
+@pytest.mark.filterwarnings("ignore:teacher .* has no spec or card beside it")
 def test_onnx_spec_that_contradicts_the_model_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "m.onnx"
     _save_onnx(TinyNet(channels=1, classes=7), path, (1, 1, 48, 48))
@@ -513,6 +516,8 @@ def test_checkpoint_teacher_faults_are_one_line_errors(tmp_path: Path, resnet18_
         load_teacher(f"{tmp_path / 'garbage.pt'}:size=48")
     with pytest.raises(QuantizeError, match="does not exist"):
         load_teacher(tmp_path / "missing.pt")
+    with pytest.raises(QuantizeError, match=r"is a folder; give the checkpoint, TorchScript or .onnx file in it"):
+        load_teacher(tmp_path)
     for empty in (tmp_path / "empty.pt", tmp_path / "empty.onnx"):
         empty.write_bytes(b"")
         with pytest.raises(QuantizeError, match=r"the file is empty \(0 bytes\), a copy or download cut short"):
@@ -578,6 +583,7 @@ def test_pickled_model_needs_trust_and_probabilities_become_log_scores(tmp_path:
     np.testing.assert_allclose(teacher.logits(faces), np.log(probs), atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:teacher .* has no spec or card beside it")
 def test_a_teacher_must_say_whether_it_answers_probabilities_or_logits(tmp_path: Path) -> None:
     torch.manual_seed(5)
     soft, plain = tmp_path / "soft.onnx", tmp_path / "plain.onnx"
@@ -743,6 +749,12 @@ def test_init_weights_of_another_network_are_refused_before_any_data_is_read(tmp
         train_teacher("resnet34", data, out, epochs=1, device="cpu", init=str(weights))
     with pytest.raises(QuantizeError, match=r"^--init .*gone\.pt not found; give the weights"):
         train_teacher("resnet18", data, out, epochs=1, device="cpu", init=str(tmp_path / "gone.pt"))
+    scripted = tmp_path / "scripted.pt"
+    with warnings.catch_warnings():  # deprecated in torch, and still what users hand us
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(TinyNet(channels=1, classes=7).eval()).save(str(scripted))
+    with pytest.raises(QuantizeError, match=r"^--init .*scripted\.pt: a TorchScript model, not a checkpoint of weig"):
+        train_teacher("resnet18", data, out, epochs=1, device="cpu", init=str(scripted))
     assert not out.exists() and not out.with_suffix(".log").exists()
 
 
