@@ -12,6 +12,7 @@ from edge.contract import CANONICAL_LABELS, first_line
 from quantize.distill import DistillResult
 from quantize.errors import QuantizeError
 from quantize.student import Student, build_student, count_parameters
+from quantize.teacher_formats import is_torchscript
 from quantize.training import save_atomically
 
 STUDENT_FORMAT = "edge-mood-student"
@@ -58,6 +59,8 @@ def load_student(path: Path) -> tuple[Student, dict[str, Any]]:
     """(model in eval mode, metadata) from a file written by save_student."""
     if not Path(path).is_file():
         raise QuantizeError(f"student checkpoint {path} not found; create it with `quantize distill`")
+    if is_torchscript(Path(path)):
+        raise QuantizeError(f"{path} is a TorchScript model, not a student checkpoint written by `quantize distill`")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file

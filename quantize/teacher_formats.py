@@ -131,7 +131,8 @@ def open_onnx(path: Path, spec: dict[str, Any], where: str, device: str) -> Open
 # ---------------------------------------------------------------- PyTorch
 
 
-def _is_torchscript(path: Path) -> bool:
+def is_torchscript(path: Path) -> bool:
+    """Whether `path` is a TorchScript archive (a zip holding code), not a checkpoint of weights."""
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as z:
@@ -142,7 +143,7 @@ def open_torch(
     path: Path, spec: dict[str, Any], where: str, device: str, precision: str, trust_pickle: bool
 ) -> OpenedModel:
     arch: str | None = None
-    if _is_torchscript(path):
+    if is_torchscript(path):
         try:
             with warnings.catch_warnings():  # deprecated for new work, but users still hold TorchScript files
                 warnings.simplefilter("ignore", DeprecationWarning)
@@ -205,7 +206,7 @@ def read_checkpoint(
     """What torch.load gives for a checkpoint file; a QuantizeError saying why it cannot be read (naming
     `trust_option` for a file that pickles objects, where the command has one)."""
     refuse_empty(path, where)
-    if _is_torchscript(path):  # torch.load's own words for it are a page about weights_only
+    if is_torchscript(path):  # torch.load's own words for it are a page about weights_only
         raise QuantizeError(f"{where}: a TorchScript model, not a checkpoint of weights; give its state_dict")
     try:
         return torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)

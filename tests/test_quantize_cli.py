@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import cv2
@@ -207,6 +208,12 @@ def test_export_refuses_a_file_that_is_not_a_student(tmp_path, capsys):
     assert main(["export", "--student", str(teacher_weights), "--out", str(tmp_path / "m")]) == 2
     assert "not a student checkpoint" in _one_error_line(capsys)
     assert _files(tmp_path) == ["teacher.pt"]
+    scripted = tmp_path / "scripted.pt"
+    with warnings.catch_warnings():  # deprecated in torch, and still what users hand us
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(torch.nn.Linear(4, 7)).save(str(scripted))
+    assert main(["export", "--student", str(scripted), "--out", str(tmp_path / "m")]) == 2
+    assert "scripted.pt is a TorchScript model, not a student checkpoint" in _one_error_line(capsys)
 
 
 def test_int8_refuses_a_model_its_card_does_not_call_fp32(data, tmp_path, capsys):
