@@ -33,7 +33,7 @@ def run_bench(config: Config, frames: int) -> int:
             try:
                 image = source.read()
             except SourceLost as exc:  # a stream that dropped: measure what came before
-                print(f"{exc}; measuring the {len(totals)} frames read before it stopped")
+                print(f"{exc} after {len(totals)} frames; measuring those past the {WARMUP_FRAMES} warm-up frames")
                 break
             if image is None:
                 break

@@ -113,8 +113,8 @@ def _refuse_what_run_would(spool: Path) -> None:
     found without writing a byte."""
     if not (os.access(spool, os.W_OK) and os.access(spool.parent, os.W_OK | os.X_OK)):
         raise UserError(
-            f"{spool} cannot be written by this user, so the daemon run as this user would stop at start; run edge "
-            "as the user that owns it, or give the spool and its folder to that user (chown)"
+            f"{spool} cannot be written by this user, so edge run as this user would stop at start; check as the "
+            "user the daemon runs as (sudo edge check for the service), or give the daemon a spool.dir of its own"
         )
     free = shutil.disk_usage(spool.parent).free
     if free < SPOOL_HEADROOM:

@@ -384,6 +384,8 @@ def home_unknown(path: str) -> str | None:
         Path(path).expanduser()
     except RuntimeError:
         user = path[1:].split("/", 1)[0]
+        if not user:  # ~ alone, with no $HOME and no home in the user database
+            return "~ stands for no folder here ($HOME is not set); write the full path"
         return f"there is no user {user!r} here for ~{user} to stand for; write the full path"
     return None
 

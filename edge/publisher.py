@@ -418,7 +418,8 @@ class Publisher:
         if self._stopping:
             return
         if not was_up:
-            if not self._refused:  # closed before the broker answered CONNECT
+            # Closed before the broker answered CONNECT; the line (and the TLS probe it may need) once per outage.
+            if not self._refused and "handshake" not in self._outage_causes:
                 self._log_outage(self._handshake_failure(), cause="handshake")
             self._refused = False
             return

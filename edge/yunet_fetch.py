@@ -29,8 +29,8 @@ MAX_BYTES = 20 * 1024 * 1024  # the real file is 232,589 bytes; anything far lar
 
 
 class YuNetUnavailable(ModelError):
-    """The file could not be downloaded (offline, proxy, URL gone): at a boot where the network comes late, a
-    restart later may fetch it."""
+    """The file could not be downloaded for a fault that may clear (no network yet, a timeout, a server error):
+    at a boot where the network comes late, a restart later may fetch it."""
 
     exit_status = EXIT_MAY_CLEAR
 
@@ -61,8 +61,8 @@ def fetch_yunet(folder: Path, url: str = YUNET_URL, sha256: str = YUNET_SHA256, 
     sha256 = sha256.strip().lower()
     # A local copy keeps its name only where the daemon would find it by that name (a browser's "yunet (1).onnx"
     # would not be).
-    kept_name = local_file is not None and fnmatch.fnmatchcase(local_file.name, YUNET_GLOB)
-    target = folder / (local_file.name if local_file is not None and kept_name else file_name(url))
+    kept = local_file.name if local_file and fnmatch.fnmatchcase(local_file.name, YUNET_GLOB) else None
+    target = folder / (kept or file_name(url))
     if target.is_file() and sha256_of(target) == sha256:
         return target
     try:
@@ -113,9 +113,18 @@ def _download(url: str, out, folder: Path, sha256: str) -> None:
                 out.write(block)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         why = getattr(exc, "reason", None) or exc
-        raise YuNetUnavailable(
-            f"cannot download the YuNet face detector ({why}); {placement_hint(folder, url, sha256)}"
-        ) from None
+        fault = YuNetUnavailable if _may_clear(exc) else ModelError
+        raise fault(f"cannot download the YuNet face detector ({why}); {placement_hint(folder, url, sha256)}") from None
+
+
+def _may_clear(exc: Exception) -> bool:
+    """Whether a failed download may succeed later by itself (no network or name service yet, a timeout, a
+    server error), rather than never (a URL the server does not know, or no URL at all)."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return exc.code >= 500
+    if isinstance(exc, urllib.error.URLError):
+        return isinstance(exc.reason, OSError)
+    return isinstance(exc, OSError)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -135,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(fetch_yunet(args.dir or data_dir(), args.url or YUNET_URL, args.sha256 or YUNET_SHA256, args.file))
     except ModelError as exc:
         print(exc, file=sys.stderr)
-        return ModelError.exit_status
+        return exc.exit_status
     return 0
 
 

@@ -133,10 +133,11 @@ def open_onnx(path: Path, spec: dict[str, Any], where: str, device: str) -> Open
 
 def is_torchscript(path: Path) -> bool:
     """Whether `path` is a TorchScript archive (a zip holding code), not a checkpoint of weights."""
-    if not zipfile.is_zipfile(path):
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith(TORCHSCRIPT_MARKERS) or "/code/" in n for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):  # not a zip, or a damaged one: torch.load then says what it is
         return False
-    with zipfile.ZipFile(path) as z:
-        return any(n.endswith(TORCHSCRIPT_MARKERS) or "/code/" in n for n in z.namelist())
 
 
 def open_torch(

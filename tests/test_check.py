@@ -109,9 +109,7 @@ def test_a_spool_this_user_may_not_write_or_read_fails_the_check_naming_why(brok
     path = spool_with_events(tmp_path)
     path.chmod(0o444)  # as another user's spool is to this one
     status, report = check(broker, tmp_path, capsys)
-    assert (
-        status == 1 and "cannot be written by this user, so the daemon run as this user would stop" in report["spool"]
-    )
+    assert status == 1 and "cannot be written by this user, so edge run as this user would stop" in report["spool"]
     path.chmod(0o000)
     status, report = check(broker, tmp_path, capsys)
     assert status == 1 and "cannot be looked at (permission denied)" in report["spool"], report

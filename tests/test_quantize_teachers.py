@@ -514,6 +514,12 @@ def test_checkpoint_teacher_faults_are_one_line_errors(tmp_path: Path, resnet18_
     (tmp_path / "garbage.pt").write_bytes(b"\x00" * 100)
     with pytest.raises(QuantizeError, match="not a readable PyTorch checkpoint"):
         load_teacher(f"{tmp_path / 'garbage.pt'}:size=48")
+    zipped = bytearray(path.read_bytes())  # a zip whose end record holds, but whose directory is damaged
+    directory = zipped.rfind(b"PK\x01\x02")
+    zipped[directory : directory + 4] = b"XXXX"
+    (tmp_path / "damaged.pt").write_bytes(bytes(zipped))
+    with pytest.raises(QuantizeError, match="not a readable PyTorch checkpoint"):
+        load_teacher(f"{tmp_path / 'damaged.pt'}:size=48")
     with pytest.raises(QuantizeError, match="does not exist"):
         load_teacher(tmp_path / "missing.pt")
     with pytest.raises(QuantizeError, match=r"is a folder; give the checkpoint, TorchScript or .onnx file in it"):

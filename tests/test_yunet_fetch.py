@@ -126,6 +126,16 @@ def test_offline_with_yunet_required_is_one_clear_error_that_the_service_retries
     assert raised.value.exit_status == EXIT_MAY_CLEAR != 2
 
 
+@pytest.mark.parametrize("url", ["{served}/no-such-file.onnx", "htps://example.org/face_detection_yunet.onnx"])
+def test_a_yunet_url_that_can_never_work_is_a_user_error_the_service_does_not_retry(tmp_path, monkeypatch, serve, url):
+    served, _ = serve(tmp_path)  # answers 404 for a file it does not have
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    config = load_config(None, {"detector.yunet_url": url.format(served=served), "detector.kind": "yunet"})
+    with pytest.raises(ModelError, match="cannot download the YuNet face detector") as raised:
+        build_detector(config, load_model(config))
+    assert raised.value.exit_status == 2
+
+
 def test_with_downloads_off_the_factory_uses_haar_without_trying(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     config = load_config(None, {"detector.yunet_url": ""})
