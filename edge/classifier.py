@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import statistics
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from edge.config import service_can_read
+from edge.config import read_denied
 from edge.contract import ModelCard, card_path_for, file_sha256, first_line, load_card
 from edge.errors import ModelError
 from edge.illumination import normalise_illumination
@@ -81,8 +80,8 @@ class ExpressionModel:
                 f"expression model {path} not found; fix the model path, or build one with "
                 f"`quantize build` (it writes the .onnx and its .json card)"
             )
-        if not os.access(path, os.R_OK):
-            raise ModelError(f"expression model {path} cannot be read (permission denied); {service_can_read(path)}")
+        if why := read_denied(path):
+            raise ModelError(f"expression model {path} {why}")
         card_path = card_path_for(path)
         card = load_card(card_path)
         variants = {p: f for p, f in _variant_files(card, card_path).items() if p in ("int8", "fp32")}

@@ -294,9 +294,7 @@ class Config:
             try:
                 return path.read_text(encoding="utf-8-sig").strip()  # Notepad starts a file with a BOM
             except PermissionError:
-                raise ConfigError(
-                    f"mqtt.password_file = {str(path)!r} cannot be read (permission denied); {service_can_read(path)}"
-                ) from None
+                raise ConfigError(f"mqtt.password_file = {str(path)!r} {permission_denied(path)}") from None
             except OSError as exc:
                 raise ConfigError(
                     f"mqtt.password_file = {str(path)!r} cannot be read ({exc.strerror}); "
@@ -309,14 +307,25 @@ class Config:
         return self._environ.get(PASSWORD_ENV) or None
 
 
-def service_can_read(path: Path | str) -> str:
-    """The fix for a file or folder the daemon may not read. The service runs as a throwaway user whose only
-    way to files under /etc is this group (systemd/edge-mood.service)."""
+def read_denied(path: Path | str) -> str | None:
+    """`permission_denied(path)` where `path` exists and this process may not read it (a folder: nor list it);
+    None otherwise (a missing path is for the caller's own line)."""
+    path = Path(path)
+    needs = os.R_OK | (os.X_OK if path.is_dir() else 0)
+    return permission_denied(path) if path.exists() and not os.access(path, needs) else None
+
+
+def permission_denied(path: Path | str) -> str:
+    """What to say of a file or folder the daemon may not read, with the fix. The service runs as a throwaway
+    user whose only way to files under /etc is this group (systemd/edge-mood.service)."""
     if Path(path).is_dir():
         grant = f"sudo chgrp -R {SERVICE_GROUP} {path} && sudo chmod -R g+rX {path}"
     else:
         grant = f"sudo chgrp {SERVICE_GROUP} {path} && sudo chmod 0640 {path}"
-    return f"the service reads files as group {SERVICE_GROUP}: {grant} (or run edge as a user who may read it)"
+    return (
+        f"cannot be read (permission denied); the service reads files as group {SERVICE_GROUP}: {grant} (or run "
+        "edge as a user who may read it)"
+    )
 
 
 # Section name -> its typed class, read from Config's annotations.
@@ -472,10 +481,7 @@ def _beside(config_file: Path, section: str, key: str, value: Any) -> Any:
     spec = SCHEMA.get(section, {}).get(key)
     if spec is None or not spec.is_path or not isinstance(value, str) or not value:
         return value
-    try:
-        if Path(value).expanduser().is_absolute():
-            return value
-    except RuntimeError:  # ~someone who does not exist: the key's own check names the file
+    if home_unknown(value) or Path(value).expanduser().is_absolute():  # ~nobody: the key's own check says so
         return value
     return str(config_file.absolute().parent / value)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -19,7 +18,7 @@ import cv2.data  # named, or the type checker does not see it (cv2's stubs leave
 import numpy as np
 
 from edge.boxes import Box, clipped
-from edge.config import service_can_read
+from edge.config import read_denied
 from edge.errors import ConfigError, ModelError
 from edge.locations import YUNET_GLOB
 
@@ -215,8 +214,8 @@ def make_detector(
                     f"no YuNet model ({YUNET_GLOB}) found in {where}; give its path or re-run "
                     f"the installer, which fetches face_detection_yunet_2023mar.onnx"
                 )
-    if path is not None and not os.access(path, os.R_OK):
-        raise ModelError(f"YuNet model {path} cannot be read (permission denied); {service_can_read(path)}")
+    if path is not None and (why := read_denied(path)):
+        raise ModelError(f"YuNet model {path} {why}")
     if path is not None:
         detector: Detector = YuNetDetector(path, detect_width, score_threshold, min_face_px)
         logger.info("face detector: YuNet %s at %d px width", path, detect_width)

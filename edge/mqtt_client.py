@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import ssl
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.config import Config, service_can_read
+from edge.config import Config, read_denied
 from edge.errors import ConfigError, UserError
 from edge.topics import Topics
 
@@ -164,10 +163,8 @@ def _configure_tls(client: mqtt.Client, settings: MqttSettings) -> None:
             raise ConfigError(
                 f"mqtt.{key} = {str(path)!r} is not a readable file; point it at the PEM file or leave it empty"
             )
-        if path and not os.access(Path(path).expanduser(), os.R_OK):
-            raise ConfigError(
-                f"mqtt.{key} = {str(path)!r} cannot be read (permission denied); {service_can_read(path)}"
-            )
+        if path and (why := read_denied(Path(path).expanduser())):
+            raise ConfigError(f"mqtt.{key} = {str(path)!r} {why}")
     try:
         client.tls_set(
             ca_certs=_expanded(settings.tls_ca),

@@ -34,7 +34,7 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -398,18 +398,16 @@ class Publisher:
         exc = sys.exc_info()[1]  # paho calls this from inside its `except OSError`
         if "lost" in self._outage_causes and _broker_gone(exc):
             return  # a broker restarting or a network gone: the "lost connection" line said so already
-        why = (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__) if exc else "no answer"
         # Per kind of failure: a broker back with a certificate we refuse is news after "refused" at boot.
-        cause = f"unreachable {type(exc).__name__}"
-        if cause in self._outage_causes:
-            return  # said already; and the TLS probe below is not worth a connection per retry
+        self._log_outage(lambda: self._unreachable_line(exc), cause=f"unreachable {type(exc).__name__}")
+
+    def _unreachable_line(self, exc: BaseException | None) -> str:
         if isinstance(exc, ssl.SSLCertVerificationError):
-            line = f"{untrusted_certificate(self.settings, exc)}; spooling events and retrying"
-        elif self.settings.uses_tls and failed_tls_handshake(exc) and (hint := tls_mismatch_hint(self.settings)):
-            line = f"{hint}; spooling events and retrying"
-        else:
-            line = f"broker {self.settings.broker} unreachable ({why}); spooling events and retrying"
-        self._log_outage(line, cause=cause)
+            return f"{untrusted_certificate(self.settings, exc)}; spooling events and retrying"
+        if self.settings.uses_tls and failed_tls_handshake(exc) and (hint := tls_mismatch_hint(self.settings)):
+            return f"{hint}; spooling events and retrying"
+        why = (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__) if exc else "no answer"
+        return f"broker {self.settings.broker} unreachable ({why}); spooling events and retrying"
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata, _flags, reason: mqtt.ReasonCode, _props) -> None:
         with self._conn_lock:
@@ -418,9 +416,8 @@ class Publisher:
         if self._stopping:
             return
         if not was_up:
-            # Closed before the broker answered CONNECT; the line (and the TLS probe it may need) once per outage.
-            if not self._refused and "handshake" not in self._outage_causes:
-                self._log_outage(self._handshake_failure(), cause="handshake")
+            if not self._refused:  # closed before the broker answered CONNECT
+                self._log_outage(self._handshake_failure, cause="handshake")
             self._refused = False
             return
         self._outage_since = time.monotonic()
@@ -493,13 +490,14 @@ class Publisher:
         self._acks.put((mid, reason))
         self.wake()
 
-    def _log_outage(self, line: str, cause: str, level: int = logging.WARNING) -> None:
+    def _log_outage(self, line: str | Callable[[], str], cause: str, level: int = logging.WARNING) -> None:
         """One line per cause of an outage, not one per reconnect attempt: when the cause changes (the broker
-        was unreachable at boot and now refuses this login), the new one gets its line too."""
+        was unreachable at boot and now refuses this login), the new one gets its line too. A line that costs
+        work to make (a probe of the broker's port) comes as a function, called only when it is said."""
         if self._outage_since is None:
             self._outage_since = time.monotonic()
         if cause not in self._outage_causes:
-            logger.log(level, "%s", line)
+            logger.log(level, "%s", line() if callable(line) else line)
             self._outage_causes.add(cause)
 
 

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import cv2
 import numpy as np
 
-from edge.config import home_unknown, service_can_read
+from edge.config import home_unknown, permission_denied, read_denied
 from edge.contract import IMAGE_SUFFIXES
 from edge.errors import SourceError
 from edge.frame_limit import FrameTooLarge, decode_bounded, limit_text, shrunk
@@ -161,9 +161,12 @@ class OpenCVSource:
 
 def _decode_image(path: str) -> tuple[np.ndarray | None, str | None]:
     """Decode one image file within the frame size limit: (None if it is unreadable, not an image, or a
-    truncated JPEG; a note if it was read smaller than it is). Raises FrameTooLarge."""
+    truncated JPEG; a note if it was read smaller than it is). Raises FrameTooLarge, and PermissionError for a
+    file the daemon may not read."""
     try:
         data = np.fromfile(path, dtype=np.uint8)
+    except PermissionError:
+        raise  # a file the daemon may not read is no corrupt one: the caller says so
     except OSError:
         return None, None
     if data.size == 0:
@@ -194,13 +197,12 @@ class ImageFilesSource:
         while self._next < len(self._paths):
             path = self._paths[self._next]
             self._next += 1
-            if not os.access(path, os.R_OK):
-                self.corrupt += 1
-                fix = service_can_read(path)
-                logger.warning("skipping image %s: cannot be read (permission denied); %s", path, fix)
-                continue
             try:
                 image, note = _decode_image(path)
+            except PermissionError:
+                self.corrupt += 1
+                logger.warning("skipping image %s: %s", path, permission_denied(path))
+                continue
             except FrameTooLarge as exc:
                 self.corrupt += 1
                 logger.warning("skipping image %s: %s; %s, scale it down", path, exc, limit_text())
@@ -300,8 +302,8 @@ def open_source(spec: str, width: int = 640, height: int = 480, fps: float = 15.
     if why := home_unknown(spec):
         raise SourceError(f"source {spec!r}: {why}")
     path = Path(spec).expanduser()
-    if (path.is_dir() or path.is_file()) and not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
-        raise SourceError(f"source {path} cannot be read (permission denied); {service_can_read(path)}")
+    if why := read_denied(path):
+        raise SourceError(f"source {path} {why}")
     if path.is_dir():
         paths = _image_paths([str(p) for p in path.iterdir()])
         if not paths:
